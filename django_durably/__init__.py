@@ -1,0 +1,103 @@
+"""django-durably: durable, step-checkpointed background jobs for Django.
+
+Decorate a module-level function with :func:`job`, trigger it, and run a worker (or call
+:func:`process_until_idle`). Every completed ``step.run(...)`` is checkpointed, so a run that crashes or
+is resumed later skips the steps it already finished.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+from django_durably.context import StepContext, current_context
+from django_durably.exceptions import (
+    DurablyError,
+    DurablyInterrupt,
+    InvalidInput,
+    InvalidLabels,
+    InvalidRunAfter,
+    InvalidTrigger,
+    JobCancelled,
+    JobNotFound,
+    LeaseLost,
+    PendingRunExists,
+    RunCancelled,
+    RunFailed,
+    RunNotCancellable,
+    RunNotFound,
+    WaitTimeout,
+)
+from django_durably.jobs import Job, TriggerItem, get_job, job, registered_jobs
+
+if TYPE_CHECKING:
+    from django_durably.executor import RunOutcome, process_next, process_one, process_until_idle
+    from django_durably.models import Run, RunLog, RunStatus, Step, StepStatus
+    from django_durably.operations import CancelResult, cancel_run, trigger, wait_for_run
+
+__version__ = "0.1.0"
+
+# Names whose modules need Django's app registry; imported on first use, so that importing
+# django_durably (to decorate jobs) works before Django is set up.
+_LAZY = {
+    "process_one": "django_durably.executor",
+    "process_next": "django_durably.executor",
+    "process_until_idle": "django_durably.executor",
+    "RunOutcome": "django_durably.executor",
+    "Run": "django_durably.models",
+    "RunStatus": "django_durably.models",
+    "Step": "django_durably.models",
+    "StepStatus": "django_durably.models",
+    "RunLog": "django_durably.models",
+    "trigger": "django_durably.operations",
+    "wait_for_run": "django_durably.operations",
+    "cancel_run": "django_durably.operations",
+    "CancelResult": "django_durably.operations",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'django_durably' has no attribute {name!r}")
+    return getattr(import_module(module), name)
+
+
+__all__ = [
+    "CancelResult",
+    "DurablyError",
+    "DurablyInterrupt",
+    "InvalidInput",
+    "InvalidLabels",
+    "InvalidRunAfter",
+    "InvalidTrigger",
+    "Job",
+    "JobCancelled",
+    "JobNotFound",
+    "LeaseLost",
+    "PendingRunExists",
+    "Run",
+    "RunCancelled",
+    "RunFailed",
+    "RunLog",
+    "RunNotCancellable",
+    "RunNotFound",
+    "RunOutcome",
+    "RunStatus",
+    "Step",
+    "StepContext",
+    "StepStatus",
+    "TriggerItem",
+    "WaitTimeout",
+    "__version__",
+    "cancel_run",
+    "current_context",
+    "get_job",
+    "job",
+    "process_next",
+    "process_one",
+    "process_until_idle",
+    "registered_jobs",
+    "trigger",
+    "wait_for_run",
+]

@@ -1,0 +1,93 @@
+"""System checks: duplicate job names, settings that cannot work, unsupported databases.
+
+Every id is listed in docs/reference/checks.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from django.apps import AppConfig
+from django.core.checks import CheckMessage, Error, Tags, Warning, register
+from django.db import connections, router
+
+from django_durably.conf import durably_settings
+from django_durably.jobs import registry_conflicts
+
+SUPPORTED_VENDORS = ("postgresql", "sqlite")
+
+
+@register()
+def check_job_names(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any) -> list[CheckMessage]:
+    """E001: two different functions registered under one job name."""
+    return [
+        Error(
+            f"Job name {name!r} is registered by two different functions: {first} and {second}.",
+            hint="Give one of them another name with @job(name=...).",
+            id="django_durably.E001",
+        )
+        for name, first, second in registry_conflicts()
+    ]
+
+
+def _positive_number(name: str) -> str | None:
+    value = durably_settings.raw(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        return f"DURABLY_{name} must be a positive number, got {value!r}."
+    return None
+
+
+@register()
+def check_settings(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any) -> list[CheckMessage]:
+    """E002: timing settings that are not positive numbers; E003: renewal not within the lease;
+    E004: names and limits of the wrong type."""
+    errors: list[CheckMessage] = [
+        Error(message, hint="Remove the setting to use the default.", id="django_durably.E002")
+        for name in ("LEASE_SECONDS", "RENEW_INTERVAL", "POLL_INTERVAL", "WAIT_POLL_INTERVAL")
+        if (message := _positive_number(name))
+    ]
+    if not errors and durably_settings.RENEW_INTERVAL >= durably_settings.LEASE_SECONDS:
+        errors.append(
+            Error(
+                f"DURABLY_RENEW_INTERVAL ({durably_settings.RENEW_INTERVAL:g}s) must be shorter "
+                f"than DURABLY_LEASE_SECONDS ({durably_settings.LEASE_SECONDS:g}s), or every lease "
+                "expires before it is renewed.",
+                hint="Use a third of the lease or less (the default).",
+                id="django_durably.E003",
+            )
+        )
+    for name in ("DEFAULT_QUEUE", "JOBS_MODULE"):
+        value = durably_settings.raw(name)
+        if value is not None and (not isinstance(value, str) or not value):
+            errors.append(
+                Error(f"DURABLY_{name} must be a non-empty string, got {value!r}.", id="django_durably.E004")
+            )
+    for name in ("DEFAULT_PRIORITY", "MAX_INPUT_BYTES"):
+        value = durably_settings.raw(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            errors.append(
+                Error(f"DURABLY_{name} must be an integer, got {value!r}.", id="django_durably.E004")
+            )
+    return errors
+
+
+@register(Tags.database)
+def check_database(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any) -> list[CheckMessage]:
+    """W001: the database holding runs is neither PostgreSQL nor SQLite."""
+    from django_durably.models import Run
+
+    alias = router.db_for_write(Run)
+    vendor = connections[alias].vendor
+    if vendor in SUPPORTED_VENDORS:
+        return []
+    return [
+        Warning(
+            f"django-durably stores runs in database {alias!r}, a {vendor} database; only "
+            "PostgreSQL and SQLite are supported and tested.",
+            hint="Route the 'durably' app to a PostgreSQL or SQLite database.",
+            id="django_durably.W001",
+        )
+    ]

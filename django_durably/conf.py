@@ -1,0 +1,77 @@
+"""Every django-durably setting and its default.
+
+This is the only module that reads ``DURABLY_*`` keys from ``django.conf.settings``. Attributes are read
+on every access, so ``override_settings`` and pytest-django's ``settings`` fixture take effect at once.
+``checks`` validates the values at startup; docs/reference/settings.md documents each one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings as django_settings
+
+DEFAULT_QUEUE = "default"
+DEFAULT_PRIORITY = 0
+DEFAULT_LEASE_SECONDS = 60.0
+DEFAULT_POLL_INTERVAL = 1.0
+DEFAULT_WAIT_POLL_INTERVAL = 0.1
+DEFAULT_JOBS_MODULE = "jobs"
+DEFAULT_MAX_INPUT_BYTES = 1024 * 1024
+
+
+class DurablySettings:
+    """Typed, always-fresh view of the ``DURABLY_*`` settings."""
+
+    prefix = "DURABLY_"
+
+    def _get(self, name: str, default: Any) -> Any:
+        return getattr(django_settings, self.prefix + name, default)
+
+    @property
+    def DEFAULT_QUEUE(self) -> str:  # noqa: N802 - settings are upper case
+        """Queue of jobs that do not name one."""
+        return str(self._get("DEFAULT_QUEUE", DEFAULT_QUEUE))
+
+    @property
+    def DEFAULT_PRIORITY(self) -> int:  # noqa: N802
+        """Priority of jobs that do not set one. Higher runs first."""
+        return int(self._get("DEFAULT_PRIORITY", DEFAULT_PRIORITY))
+
+    @property
+    def LEASE_SECONDS(self) -> float:  # noqa: N802
+        """How long a claim is valid without renewal."""
+        return float(self._get("LEASE_SECONDS", DEFAULT_LEASE_SECONDS))
+
+    @property
+    def RENEW_INTERVAL(self) -> float:  # noqa: N802
+        """Seconds between lease renewals; defaults to a third of the lease."""
+        value = self._get("RENEW_INTERVAL", None)
+        return self.LEASE_SECONDS / 3 if value is None else float(value)
+
+    @property
+    def POLL_INTERVAL(self) -> float:  # noqa: N802
+        """Seconds an idle worker waits before looking for ready runs again."""
+        return float(self._get("POLL_INTERVAL", DEFAULT_POLL_INTERVAL))
+
+    @property
+    def WAIT_POLL_INTERVAL(self) -> float:  # noqa: N802
+        """Seconds between status reads in ``wait_for_run`` and ``trigger_and_wait``."""
+        return float(self._get("WAIT_POLL_INTERVAL", DEFAULT_WAIT_POLL_INTERVAL))
+
+    @property
+    def JOBS_MODULE(self) -> str:  # noqa: N802
+        """Module name imported from every installed app at startup to register jobs."""
+        return str(self._get("JOBS_MODULE", DEFAULT_JOBS_MODULE))
+
+    @property
+    def MAX_INPUT_BYTES(self) -> int:  # noqa: N802
+        """Largest accepted run input, in bytes of JSON."""
+        return int(self._get("MAX_INPUT_BYTES", DEFAULT_MAX_INPUT_BYTES))
+
+    def raw(self, name: str) -> Any:
+        """The value as written in settings (``None`` when unset), for system checks."""
+        return getattr(django_settings, self.prefix + name, None)
+
+
+durably_settings = DurablySettings()

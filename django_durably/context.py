@@ -1,0 +1,252 @@
+"""The :class:`StepContext` a job receives, and the current-run context variable.
+
+The context holds the replay logic (completed steps are returned, never re-run) and talks to storage
+only through the small :class:`StepStore` protocol. The executor passes in the model-backed store;
+``testing`` has an in-memory one, so job functions can be unit-tested without a database.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
+from datetime import datetime
+from typing import Any, ParamSpec, Protocol, TypeVar
+from uuid import UUID
+
+from django.utils import timezone
+
+from django_durably.exceptions import (
+    DuplicateStepName,
+    DurablyInterrupt,
+    InvalidProgress,
+    InvalidStepName,
+)
+from django_durably.serialization import describe_exception, to_json, to_json_lenient
+from django_durably.types import JSON, LogLevel
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+MAX_STEP_NAME_LENGTH = 255
+MAX_PROGRESS_MESSAGE_LENGTH = 1000
+
+job_logger = logging.getLogger("django_durably.jobs")
+
+
+class StepStore(Protocol):
+    """What a :class:`StepContext` needs from storage.
+
+    Every ``save_*`` method is fenced: when the run is no longer held by this execution it writes
+    nothing and raises :class:`~django_durably.exceptions.JobCancelled` or
+    :class:`~django_durably.exceptions.LeaseLost`.
+    """
+
+    def load_completed(self) -> dict[str, JSON]:
+        """Outputs of the run's completed steps, by step name."""
+
+    def check(self) -> None:
+        """Raise an interrupt if the run was cancelled or the lease is known to be lost."""
+
+    def step_started(self, *, index: int, name: str) -> None:
+        """A new (not replayed) step is about to call its function."""
+
+    def save_completed(
+        self, *, index: int, name: str, output: JSON, started_at: datetime
+    ) -> None:
+        """Persist a completed step and advance the run's step counters, atomically."""
+
+    def save_failed(
+        self, *, index: int, name: str, error: dict[str, str], started_at: datetime
+    ) -> None:
+        """Persist a failed step."""
+
+    def save_progress(self, progress: dict[str, Any]) -> None:
+        """Store the run's progress."""
+
+    def save_log(
+        self, *, level: LogLevel, message: str, data: JSON, step_name: str | None
+    ) -> None:
+        """Append a log line to the run."""
+
+
+_current: ContextVar[StepContext | None] = ContextVar("django_durably_step_context", default=None)
+
+
+def current_context() -> StepContext:
+    """The :class:`StepContext` of the job running in this thread, for code deep in a call stack.
+
+    Raises ``RuntimeError`` outside a running job.
+    """
+    ctx = _current.get()
+    if ctx is None:
+        raise RuntimeError("No durable job is running in this context.")
+    return ctx
+
+
+class StepLogger:
+    """``step.log``: log lines stored with the run (as ``RunLog`` rows) and sent to Python logging."""
+
+    def __init__(self, context: StepContext) -> None:
+        self._context = context
+
+    def info(self, message: str, **data: Any) -> None:
+        """Store an info line; keyword arguments are stored as JSON data."""
+        self._context._log("info", message, data)
+
+    def warning(self, message: str, **data: Any) -> None:
+        """Store a warning line."""
+        self._context._log("warning", message, data)
+
+    def error(self, message: str, **data: Any) -> None:
+        """Store an error line."""
+        self._context._log("error", message, data)
+
+
+class StepContext:
+    """Handed to every job function (called ``step`` by convention).
+
+    ``step.run(name, fn, *args, **kwargs)`` is the checkpoint: the first time a name is reached,
+    ``fn`` runs and its JSON output is stored; on any later attempt of the same run the stored output
+    is returned and ``fn`` is not called. Side effects inside a step must tolerate running more than
+    once (a worker may die after ``fn`` returns but before the checkpoint is written); code outside
+    steps re-runs on every attempt.
+    """
+
+    def __init__(
+        self,
+        *,
+        run_id: UUID,
+        job_name: str,
+        attempt: int,
+        store: StepStore,
+    ) -> None:
+        self._run_id = run_id
+        self._job_name = job_name
+        self._attempt = attempt
+        self._store = store
+        self._completed = store.load_completed()
+        self._seen: set[str] = set()
+        self._next_index = 0
+        self._current_step: str | None = None
+        self.log = StepLogger(self)
+
+    @property
+    def run_id(self) -> UUID:
+        """The id of the run being executed."""
+        return self._run_id
+
+    @property
+    def job_name(self) -> str:
+        """The registry name of the job."""
+        return self._job_name
+
+    @property
+    def attempt(self) -> int:
+        """1 on the first execution of the run, 2 after it was reclaimed or resumed once, ..."""
+        return self._attempt
+
+    @property
+    def current_step(self) -> str | None:
+        """The name of the step whose function is running, if any."""
+        return self._current_step
+
+    def check(self) -> None:
+        """Raise ``JobCancelled`` or ``LeaseLost`` if this execution must stop.
+
+        Called automatically before every new step; call it inside long loops too.
+        """
+        self._store.check()
+
+    def run(self, name: str, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run ``fn(*args, **kwargs)`` as the checkpointed step ``name`` and return its output.
+
+        The output is returned as it reads back from the database (JSON: tuples become lists,
+        pydantic models become dicts), the same on the first run and on replay. If ``fn`` raises,
+        a failed step row is stored and the exception propagates.
+        """
+        self._claim_name(name)
+        index = self._next_index
+        self._next_index += 1
+        if name in self._completed:
+            return self._completed[name]  # type: ignore[return-value]  # replay: JSON as stored
+        self.check()
+        started_at = timezone.now()
+        self._store.step_started(index=index, name=name)
+        self._current_step = name
+        try:
+            result = fn(*args, **kwargs)
+            output = to_json(result, what=f"Output of step {name!r}")
+        except DurablyInterrupt:
+            raise
+        except Exception as exc:
+            self._store.save_failed(
+                index=index, name=name, error=describe_exception(exc), started_at=started_at
+            )
+            raise
+        finally:
+            self._current_step = None
+        self._store.save_completed(index=index, name=name, output=output, started_at=started_at)
+        self._completed[name] = output
+        return output  # type: ignore[return-value]
+
+    def progress(
+        self, current: float, total: float | None = None, message: str | None = None
+    ) -> None:
+        """Record how far the run is (shown in the admin and the API); fenced like a step."""
+        if not _is_count(current) or (total is not None and not _is_count(total)):
+            raise InvalidProgress(
+                f"progress(current={current!r}, total={total!r}): both must be non-negative numbers."
+            )
+        if message is not None and (
+            not isinstance(message, str) or len(message) > MAX_PROGRESS_MESSAGE_LENGTH
+        ):
+            raise InvalidProgress(
+                f"progress message must be a string of at most {MAX_PROGRESS_MESSAGE_LENGTH} "
+                "characters."
+            )
+        self.check()
+        self._store.save_progress({"current": current, "total": total, "message": message})
+
+    @contextlib.contextmanager
+    def activate(self) -> Iterator[StepContext]:
+        """Make this the :func:`current_context` for the duration of the block."""
+        token = _current.set(self)
+        try:
+            yield self
+        finally:
+            _current.reset(token)
+
+    def _claim_name(self, name: str) -> None:
+        if not isinstance(name, str) or not name or len(name) > MAX_STEP_NAME_LENGTH:
+            raise InvalidStepName(
+                f"Step names must be non-empty strings of at most {MAX_STEP_NAME_LENGTH} "
+                f"characters, got {name!r}."
+            )
+        if name in self._seen:
+            raise DuplicateStepName(name)
+        self._seen.add(name)
+
+    def _log(self, level: LogLevel, message: str, data: dict[str, Any]) -> None:
+        text = str(message)
+        stored = to_json_lenient(data)
+        job_logger.log(
+            logging.getLevelNamesMapping()[level.upper()],
+            "[%s %s] %s",
+            self._job_name,
+            self._run_id,
+            text,
+            extra={"run_id": str(self._run_id), "step_name": self._current_step, "data": stored},
+        )
+        self._store.save_log(level=level, message=text, data=stored, step_name=self._current_step)
+
+
+def _is_count(value: Any) -> bool:
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value >= 0
+    )

@@ -1,0 +1,190 @@
+"""Every error django-durably raises.
+
+A leaf module: it imports nothing from the package. Each class's docstring is its default message,
+and errors carry structured attributes (``run_id``, ``status``, ...) rather than text to parse.
+
+Two families:
+
+* :class:`DurablyError` (an ``Exception``): bad input, unknown names, lost races of operator actions,
+  and the outcomes a waiter is told about.
+* :class:`DurablyInterrupt` (a ``BaseException``): control flow raised *inside* a running job when the
+  run was cancelled or its lease was lost. A job's ``except Exception`` cannot swallow them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from django.core.exceptions import ImproperlyConfigured
+
+
+class DurablyError(Exception):
+    """A django-durably error."""
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or "").strip())
+
+
+class ImproperlyConfiguredJob(DurablyError, ImproperlyConfigured):
+    """A job was declared in a way django-durably cannot run."""
+
+
+class JobNotFound(DurablyError, LookupError):
+    """No job is registered under this name."""
+
+    def __init__(self, job_name: str) -> None:
+        self.job_name = job_name
+        super().__init__(
+            f"No job is registered under the name {job_name!r}. Jobs are registered by @job() when "
+            "their module is imported; django-durably imports each installed app's `jobs` module."
+        )
+
+
+class InvalidTrigger(DurablyError, ValueError):
+    """The trigger request is invalid; nothing was created."""
+
+    def __init__(self, message: str, *, field: str, errors: list[dict[str, Any]] | None = None):
+        self.field = field
+        self.errors = errors or [{"loc": [field], "msg": message}]
+        super().__init__(message)
+
+
+class InvalidInput(InvalidTrigger):
+    """The input is not JSON or fails the job's input schema; nothing was created."""
+
+
+class InvalidLabels(InvalidTrigger):
+    """The labels are not a flat object of valid string keys and string values."""
+
+
+class InvalidRunAfter(InvalidTrigger):
+    """`run_after` must be a timezone-aware datetime."""
+
+
+class PendingRunExists(DurablyError):
+    """A pending run with this concurrency key already exists for this job."""
+
+    def __init__(self, *, job_name: str, concurrency_key: str, run_id: UUID) -> None:
+        self.job_name = job_name
+        self.concurrency_key = concurrency_key
+        self.run_id = run_id
+        super().__init__(
+            f"Job {job_name!r} already has a pending run ({run_id}) with concurrency key "
+            f"{concurrency_key!r}. Pass coalesce='skip' to get that run back instead of this error."
+        )
+
+
+class RunNotFound(DurablyError, LookupError):
+    """No run exists with this id."""
+
+    def __init__(self, run_id: UUID | str) -> None:
+        self.run_id = run_id
+        super().__init__(f"No run exists with id {run_id}.")
+
+
+class RunStateError(DurablyError):
+    """The run is not in a state that allows this operation."""
+
+    action = "change"
+
+    def __init__(self, run_id: UUID, status: str) -> None:
+        self.run_id = run_id
+        self.status = status
+        super().__init__(f"Run {run_id} cannot {self.action}: it is {status}.")
+
+
+class RunNotCancellable(RunStateError):
+    """The run already finished, so it cannot be cancelled."""
+
+    action = "be cancelled"
+
+
+class WaitError(DurablyError):
+    """Waiting for a run ended without a completed run."""
+
+
+class RunFailed(WaitError):
+    """The run failed."""
+
+    def __init__(self, run: Any) -> None:
+        self.run = run
+        self.run_id: UUID = run.id
+        error = run.error or {}
+        super().__init__(
+            f"Run {run.id} of {run.job_name!r} failed: {error.get('type', 'error')}: "
+            f"{error.get('message', '')}"
+        )
+
+
+class RunCancelled(WaitError):
+    """The run was cancelled."""
+
+    def __init__(self, run: Any) -> None:
+        self.run = run
+        self.run_id: UUID = run.id
+        super().__init__(f"Run {run.id} of {run.job_name!r} was cancelled.")
+
+
+class WaitTimeout(WaitError, TimeoutError):
+    """The run did not finish within the timeout. It was not cancelled and may still finish."""
+
+    def __init__(self, run_id: UUID, timeout: float, status: str) -> None:
+        self.run_id = run_id
+        self.timeout = timeout
+        self.status = status
+        super().__init__(
+            f"Run {run_id} did not finish within {timeout:g}s (it is {status}); it was not "
+            "cancelled and may still finish."
+        )
+
+
+class StepError(DurablyError):
+    """A step was used incorrectly."""
+
+
+class InvalidStepName(StepError, ValueError):
+    """A step name must be a non-empty string of at most 255 characters."""
+
+
+class DuplicateStepName(StepError):
+    """A step name was used twice in one execution of a job."""
+
+    def __init__(self, name: str) -> None:
+        self.step_name = name
+        super().__init__(
+            f"Step {name!r} was already run in this execution. Step names are the replay key, so "
+            "each step of a run needs its own name (e.g. f'save-{i}' inside a loop)."
+        )
+
+
+class InvalidProgress(StepError, ValueError):
+    """Progress needs a non-negative `current`, an optional non-negative `total` and a short message."""
+
+
+class NotJSONSerializable(StepError, TypeError):
+    """A value that must be stored as JSON is not JSON-serializable."""
+
+
+class StepConflict(StepError):
+    """Another execution already completed a step with this name for this run."""
+
+
+class OutputInvalid(DurablyError, ValueError):
+    """The job's return value is not JSON or fails its output schema."""
+
+
+class DurablyInterrupt(BaseException):  # noqa: N818 - control flow, not an error
+    """Stops a running job at its next step boundary. Derives from BaseException on purpose."""
+
+    def __init__(self, run_id: UUID, message: str | None = None) -> None:
+        self.run_id = run_id
+        super().__init__(message or f"{(self.__doc__ or '').strip()} (run {run_id})")
+
+
+class JobCancelled(DurablyInterrupt):
+    """The run was cancelled; the job stops and nothing more is written for it."""
+
+
+class LeaseLost(DurablyInterrupt):
+    """This worker no longer holds the run's lease; another worker may own it now."""

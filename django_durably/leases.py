@@ -1,0 +1,302 @@
+"""Claiming, renewing and releasing runs, and the fenced writes that finish them.
+
+This is the only module that locks rows. Every function is one guarded statement (or one short
+transaction) whose row count says whether it won; lease times come from the database clock.
+
+* PostgreSQL: ready runs are picked with ``SELECT ... FOR UPDATE SKIP LOCKED`` in one short
+  transaction. Runs with a concurrency key are serialised with a transaction-scoped advisory lock on
+  the key plus a fresh re-check, and a busy key is skipped so unrelated runs stay claimable.
+* SQLite (and any other backend): each candidate is claimed with one conditional UPDATE, which SQLite
+  executes under its database write lock, so several worker processes on one file stay correct.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Literal
+from uuid import UUID
+
+from django.db import connections, router, transaction
+from django.db.models import BooleanField, DateTimeField, Exists, ExpressionWrapper, F, OuterRef, Q, Value
+from django.db.models.functions import Coalesce, Now
+
+from django_durably import signals
+from django_durably.conf import durably_settings
+from django_durably.exceptions import DurablyInterrupt, JobCancelled, LeaseLost
+from django_durably.models import Run, RunQuerySet, RunStatus
+from django_durably.types import JSON
+
+LeaseState = Literal["held", "cancelled", "lost"]
+
+
+def db_alias() -> str:
+    """The database that holds runs (``DATABASE_ROUTERS`` may move them off ``default``)."""
+    return router.db_for_write(Run)
+
+
+def lease_expiry(seconds: float) -> ExpressionWrapper:
+    """``now + seconds`` by the database clock."""
+    return ExpressionWrapper(
+        Now() + Value(timedelta(seconds=seconds)), output_field=DateTimeField()
+    )
+
+
+# -- claiming ----------------------------------------------------------------------------------
+
+
+def claim(
+    *,
+    worker_id: str,
+    queues: list[str] | None = None,
+    limit: int = 1,
+    lease_seconds: float | None = None,
+) -> list[Run]:
+    """Lease up to ``limit`` ready runs to ``worker_id`` and return them, in claim order.
+
+    Each claimed run has ``status='leased'``, ``lease_generation`` bumped (the fencing token every
+    later write of this worker must present), ``attempt`` incremented, ``lease_owner`` set and
+    ``lease_expires_at`` = database now + ``lease_seconds``. ``started_at`` is kept when a run is
+    reclaimed. Runs are never returned to two holders under the same generation.
+    """
+    if limit < 1:
+        return []
+    seconds = durably_settings.LEASE_SECONDS if lease_seconds is None else lease_seconds
+    alias = db_alias()
+    if connections[alias].vendor == "postgresql":
+        claimed_ids = _claim_locking(alias, worker_id, queues, limit, seconds)
+    else:
+        claimed_ids = _claim_conditional(alias, worker_id, queues, limit, seconds)
+    if not claimed_ids:
+        return []
+    runs = {run.pk: run for run in Run.objects.using(alias).filter(pk__in=claimed_ids)}
+    claimed = [runs[pk] for pk in claimed_ids if pk in runs]
+    for run in claimed:
+        transaction.on_commit(
+            lambda run=run: signals.run_leased.send(
+                sender=Run,
+                run_id=run.pk,
+                job_name=run.job_name,
+                attempt=run.attempt,
+                lease_owner=run.lease_owner,
+            ),
+            using=alias,
+        )
+    return claimed
+
+
+def _busy_key() -> Exists:
+    """Another run with the same concurrency key holds a valid lease."""
+    return Exists(
+        Run.objects.filter(
+            status=RunStatus.LEASED,
+            lease_expires_at__gt=Now(),
+            concurrency_key=OuterRef("concurrency_key"),
+        ).exclude(pk=OuterRef("pk"))
+    )
+
+
+def _candidates(alias: str, queues: list[str] | None, limit: int, *, lock: bool) -> list[Any]:
+    """Ready runs in claim order: pending and due first by the index, then expired leases."""
+    order = ("-priority", "run_after", "id")
+    sources: list[RunQuerySet] = [
+        Run.objects.using(alias).pending().filter(run_after__lte=Now()),
+        Run.objects.using(alias).expired(),
+    ]
+    found: list[Any] = []
+    for qs in sources:
+        if queues:
+            qs = qs.filter(queue__in=queues)
+        qs = qs.exclude(_busy_key()).order_by(*order)
+        if lock:
+            qs = qs.select_for_update(skip_locked=True, of=("self",))
+        found.extend(qs.values_list("priority", "run_after", "id", "concurrency_key")[:limit])
+    found.sort(key=lambda row: (-row[0], row[1], row[2]))
+    return found
+
+
+def _lease_fields(worker_id: str, seconds: float) -> dict[str, Any]:
+    return {
+        "status": RunStatus.LEASED,
+        "lease_generation": F("lease_generation") + 1,
+        "attempt": F("attempt") + 1,
+        "lease_owner": worker_id,
+        "lease_expires_at": lease_expiry(seconds),
+        "started_at": Coalesce(F("started_at"), Now()),
+        "updated_at": Now(),
+    }
+
+
+def _claim_locking(
+    alias: str, worker_id: str, queues: list[str] | None, limit: int, seconds: float
+) -> list[UUID]:
+    with transaction.atomic(using=alias):
+        chosen: list[UUID] = []
+        keys_taken: set[str] = set()
+        with connections[alias].cursor() as cursor:
+            for _priority, _run_after, run_id, key in _candidates(alias, queues, limit, lock=True):
+                if len(chosen) == limit:
+                    break
+                if key is not None:
+                    if key in keys_taken or not _try_key_lock(cursor, key):
+                        continue
+                    # Fresh re-check now that the key is ours for this transaction.
+                    if Run.objects.using(alias).leased().filter(concurrency_key=key).exists():
+                        continue
+                    keys_taken.add(key)
+                chosen.append(run_id)
+        if chosen:
+            Run.objects.using(alias).filter(pk__in=chosen).update(**_lease_fields(worker_id, seconds))
+        return chosen
+
+
+def _try_key_lock(cursor: Any, key: str) -> bool:
+    cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [_key_lock_id(key)])
+    return bool(cursor.fetchone()[0])
+
+
+def _key_lock_id(key: str) -> int:
+    """A stable signed 64-bit advisory lock id for a concurrency key."""
+    digest = hashlib.blake2b(f"django_durably:{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def _claim_conditional(
+    alias: str, worker_id: str, queues: list[str] | None, limit: int, seconds: float
+) -> list[UUID]:
+    chosen: list[UUID] = []
+    for _priority, _run_after, run_id, _key in _candidates(alias, queues, limit * 2, lock=False):
+        if len(chosen) == limit:
+            break
+        # One statement: still ready, and no other valid lease on the key, checked under the
+        # database's write lock together with the update itself.
+        won = (
+            Run.objects.using(alias)
+            .ready(queues)
+            .filter(pk=run_id)
+            .exclude(_busy_key())
+            .update(**_lease_fields(worker_id, seconds))
+        )
+        if won:
+            chosen.append(run_id)
+    return chosen
+
+
+# -- while running -----------------------------------------------------------------------------
+
+
+def renew(leases: dict[UUID, int], lease_seconds: float) -> dict[UUID, LeaseState]:
+    """Extend every lease in ``{run_id: generation}`` in one UPDATE; report each one's state.
+
+    A lease is renewed only while the run is leased under that generation and the lease has not
+    expired. ``cancelled`` means an operator cancelled the run; ``lost`` means the lease expired or
+    another worker holds it now.
+    """
+    if not leases:
+        return {}
+    alias = db_alias()
+    held = Q()
+    for run_id, generation in leases.items():
+        held |= Q(pk=run_id, lease_generation=generation)
+    renewed = (
+        Run.objects.using(alias)
+        .filter(held)
+        .leased()
+        .update(lease_expires_at=lease_expiry(lease_seconds), updated_at=Now())
+    )
+    if renewed == len(leases):
+        return dict.fromkeys(leases, "held")
+    states: dict[UUID, LeaseState] = dict.fromkeys(leases, "lost")
+    rows = (
+        Run.objects.using(alias)
+        .filter(pk__in=list(leases))
+        .annotate(
+            valid=ExpressionWrapper(Q(lease_expires_at__gt=Now()), output_field=BooleanField())
+        )
+        .values_list("pk", "status", "lease_generation", "valid")
+    )
+    for run_id, status, generation, valid in rows:
+        if status == RunStatus.CANCELLED:
+            states[run_id] = "cancelled"
+        elif status == RunStatus.LEASED and generation == leases[run_id] and valid:
+            states[run_id] = "held"
+    return states
+
+
+def release(run_id: UUID, generation: int) -> bool:
+    """Hand a run back at once (its lease expires now) so any worker can claim it immediately.
+
+    Completed checkpoints are kept. Guarded by generation: a no-op if the lease was lost already.
+    """
+    return bool(
+        Run.objects.using(db_alias())
+        .held_by(run_id, generation)
+        .update(lease_expires_at=Now(), updated_at=Now())
+    )
+
+
+# -- finishing ---------------------------------------------------------------------------------
+
+
+def complete(run_id: UUID, generation: int, output: JSON) -> bool:
+    """Mark the run completed, if this lease still holds it."""
+    return bool(
+        Run.objects.using(db_alias())
+        .held_by(run_id, generation)
+        .update(
+            status=RunStatus.COMPLETED,
+            output=output,
+            completed_at=Now(),
+            lease_expires_at=None,
+            updated_at=Now(),
+        )
+    )
+
+
+def fail(run_id: UUID, generation: int, error: dict[str, str]) -> bool:
+    """Mark the run failed with ``error``, if this lease still holds it."""
+    return bool(
+        Run.objects.using(db_alias())
+        .held_by(run_id, generation)
+        .update(
+            status=RunStatus.FAILED,
+            error=error,
+            completed_at=Now(),
+            lease_expires_at=None,
+            updated_at=Now(),
+        )
+    )
+
+
+def refusal(run_id: UUID) -> DurablyInterrupt:
+    """Why a fenced write was refused: the run was cancelled, or the lease was lost."""
+    status = (
+        Run.objects.using(db_alias()).filter(pk=run_id).values_list("status", flat=True).first()
+    )
+    if status == RunStatus.CANCELLED:
+        return JobCancelled(run_id)
+    return LeaseLost(run_id)
+
+
+@dataclass
+class LeaseHandle:
+    """What a running job knows about its lease: the fencing token and a local deadline.
+
+    The deadline is measured on this machine's monotonic clock from *before* the claim or renewal
+    was sent, so it always passes no later than the lease does in the database.
+    """
+
+    run_id: UUID
+    generation: int
+    deadline: float
+    state: LeaseState = "held"
+
+    def check(self) -> None:
+        """Raise :class:`JobCancelled` or :class:`LeaseLost` if the run must stop."""
+        if self.state == "cancelled":
+            raise JobCancelled(self.run_id)
+        if self.state == "lost" or time.monotonic() >= self.deadline:
+            self.state = "lost"
+            raise LeaseLost(self.run_id)

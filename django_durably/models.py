@@ -1,0 +1,281 @@
+"""Runs, their checkpointed steps and their log lines.
+
+Models store a job by its *name* and never import ``jobs``, ``context`` or ``executor``. Status
+changes never go through ``save()``: ``leases`` and ``operations`` make them with guarded UPDATEs built
+from the predicates on :class:`RunQuerySet`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, ClassVar
+
+from django.db import connections, models
+from django.db.models import Q
+from django.db.models import F, Func, Value
+from django.db.models.functions import Now
+from django.utils.translation import gettext_lazy as _
+
+from django_durably.conf import DEFAULT_PRIORITY, DEFAULT_QUEUE
+
+
+class RunStatus(models.TextChoices):
+    PENDING = "pending", _("Pending")
+    """Waiting to be claimed by a worker (possibly not before ``run_after``)."""
+    LEASED = "leased", _("Running")
+    """Claimed by a worker whose lease (``lease_expires_at``) it renews while the job runs."""
+    COMPLETED = "completed", _("Completed")
+    """Finished; ``output`` holds the job's return value."""
+    FAILED = "failed", _("Failed")
+    """The job raised; ``error`` holds the exception. Can be resumed."""
+    CANCELLED = "cancelled", _("Cancelled")
+    """Stopped by an operator. Can be resumed."""
+
+
+TERMINAL_STATUSES = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED})
+CANCELLABLE_STATUSES = frozenset({RunStatus.PENDING, RunStatus.LEASED})
+
+
+class StepStatus(models.TextChoices):
+    COMPLETED = "completed", _("Completed")
+    """The step's function returned; its output is the checkpoint replayed on later attempts."""
+    FAILED = "failed", _("Failed")
+    """The step's function raised; a later attempt runs it again."""
+    CANCELLED = "cancelled", _("Cancelled")
+    """The run was cancelled while the step ran."""
+
+
+class LogLevel(models.TextChoices):
+    INFO = "info", _("Info")
+    WARNING = "warning", _("Warning")
+    ERROR = "error", _("Error")
+
+
+class _JsonExtract(Func):
+    function = "JSON_EXTRACT"
+    output_field = models.TextField()
+
+
+class RunQuerySet(models.QuerySet["Run"]):
+    """Named predicates for each state set; the lookups and the guarded UPDATEs both use these."""
+
+    def pending(self) -> RunQuerySet:
+        return self.filter(status=RunStatus.PENDING)
+
+    def leased(self) -> RunQuerySet:
+        """Runs whose lease is still valid by the database clock."""
+        return self.filter(status=RunStatus.LEASED, lease_expires_at__gt=Now())
+
+    def expired(self) -> RunQuerySet:
+        """Leased runs whose lease ran out: their worker is gone or stalled; claimable again."""
+        return self.filter(status=RunStatus.LEASED, lease_expires_at__lte=Now())
+
+    def ready(self, queues: list[str] | None = None) -> RunQuerySet:
+        """Claimable now: pending and due, or leased with an expired lease."""
+        qs = self.filter(
+            Q(status=RunStatus.PENDING, run_after__lte=Now())
+            | Q(status=RunStatus.LEASED, lease_expires_at__lte=Now())
+        )
+        if queues:
+            qs = qs.filter(queue__in=queues)
+        return qs
+
+    def held_by(self, run_id: uuid.UUID, generation: int) -> RunQuerySet:
+        """The guard of every lease-holder write: still leased, under this lease generation."""
+        return self.filter(pk=run_id, status=RunStatus.LEASED, lease_generation=generation)
+
+    def finished(self) -> RunQuerySet:
+        return self.filter(status__in=TERMINAL_STATUSES)
+
+    def cancellable(self) -> RunQuerySet:
+        return self.filter(status__in=CANCELLABLE_STATUSES)
+
+    def with_labels(self, labels: dict[str, str] | None = None, /, **more: str) -> RunQuerySet:
+        """Runs carrying every given label (AND). ``with_labels({"tenant": "acme"})``.
+
+        Keys may hold characters that are not Python identifiers (``team/region``), so pass a dict
+        for those.
+        """
+        wanted = {**(labels or {}), **more}
+        if not wanted:
+            return self
+        if connections[self.db].vendor == "postgresql":
+            return self.filter(labels__contains=wanted)
+        qs = self
+        for position, (key, value) in enumerate(wanted.items()):
+            # JSON_EXTRACT with an always-quoted path, so keys such as "7" or "a.b" are object keys.
+            # Label keys are validated to [A-Za-z0-9._/-]+, so the path needs no further escaping.
+            alias = f"_durably_label_{position}"
+            path = '$."' + key.replace('"', "") + '"'
+            qs = qs.alias(**{alias: _JsonExtract(F("labels"), Value(path))}).filter(
+                **{alias: value}
+            )
+        return qs
+
+
+class Run(models.Model):
+    """One execution request of a job, and everything needed to finish it after a crash."""
+
+    id = models.UUIDField(_("id"), primary_key=True, default=uuid.uuid4, editable=False)
+    job_name = models.CharField(_("job"), max_length=255)
+    queue = models.CharField(_("queue"), max_length=100, default=DEFAULT_QUEUE)
+    priority = models.IntegerField(_("priority"), default=DEFAULT_PRIORITY)
+    status = models.CharField(
+        _("status"), max_length=16, choices=RunStatus.choices, default=RunStatus.PENDING
+    )
+    input = models.JSONField(_("input"), null=True, blank=True)
+    output = models.JSONField(_("output"), null=True, blank=True)
+    error = models.JSONField(
+        _("error"), null=True, blank=True, help_text=_("Exception type, message and traceback.")
+    )
+    idempotency_key = models.CharField(_("idempotency key"), max_length=255, null=True, blank=True)
+    concurrency_key = models.CharField(_("concurrency key"), max_length=255, null=True, blank=True)
+    labels = models.JSONField(_("labels"), default=dict, blank=True)
+    progress = models.JSONField(_("progress"), null=True, blank=True)
+    run_after = models.DateTimeField(_("run after"), db_default=Now())
+    attempt = models.PositiveIntegerField(_("attempt"), default=0)
+    current_step_index = models.PositiveIntegerField(_("current step index"), default=0)
+    completed_step_count = models.PositiveIntegerField(_("completed steps"), default=0)
+    lease_owner = models.CharField(_("lease owner"), max_length=255, null=True, blank=True)
+    lease_expires_at = models.DateTimeField(_("lease expires at"), null=True, blank=True)
+    lease_generation = models.PositiveBigIntegerField(_("lease generation"), default=0)
+    created_at = models.DateTimeField(_("created at"), db_default=Now())
+    updated_at = models.DateTimeField(_("updated at"), db_default=Now())
+    started_at = models.DateTimeField(_("started at"), null=True, blank=True)
+    completed_at = models.DateTimeField(_("finished at"), null=True, blank=True)
+
+    objects: ClassVar[RunQuerySet] = RunQuerySet.as_manager()  # type: ignore[assignment]
+
+    disposition: str = "created"
+    """Set on runs returned by a trigger: ``created``, ``idempotent`` or ``coalesced``."""
+
+    class Meta:
+        verbose_name = _("run")
+        verbose_name_plural = _("runs")
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["job_name", "idempotency_key"],
+                condition=Q(idempotency_key__isnull=False),
+                name="durably_run_unique_idempotency_key",
+            ),
+            models.UniqueConstraint(
+                fields=["job_name", "concurrency_key"],
+                condition=Q(status="pending", concurrency_key__isnull=False),
+                name="durably_run_one_pending_per_key",
+            ),
+            models.CheckConstraint(
+                condition=Q(status__in=[s.value for s in RunStatus]),
+                name="durably_run_status_valid",
+            ),
+            models.CheckConstraint(
+                condition=Q(status="leased", lease_expires_at__isnull=False) | ~Q(status="leased"),
+                name="durably_run_leased_has_expiry",
+            ),
+        ]
+        indexes = [
+            # The claim: pending runs in priority order (partial, so finished history is not in it).
+            models.Index(
+                fields=["-priority", "run_after", "id"],
+                condition=Q(status="pending"),
+                name="durably_run_pending_idx",
+            ),
+            # Expired leases (reclaim) and the per-key exclusion check of leased runs.
+            models.Index(
+                fields=["lease_expires_at"],
+                condition=Q(status="leased"),
+                name="durably_run_leased_idx",
+            ),
+            models.Index(
+                fields=["concurrency_key"],
+                condition=Q(status="leased"),
+                name="durably_run_leased_key_idx",
+            ),
+            # Listing: newest first, overall and by job or status.
+            models.Index(fields=["-created_at", "-id"], name="durably_run_created_idx"),
+            models.Index(fields=["job_name", "-created_at"], name="durably_run_job_idx"),
+            models.Index(fields=["status", "-created_at"], name="durably_run_status_idx"),
+            # Retention: finished runs by age.
+            models.Index(
+                fields=["completed_at"],
+                condition=Q(status__in=["completed", "failed", "cancelled"]),
+                name="durably_run_finished_idx",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.job_name} {self.id} ({self.status})"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+    def refresh(self) -> Run:
+        """A fresh copy of this run from the database."""
+        return Run.objects.get(pk=self.pk)
+
+    def __repr__(self) -> str:
+        return f"<Run {self.id} {self.job_name} {self.status}>"
+
+
+class Step(models.Model):
+    """One attempt at a named step of a run: the checkpoint when completed."""
+
+    id = models.BigAutoField(primary_key=True)
+    run = models.ForeignKey(
+        Run, on_delete=models.CASCADE, related_name="steps", verbose_name=_("run")
+    )
+    index = models.PositiveIntegerField(_("index"))
+    name = models.CharField(_("name"), max_length=255)
+    status = models.CharField(_("status"), max_length=16, choices=StepStatus.choices)
+    attempt = models.PositiveIntegerField(_("attempt"), default=1)
+    output = models.JSONField(_("output"), null=True, blank=True)
+    error = models.JSONField(_("error"), null=True, blank=True)
+    started_at = models.DateTimeField(_("started at"))
+    completed_at = models.DateTimeField(_("finished at"), db_default=Now())
+
+    class Meta:
+        verbose_name = _("step")
+        verbose_name_plural = _("steps")
+        ordering = ["run", "index", "id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["run", "name"],
+                condition=Q(status="completed"),
+                name="durably_step_one_completed_per_name",
+            ),
+        ]
+        indexes = [models.Index(fields=["run", "index"], name="durably_step_run_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.status})"
+
+    @property
+    def duration_seconds(self) -> float | None:
+        if self.started_at is None or self.completed_at is None:
+            return None
+        return (self.completed_at - self.started_at).total_seconds()
+
+
+class RunLog(models.Model):
+    """A line logged by a job through ``step.log``."""
+
+    id = models.BigAutoField(primary_key=True)
+    run = models.ForeignKey(
+        Run, on_delete=models.CASCADE, related_name="logs", verbose_name=_("run")
+    )
+    step_name = models.CharField(_("step"), max_length=255, null=True, blank=True)
+    level = models.CharField(_("level"), max_length=16, choices=LogLevel.choices)
+    message = models.TextField(_("message"))
+    data: Any = models.JSONField(_("data"), default=dict, blank=True)
+    attempt = models.PositiveIntegerField(_("attempt"), default=1)
+    created_at = models.DateTimeField(_("created at"), db_default=Now())
+
+    class Meta:
+        verbose_name = _("log line")
+        verbose_name_plural = _("log lines")
+        ordering = ["run", "id"]
+        indexes = [models.Index(fields=["run", "id"], name="durably_runlog_run_idx")]
+
+    def __str__(self) -> str:
+        return f"[{self.level}] {self.message[:80]}"

@@ -1,0 +1,33 @@
+"""Signals for run and step events. Only definitions live here; handlers live in ``receivers``.
+
+Every signal is sent with ``sender=Run`` (the model class) after the write it describes has committed,
+so a receiver that reads the database sees the change. Keyword arguments:
+
+==========================  ==========================================================================
+signal                      kwargs
+==========================  ==========================================================================
+``run_triggered``           ``run``
+``run_leased``              ``run_id``, ``job_name``, ``attempt``, ``lease_owner``
+``run_completed``           ``run_id``, ``job_name``, ``output``
+``run_failed``              ``run_id``, ``job_name``, ``error`` (dict: type, message, traceback)
+``run_cancelled``           ``run_id``, ``job_name``
+``step_started``            ``run_id``, ``step_name``, ``index``, ``attempt``
+``step_completed``          ``run_id``, ``step_name``, ``index``, ``output``
+``step_failed``             ``run_id``, ``step_name``, ``index``, ``error``
+``run_progress``            ``run_id``, ``progress`` (dict: current, total, message)
+``run_log``                 ``run_id``, ``step_name``, ``level``, ``message``, ``data``
+==========================  ==========================================================================
+"""
+
+from django.dispatch import Signal
+
+run_triggered = Signal()
+run_leased = Signal()
+run_completed = Signal()
+run_failed = Signal()
+run_cancelled = Signal()
+step_started = Signal()
+step_completed = Signal()
+step_failed = Signal()
+run_progress = Signal()
+run_log = Signal()

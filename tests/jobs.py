@@ -1,0 +1,149 @@
+"""Jobs used by the test suite (autodiscovered: ``tests`` is an installed app).
+
+Counters prove exactly-once behaviour: ``CALLS[name]`` counts how often a step function really ran.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from typing import Any
+
+from pydantic import BaseModel
+
+from django_durably import StepContext, job
+
+CALLS: Counter[str] = Counter()
+_calls_lock = threading.Lock()
+
+# Per-test switches: a job reads these to decide whether to fail, block, etc.
+FLAGS: dict[str, Any] = {}
+
+
+def count(name: str, value: Any = None) -> Any:
+    with _calls_lock:
+        CALLS[name] += 1
+    return value
+
+
+def fail_if_flagged(name: str) -> str:
+    with _calls_lock:
+        CALLS[name] += 1
+    if FLAGS.get("fail") == name:
+        raise RuntimeError(f"step {name} failed on purpose")
+    return name
+
+
+@job()
+def noop(step: StepContext, input: Any) -> Any:
+    return input
+
+
+@job(name="tests.three_steps")
+def three_steps(step: StepContext, input: dict[str, Any]) -> dict[str, Any]:
+    a = step.run("a", count, "a", 1)
+    b = step.run("b", fail_if_flagged, "b")
+    c = step.run("c", count, "c", [a, b])
+    step.progress(3, total=3, message="done")
+    step.log.info("finished", a=a, b=b)
+    return {"a": a, "b": b, "c": c}
+
+
+class Greeting(BaseModel):
+    name: str
+    times: int = 1
+
+
+class GreetingOut(BaseModel):
+    text: str
+
+
+@job()
+def greet(step: StepContext, input: Greeting) -> GreetingOut:
+    text = step.run("compose", lambda: " ".join([f"hello {input.name}"] * input.times))
+    return GreetingOut(text=text)
+
+
+@job()
+def bad_output(step: StepContext, input: Any) -> GreetingOut:
+    return {"wrong": True}  # type: ignore[return-value]
+
+
+@job()
+def non_json_output(step: StepContext, input: Any) -> Any:
+    return {1, 2, 3}
+
+
+@job()
+def non_json_step(step: StepContext, input: Any) -> Any:
+    return step.run("bad", lambda: object())
+
+
+@job(concurrency_key=lambda input: f"user:{input['user']}")
+def per_user(step: StepContext, input: dict[str, Any]) -> None:
+    step.run("work", count, f"per_user:{input['user']}")
+
+
+@job(concurrency_key="singleton")
+def singleton(step: StepContext, input: Any) -> None:
+    return None
+
+
+@job()
+def swallows_interrupts(step: StepContext, input: Any) -> str:
+    """A careless job that catches Exception around steps: interrupts must still get through."""
+    for i in range(3):
+        try:
+            step.run(f"s{i}", count, f"swallow:{i}")
+        except Exception:
+            count("swallowed")
+    return "done"
+
+
+@job()
+def catches_step_failure(step: StepContext, input: Any) -> str:
+    try:
+        step.run("flaky", fail_if_flagged, "flaky")
+    except RuntimeError:
+        return "recovered"
+    return "ok"
+
+
+@job()
+def raises_keyboard_interrupt(step: StepContext, input: Any) -> None:
+    step.run("before", count, "before-interrupt")
+    raise KeyboardInterrupt
+
+
+@job()
+def duplicate_step_names(step: StepContext, input: Any) -> None:
+    step.run("same", count, "dup")
+    step.run("same", count, "dup")
+
+
+def wait_for_gate(name: str) -> str:
+    """Blocks until the test sets the event ``FLAGS[name]`` (with a deadline)."""
+    count(f"entered:{name}")
+    entered = FLAGS.get(f"{name}:entered")
+    if entered is not None:
+        entered.set()
+    gate = FLAGS[name]
+    if not gate.wait(timeout=30):
+        raise TimeoutError(f"gate {name} was never opened")
+    return name
+
+
+@job()
+def gated(step: StepContext, input: Any) -> str:
+    step.run("first", count, "gated:first")
+    step.run("gate", wait_for_gate, "gate")
+    step.run("last", count, "gated:last")
+    return "done"
+
+
+@job()
+def logs_and_progress(step: StepContext, input: Any) -> None:
+    step.log.warning("careful", weird={1, 2})
+    step.progress(1, total=2)
+    step.run("inner", lambda: step.log.error("inside", n=1))
+    step.progress(2, total=2, message="all done")

@@ -7,18 +7,35 @@ otherwise. Signals are sent after the write they describe has committed.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from django.db import IntegrityError, transaction
+from django.db import DatabaseError, IntegrityError, transaction
 from django.db.models import F
 from django.db.models.functions import Now
 
 from django_durably import signals
-from django_durably.exceptions import StepConflict
+from django_durably.exceptions import LeaseLost, StepConflict
 from django_durably.leases import LeaseHandle, db_alias, refusal
 from django_durably.models import Run, RunLog, Step, StepStatus
 from django_durably.types import JSON, LogLevel
+
+
+@contextmanager
+def _database_errors_lose_the_lease(run_id: Any) -> Iterator[None]:
+    """A checkpoint that could not be written leaves the lease in doubt: stop as lost.
+
+    The run keeps its lease until it expires and is then reclaimed, so a database outage never
+    turns into a failed run; it costs at most a repeat of the step that could not be recorded.
+    """
+    try:
+        yield
+    except IntegrityError:
+        raise
+    except DatabaseError as exc:
+        raise LeaseLost(run_id, f"Could not write a checkpoint of run {run_id}: {exc}") from exc
 
 
 class ModelStepStore:
@@ -42,84 +59,83 @@ class ModelStepStore:
         rows = Step.objects.using(self.alias).filter(
             run_id=self.run_id, status=StepStatus.COMPLETED
         )
-        return dict(rows.values_list("name", "output"))
+        with _database_errors_lose_the_lease(self.run_id):
+            return dict(rows.values_list("name", "output"))
 
     def check(self) -> None:
         self.lease.check()
 
     def step_started(self, *, index: int, name: str) -> None:
-        self._after_commit(
-            signals.step_started, step_name=name, index=index, attempt=self.attempt
-        )
+        self._after_commit(signals.step_started, step_name=name, index=index, attempt=self.attempt)
 
-    def save_completed(
-        self, *, index: int, name: str, output: JSON, started_at: datetime
+    def save_completed(self, *, index: int, name: str, output: JSON, started_at: datetime) -> None:
+        with _database_errors_lose_the_lease(self.run_id):
+            try:
+                with transaction.atomic(using=self.alias):
+                    held = self._held().update(
+                        current_step_index=index + 1,
+                        completed_step_count=F("completed_step_count") + 1,
+                        updated_at=Now(),
+                    )
+                    if held:
+                        Step.objects.using(self.alias).create(
+                            run_id=self.run_id,
+                            index=index,
+                            name=name,
+                            status=StepStatus.COMPLETED,
+                            attempt=self.attempt,
+                            output=output,
+                            started_at=started_at,
+                        )
+            except IntegrityError as exc:
+                raise StepConflict(
+                    f"Step {name!r} of run {self.run_id} was already completed by another execution."
+                ) from exc
+            if not held:
+                raise refusal(self.run_id)
+            self._after_commit(signals.step_completed, step_name=name, index=index, output=output)
+
+    def save_failed(
+        self, *, index: int, name: str, error: dict[str, str], started_at: datetime
     ) -> None:
-        try:
+        with _database_errors_lose_the_lease(self.run_id):
             with transaction.atomic(using=self.alias):
-                held = self._held().update(
-                    current_step_index=index + 1,
-                    completed_step_count=F("completed_step_count") + 1,
-                    updated_at=Now(),
-                )
+                held = self._held().update(updated_at=Now())
                 if held:
                     Step.objects.using(self.alias).create(
                         run_id=self.run_id,
                         index=index,
                         name=name,
-                        status=StepStatus.COMPLETED,
+                        status=StepStatus.FAILED,
                         attempt=self.attempt,
-                        output=output,
+                        error=error,
                         started_at=started_at,
                     )
-        except IntegrityError as exc:
-            raise StepConflict(
-                f"Step {name!r} of run {self.run_id} was already completed by another execution."
-            ) from exc
-        if not held:
-            raise refusal(self.run_id)
-        self._after_commit(signals.step_completed, step_name=name, index=index, output=output)
-
-    def save_failed(
-        self, *, index: int, name: str, error: dict[str, str], started_at: datetime
-    ) -> None:
-        with transaction.atomic(using=self.alias):
-            held = self._held().update(updated_at=Now())
-            if held:
-                Step.objects.using(self.alias).create(
-                    run_id=self.run_id,
-                    index=index,
-                    name=name,
-                    status=StepStatus.FAILED,
-                    attempt=self.attempt,
-                    error=error,
-                    started_at=started_at,
-                )
-        if not held:
-            raise refusal(self.run_id)
-        self._after_commit(signals.step_failed, step_name=name, index=index, error=error)
+            if not held:
+                raise refusal(self.run_id)
+            self._after_commit(signals.step_failed, step_name=name, index=index, error=error)
 
     def save_progress(self, progress: dict[str, Any]) -> None:
-        if not self._held().update(progress=progress, updated_at=Now()):
-            raise refusal(self.run_id)
-        self._after_commit(signals.run_progress, progress=progress)
+        with _database_errors_lose_the_lease(self.run_id):
+            if not self._held().update(progress=progress, updated_at=Now()):
+                raise refusal(self.run_id)
+            self._after_commit(signals.run_progress, progress=progress)
 
-    def save_log(
-        self, *, level: LogLevel, message: str, data: JSON, step_name: str | None
-    ) -> None:
-        with transaction.atomic(using=self.alias):
-            held = self._held().update(updated_at=Now())
-            if held:
-                RunLog.objects.using(self.alias).create(
-                    run_id=self.run_id,
-                    step_name=step_name,
-                    level=level,
-                    message=message,
-                    data=data,
-                    attempt=self.attempt,
-                )
-        if not held:
-            raise refusal(self.run_id)
-        self._after_commit(
-            signals.run_log, step_name=step_name, level=level, message=message, data=data
-        )
+    def save_log(self, *, level: LogLevel, message: str, data: JSON, step_name: str | None) -> None:
+        with _database_errors_lose_the_lease(self.run_id):
+            with transaction.atomic(using=self.alias):
+                held = self._held().update(updated_at=Now())
+                if held:
+                    RunLog.objects.using(self.alias).create(
+                        run_id=self.run_id,
+                        step_name=step_name or "",
+                        level=level,
+                        message=message,
+                        data=data,
+                        attempt=self.attempt,
+                    )
+            if not held:
+                raise refusal(self.run_id)
+            self._after_commit(
+                signals.run_log, step_name=step_name, level=level, message=message, data=data
+            )

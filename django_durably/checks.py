@@ -5,11 +5,13 @@ Every id is listed in docs/reference/checks.md.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
 from django.apps import AppConfig
-from django.core.checks import CheckMessage, Error, Tags, Warning, register
+from django.core.checks import CheckMessage, Error, Tags, register
+from django.core.checks import Warning as CheckWarning
 from django.db import connections, router
 
 from django_durably.conf import durably_settings
@@ -19,7 +21,9 @@ SUPPORTED_VENDORS = ("postgresql", "sqlite")
 
 
 @register()
-def check_job_names(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any) -> list[CheckMessage]:
+def check_job_names(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
     """E001: two different functions registered under one job name."""
     return [
         Error(
@@ -35,13 +39,15 @@ def _positive_number(name: str) -> str | None:
     value = durably_settings.raw(name)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
         return f"DURABLY_{name} must be a positive number, got {value!r}."
     return None
 
 
 @register()
-def check_settings(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any) -> list[CheckMessage]:
+def check_settings(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
     """E002: timing settings that are not positive numbers; E003: renewal not within the lease;
     E004: names and limits of the wrong type."""
     errors: list[CheckMessage] = [
@@ -63,19 +69,26 @@ def check_settings(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
         value = durably_settings.raw(name)
         if value is not None and (not isinstance(value, str) or not value):
             errors.append(
-                Error(f"DURABLY_{name} must be a non-empty string, got {value!r}.", id="django_durably.E004")
+                Error(
+                    f"DURABLY_{name} must be a non-empty string, got {value!r}.",
+                    id="django_durably.E004",
+                )
             )
     for name in ("DEFAULT_PRIORITY", "MAX_INPUT_BYTES"):
         value = durably_settings.raw(name)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
             errors.append(
-                Error(f"DURABLY_{name} must be an integer, got {value!r}.", id="django_durably.E004")
+                Error(
+                    f"DURABLY_{name} must be an integer, got {value!r}.", id="django_durably.E004"
+                )
             )
     return errors
 
 
 @register(Tags.database)
-def check_database(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any) -> list[CheckMessage]:
+def check_database(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
     """W001: the database holding runs is neither PostgreSQL nor SQLite."""
     from django_durably.models import Run
 
@@ -84,7 +97,7 @@ def check_database(app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
     if vendor in SUPPORTED_VENDORS:
         return []
     return [
-        Warning(
+        CheckWarning(
             f"django-durably stores runs in database {alias!r}, a {vendor} database; only "
             "PostgreSQL and SQLite are supported and tested.",
             hint="Route the 'durably' app to a PostgreSQL or SQLite database.",

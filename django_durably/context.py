@@ -53,9 +53,7 @@ class StepStore(Protocol):
     def step_started(self, *, index: int, name: str) -> None:
         """A new (not replayed) step is about to call its function."""
 
-    def save_completed(
-        self, *, index: int, name: str, output: JSON, started_at: datetime
-    ) -> None:
+    def save_completed(self, *, index: int, name: str, output: JSON, started_at: datetime) -> None:
         """Persist a completed step and advance the run's step counters, atomically."""
 
     def save_failed(
@@ -66,9 +64,7 @@ class StepStore(Protocol):
     def save_progress(self, progress: dict[str, Any]) -> None:
         """Store the run's progress."""
 
-    def save_log(
-        self, *, level: LogLevel, message: str, data: JSON, step_name: str | None
-    ) -> None:
+    def save_log(self, *, level: LogLevel, message: str, data: JSON, step_name: str | None) -> None:
         """Append a log line to the run."""
 
 

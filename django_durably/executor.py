@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Literal
 from uuid import UUID
 
-from django.db import transaction
+from django.db import DatabaseError, transaction
 
 from django_durably import leases, signals
 from django_durably.checkpoints import ModelStepStore
@@ -88,7 +88,12 @@ def execute(run: Run, lease: LeaseHandle) -> RunOutcome:
 
 
 def _record_completion(run: Run, lease: LeaseHandle, output: JSON, started: float) -> RunOutcome:
-    if not leases.complete(run.pk, lease.generation, output):
+    try:
+        won = leases.complete(run.pk, lease.generation, output)
+    except DatabaseError:
+        logger.exception("Run %s: could not record completion; its lease will expire.", run.pk)
+        return _outcome(run, started, "lost")
+    if not won:
         return _outcome(run, started, _refused_status(run.pk))
     alias = leases.db_alias()
     transaction.on_commit(
@@ -104,7 +109,12 @@ def _record_failure(run: Run, lease: LeaseHandle, exc: Exception, started: float
     error = describe_exception(exc)
     if isinstance(exc, JobNotFound):
         error["traceback"] = ""
-    if not leases.fail(run.pk, lease.generation, error):
+    try:
+        won = leases.fail(run.pk, lease.generation, error)
+    except DatabaseError:
+        logger.exception("Run %s: could not record failure; its lease will expire.", run.pk)
+        return _outcome(run, started, "lost")
+    if not won:
         return _outcome(run, started, _refused_status(run.pk))
     alias = leases.db_alias()
     transaction.on_commit(
@@ -117,7 +127,10 @@ def _record_failure(run: Run, lease: LeaseHandle, exc: Exception, started: float
 
 
 def _refused_status(run_id: UUID) -> OutcomeStatus:
-    return "cancelled" if isinstance(leases.refusal(run_id), JobCancelled) else "lost"
+    try:
+        return "cancelled" if isinstance(leases.refusal(run_id), JobCancelled) else "lost"
+    except DatabaseError:
+        return "lost"
 
 
 def _outcome(

@@ -115,15 +115,19 @@ class Job(Generic[I, O]):
             run_after=run_after,
             coalesce=coalesce,
         )
-        return _operations().trigger_runs(self, [item])[0]
+        runs: list[Run] = _operations().trigger_runs(self, [item])
+        return runs[0]
 
     def trigger_many(self, items: Iterable[Any]) -> list[Run]:
         """Validate every item, then create all runs in one transaction (all or nothing).
 
         Each item is either a :class:`TriggerItem` or a plain input.
         """
-        prepared = [item if isinstance(item, TriggerItem) else TriggerItem(input=item) for item in items]
-        return _operations().trigger_runs(self, prepared)
+        prepared = [
+            item if isinstance(item, TriggerItem) else TriggerItem(input=item) for item in items
+        ]
+        runs: list[Run] = _operations().trigger_runs(self, prepared)
+        return runs
 
     def trigger_and_wait(
         self,
@@ -142,7 +146,8 @@ class Job(Generic[I, O]):
         operations = _operations()
         operations.ensure_outside_transaction()
         run = self.trigger(input, **options)
-        return operations.wait_for_run(run.id, timeout=timeout)
+        finished: Run = operations.wait_for_run(run.id, timeout=timeout)
+        return finished
 
     # -- input and output ------------------------------------------------------------------------
 
@@ -247,6 +252,8 @@ def _operations() -> ModuleType:
 
 
 def job(
+    _misused: Any = None,
+    /,
     *,
     name: str | None = None,
     queue: str | None = None,
@@ -269,8 +276,10 @@ def job(
     * ``input_schema`` / ``output_schema``: pydantic models. When omitted, they are taken from the
       ``input`` parameter's and the return annotation when those are pydantic models.
     """
-    if callable(name):
+    if callable(_misused) or callable(name):
         raise ImproperlyConfiguredJob("Use @job() with parentheses, not @job.")
+    if _misused is not None:
+        raise TypeError("job() options are keyword-only, e.g. @job(name=...).")
 
     def decorate(fn: Callable[[StepContext, I], O]) -> Job[I, O]:
         return register(
@@ -311,14 +320,18 @@ def define_job(
         raise ImproperlyConfiguredJob(f"Job {job_name!r}: queue must be a short non-empty string.")
     if priority is not None and (not isinstance(priority, int) or isinstance(priority, bool)):
         raise ImproperlyConfiguredJob(f"Job {job_name!r}: priority must be an int.")
-    if concurrency_key is not None and not (isinstance(concurrency_key, str) or callable(concurrency_key)):
+    if concurrency_key is not None and not (
+        isinstance(concurrency_key, str) or callable(concurrency_key)
+    ):
         raise ImproperlyConfiguredJob(
             f"Job {job_name!r}: concurrency_key must be a string or a callable of the input."
         )
     inferred_input, inferred_output = _schemas_from_annotations(fn)
     for label, schema in (("input_schema", input_schema), ("output_schema", output_schema)):
         if schema is not None and not (isinstance(schema, type) and issubclass(schema, BaseModel)):
-            raise ImproperlyConfiguredJob(f"Job {job_name!r}: {label} must be a pydantic model class.")
+            raise ImproperlyConfiguredJob(
+                f"Job {job_name!r}: {label} must be a pydantic model class."
+            )
     return Job(
         fn=fn,
         name=job_name,
@@ -343,8 +356,7 @@ def _validate_function(fn: Any) -> None:
         inspect.signature(fn).bind(object(), object())
     except TypeError as exc:
         raise ImproperlyConfiguredJob(
-            f"Job function {fn.__qualname__!r} must accept two positional arguments, "
-            "(step, input)."
+            f"Job function {fn.__qualname__!r} must accept two positional arguments, (step, input)."
         ) from exc
 
 

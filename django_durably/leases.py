@@ -16,17 +16,29 @@ import hashlib
 import time
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 from typing import Any, Literal
 from uuid import UUID
 
 from django.db import connections, router, transaction
-from django.db.models import BooleanField, DateTimeField, Exists, ExpressionWrapper, F, OuterRef, Q, Value
+from django.db.models import (
+    BooleanField,
+    DateTimeField,
+    Exists,
+    ExpressionWrapper,
+    F,
+    OuterRef,
+    Q,
+    Value,
+)
+from django.db.models.expressions import CombinedExpression
 from django.db.models.functions import Coalesce, Now
 
 from django_durably import signals
 from django_durably.conf import durably_settings
 from django_durably.exceptions import DurablyInterrupt, JobCancelled, LeaseLost
 from django_durably.models import Run, RunQuerySet, RunStatus
+from django_durably.notifications import notify_ready
 from django_durably.types import JSON
 
 LeaseState = Literal["held", "cancelled", "lost"]
@@ -37,7 +49,7 @@ def db_alias() -> str:
     return router.db_for_write(Run)
 
 
-def lease_expiry(seconds: float) -> ExpressionWrapper:
+def lease_expiry(seconds: float) -> ExpressionWrapper[CombinedExpression]:
     """``now + seconds`` by the database clock."""
     return ExpressionWrapper(
         Now() + Value(timedelta(seconds=seconds)), output_field=DateTimeField()
@@ -75,7 +87,8 @@ def claim(
     claimed = [runs[pk] for pk in claimed_ids if pk in runs]
     for run in claimed:
         transaction.on_commit(
-            lambda run=run: signals.run_leased.send(
+            partial(
+                signals.run_leased.send,
                 sender=Run,
                 run_id=run.pk,
                 job_name=run.job_name,
@@ -148,7 +161,9 @@ def _claim_locking(
                     keys_taken.add(key)
                 chosen.append(run_id)
         if chosen:
-            Run.objects.using(alias).filter(pk__in=chosen).update(**_lease_fields(worker_id, seconds))
+            Run.objects.using(alias).filter(pk__in=chosen).update(
+                **_lease_fields(worker_id, seconds)
+            )
         return chosen
 
 
@@ -230,11 +245,17 @@ def release(run_id: UUID, generation: int) -> bool:
 
     Completed checkpoints are kept. Guarded by generation: a no-op if the lease was lost already.
     """
-    return bool(
-        Run.objects.using(db_alias())
-        .held_by(run_id, generation)
-        .update(lease_expires_at=Now(), updated_at=Now())
-    )
+    alias = db_alias()
+    with transaction.atomic(using=alias):
+        released = bool(
+            Run.objects.using(alias)
+            .held_by(run_id, generation)
+            .update(lease_expires_at=Now(), updated_at=Now())
+        )
+        if released:
+            queue = Run.objects.using(alias).filter(pk=run_id).values_list("queue", flat=True)
+            notify_ready(alias, queue)
+    return released
 
 
 # -- finishing ---------------------------------------------------------------------------------

@@ -11,8 +11,7 @@ import uuid
 from typing import Any, ClassVar
 
 from django.db import connections, models
-from django.db.models import Q
-from django.db.models import F, Func, Value
+from django.db.models import F, Func, Q, Value
 from django.db.models.functions import Now
 from django.utils.translation import gettext_lazy as _
 
@@ -128,15 +127,16 @@ class Run(models.Model):
     error = models.JSONField(
         _("error"), null=True, blank=True, help_text=_("Exception type, message and traceback.")
     )
-    idempotency_key = models.CharField(_("idempotency key"), max_length=255, null=True, blank=True)
-    concurrency_key = models.CharField(_("concurrency key"), max_length=255, null=True, blank=True)
+    # NULL, not "", means "no key": the partial unique constraints below only apply to real keys.
+    idempotency_key = models.CharField(_("idempotency key"), max_length=255, null=True, blank=True)  # noqa: DJ001
+    concurrency_key = models.CharField(_("concurrency key"), max_length=255, null=True, blank=True)  # noqa: DJ001
     labels = models.JSONField(_("labels"), default=dict, blank=True)
     progress = models.JSONField(_("progress"), null=True, blank=True)
     run_after = models.DateTimeField(_("run after"), db_default=Now())
     attempt = models.PositiveIntegerField(_("attempt"), default=0)
     current_step_index = models.PositiveIntegerField(_("current step index"), default=0)
     completed_step_count = models.PositiveIntegerField(_("completed steps"), default=0)
-    lease_owner = models.CharField(_("lease owner"), max_length=255, null=True, blank=True)
+    lease_owner = models.CharField(_("lease owner"), max_length=255, default="", blank=True)
     lease_expires_at = models.DateTimeField(_("lease expires at"), null=True, blank=True)
     lease_generation = models.PositiveBigIntegerField(_("lease generation"), default=0)
     created_at = models.DateTimeField(_("created at"), db_default=Now())
@@ -206,6 +206,9 @@ class Run(models.Model):
     def __str__(self) -> str:
         return f"{self.job_name} {self.id} ({self.status})"
 
+    def __repr__(self) -> str:
+        return f"<Run {self.id} {self.job_name} {self.status}>"
+
     @property
     def is_finished(self) -> bool:
         return self.status in TERMINAL_STATUSES
@@ -213,9 +216,6 @@ class Run(models.Model):
     def refresh(self) -> Run:
         """A fresh copy of this run from the database."""
         return Run.objects.get(pk=self.pk)
-
-    def __repr__(self) -> str:
-        return f"<Run {self.id} {self.job_name} {self.status}>"
 
 
 class Step(models.Model):
@@ -251,9 +251,7 @@ class Step(models.Model):
         return f"{self.name} ({self.status})"
 
     @property
-    def duration_seconds(self) -> float | None:
-        if self.started_at is None or self.completed_at is None:
-            return None
+    def duration_seconds(self) -> float:
         return (self.completed_at - self.started_at).total_seconds()
 
 
@@ -264,7 +262,7 @@ class RunLog(models.Model):
     run = models.ForeignKey(
         Run, on_delete=models.CASCADE, related_name="logs", verbose_name=_("run")
     )
-    step_name = models.CharField(_("step"), max_length=255, null=True, blank=True)
+    step_name = models.CharField(_("step"), max_length=255, default="", blank=True)
     level = models.CharField(_("level"), max_length=16, choices=LogLevel.choices)
     message = models.TextField(_("message"))
     data: Any = models.JSONField(_("data"), default=dict, blank=True)

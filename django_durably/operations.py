@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from typing import Any
 from uuid import UUID
 
@@ -37,6 +38,7 @@ from django_durably.exceptions import (
 from django_durably.jobs import MAX_KEY_LENGTH, Job, TriggerItem, get_job
 from django_durably.leases import db_alias
 from django_durably.models import Run, RunStatus
+from django_durably.notifications import notify_ready
 from django_durably.serialization import dump
 from django_durably.types import Coalesce
 
@@ -88,29 +90,22 @@ def trigger_runs(job: Job[Any, Any], items: Sequence[TriggerItem]) -> list[Run]:
             if attempt == TRIGGER_RETRIES - 1:
                 raise
     for run in created:
-        transaction.on_commit(
-            lambda run=run: signals.run_triggered.send(sender=Run, run=run), using=alias
-        )
+        transaction.on_commit(partial(signals.run_triggered.send, sender=Run, run=run), using=alias)
     return results
 
 
-def _insert(
-    job_name: str, prepared: list[_Prepared], alias: str
-) -> tuple[list[Run], list[Run]]:
+def _insert(job_name: str, prepared: list[_Prepared], alias: str) -> tuple[list[Run], list[Run]]:
     runs = Run.objects.using(alias).filter(job_name=job_name)
     idempotency_keys = {p.run.idempotency_key for p in prepared if p.run.idempotency_key}
     concurrency_keys = {p.run.concurrency_key for p in prepared if p.run.concurrency_key}
     by_idempotency: dict[str, Run] = {}
     if idempotency_keys:
-        by_idempotency = {
-            r.idempotency_key: r for r in runs.filter(idempotency_key__in=idempotency_keys)
-        }  # type: ignore[misc]
+        for found in runs.filter(idempotency_key__in=idempotency_keys):
+            by_idempotency[str(found.idempotency_key)] = found
     pending_by_key: dict[str, Run] = {}
     if concurrency_keys:
-        pending_by_key = {
-            r.concurrency_key: r
-            for r in runs.pending().filter(concurrency_key__in=concurrency_keys)
-        }  # type: ignore[misc]
+        for found in runs.pending().filter(concurrency_key__in=concurrency_keys):
+            pending_by_key[str(found.concurrency_key)] = found
 
     results: list[Run] = []
     created: list[Run] = []
@@ -136,6 +131,7 @@ def _insert(
             pending_by_key[run.concurrency_key] = run
     if created:
         Run.objects.using(alias).bulk_create(created)
+        notify_ready(alias, (run.queue for run in created))
     return results, created
 
 
@@ -161,7 +157,11 @@ def _prepare(job: Job[Any, Any], item: TriggerItem) -> _Prepared:
     return _Prepared(
         run=Run(
             job_name=job.name,
-            queue=_queue(item.queue or job.queue or durably_settings.DEFAULT_QUEUE),
+            queue=_queue(
+                item.queue
+                if item.queue is not None
+                else (job.queue or durably_settings.DEFAULT_QUEUE)
+            ),
             priority=_priority(
                 next(
                     p

@@ -10,7 +10,9 @@ from django_durably import signals
 logger = logging.getLogger("django_durably.runs")
 
 
-def log_run_failed(sender: Any, *, run_id: Any, job_name: str, error: dict[str, str], **kwargs: Any) -> None:
+def log_run_failed(
+    sender: Any, *, run_id: Any, job_name: str, error: dict[str, str], **kwargs: Any
+) -> None:
     """Failed runs are logged at ERROR with their traceback, so error trackers pick them up."""
     logger.error(
         "Run %s of %s failed: %s: %s\n%s",
@@ -34,4 +36,6 @@ def log_run_completed(sender: Any, *, run_id: Any, job_name: str, **kwargs: Any)
 
 def connect() -> None:
     signals.run_failed.connect(log_run_failed, dispatch_uid="django_durably.log_run_failed")
-    signals.run_completed.connect(log_run_completed, dispatch_uid="django_durably.log_run_completed")
+    signals.run_completed.connect(
+        log_run_completed, dispatch_uid="django_durably.log_run_completed"
+    )

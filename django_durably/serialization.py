@@ -28,8 +28,23 @@ def to_json(value: Any, *, what: str) -> JSON:
         text = dump(value)
     except (TypeError, ValueError) as exc:
         raise NotJSONSerializable(f"{what} must be JSON-serializable: {exc}") from exc
+    _check_keys(value, what)
     loaded: JSON = json.loads(text)
     return loaded
+
+
+def _check_keys(value: Any, what: str) -> None:
+    """``json.dumps`` silently turns ``1``, ``None`` or ``True`` keys into strings; refuse them."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise NotJSONSerializable(
+                    f"{what} must be JSON-serializable: object keys must be strings, got {key!r}"
+                )
+            _check_keys(item, what)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _check_keys(item, what)
 
 
 def dump(value: Any) -> str:

@@ -9,6 +9,7 @@ reason, unless ``DURABLY_REQUIRE_POSTGRES=1`` (set by CI), which makes that an e
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
@@ -53,13 +54,21 @@ TEMPLATES = [
     }
 ]
 
+SQLITE_TEST_FILE = Path(tempfile.gettempdir()) / f"durably-test-{os.getpid()}.sqlite3"
 DATABASES: dict[str, dict[str, object]] = {
     "default": {
         "ENGINE": "django.db.backends.sqlite3",
-        "NAME": str(BASE_DIR / "durably-tests.sqlite3"),
-        "OPTIONS": {"timeout": 30},
-        # In memory, shared between the threads of one test process.
-        "TEST": {"NAME": None},
+        "NAME": str(SQLITE_TEST_FILE),
+        # The settings a production SQLite deployment should use: WAL (readers never block the
+        # writer), IMMEDIATE transactions and a busy timeout (writers queue instead of failing).
+        "OPTIONS": {
+            "timeout": 30,
+            "transaction_mode": "IMMEDIATE",
+            "init_command": "PRAGMA journal_mode=WAL;PRAGMA synchronous=NORMAL",
+        },
+        # A file, not memory: worker threads and subprocesses must share it, and shared-cache
+        # in-memory databases report table locks instead of waiting on the busy timeout.
+        "TEST": {"NAME": str(SQLITE_TEST_FILE)},
     }
 }
 DATABASE_ROUTERS = ["tests.routers.DurablyTestRouter"]
@@ -76,7 +85,12 @@ def _postgres_database(url: str) -> dict[str, object]:
         "PASSWORD": params.get("password", ""),
         "HOST": params.get("host", "127.0.0.1"),
         "PORT": params.get("port", "5432"),
-        "TEST": {"NAME": os.environ.get("DURABLY_TEST_POSTGRES_DBNAME", "test_django_durably")},
+        # One test database per test process, so concurrent runs on one server never collide.
+        "TEST": {
+            "NAME": os.environ.get(
+                "DURABLY_TEST_POSTGRES_DBNAME", f"test_django_durably_{os.getpid()}"
+            )
+        },
     }
 
 

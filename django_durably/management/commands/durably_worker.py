@@ -1,0 +1,174 @@
+"""``manage.py durably_worker``: argument parsing, logging and signals around :class:`Worker`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from types import FrameType
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandParser
+
+from django_durably.conf import durably_settings
+from django_durably.worker import DEFAULT_GRACE_PERIOD, Worker
+
+VERBOSITY_LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG, 3: logging.DEBUG}
+
+
+def positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
+    return number
+
+
+def positive_float(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if not number > 0 or number == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {value}")
+    return number
+
+
+def non_negative_float(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    if not number >= 0 or number == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be zero or more, got {value}")
+    return number
+
+
+def queue_name(value: str) -> str:
+    if not value or len(value) > 100:
+        raise argparse.ArgumentTypeError("a queue name is 1-100 characters")
+    return value
+
+
+class Command(BaseCommand):
+    help = (
+        "Claim and execute durable job runs. First SIGTERM/SIGINT: stop claiming and let running "
+        "jobs finish within the grace period. Second: hand running runs back and exit at once."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--queue",
+            dest="queues",
+            action="append",
+            type=queue_name,
+            default=None,
+            help="Only claim runs of this queue; repeat for several (default: all queues).",
+        )
+        parser.add_argument(
+            "--concurrency",
+            type=positive_int,
+            default=1,
+            help="Runs executed at once, each on its own thread and connection (default: %(default)r).",
+        )
+        parser.add_argument(
+            "--lease-seconds",
+            type=positive_float,
+            default=None,
+            help=f"Lease length (default: DURABLY_LEASE_SECONDS, now {durably_settings.LEASE_SECONDS:g}).",
+        )
+        parser.add_argument(
+            "--poll-interval",
+            type=positive_float,
+            default=None,
+            help=(
+                "Seconds between looks for ready runs when idle (default: DURABLY_POLL_INTERVAL, now "
+                f"{durably_settings.POLL_INTERVAL:g}). On PostgreSQL, notifications wake idle workers sooner."
+            ),
+        )
+        parser.add_argument(
+            "--grace-period",
+            type=non_negative_float,
+            default=DEFAULT_GRACE_PERIOD,
+            help="After the first stop signal, seconds to let running jobs finish (default: %(default)r).",
+        )
+        parser.add_argument(
+            "--until-idle",
+            action="store_true",
+            help="Exit once no run is ready and none is running.",
+        )
+        parser.add_argument(
+            "--max-runs",
+            type=positive_int,
+            default=None,
+            help="Exit after claiming this many runs (and finishing them).",
+        )
+        parser.add_argument(
+            "--worker-id",
+            default=None,
+            help="Name recorded as the lease owner (default: host:pid:random).",
+        )
+        parser.add_argument(
+            "--no-listen",
+            dest="listen",
+            action="store_false",
+            help="On PostgreSQL, poll only instead of waiting on notifications.",
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        self._configure_logging(options["verbosity"])
+        worker = Worker(
+            queues=options["queues"],
+            concurrency=options["concurrency"],
+            lease_seconds=options["lease_seconds"],
+            poll_interval=options["poll_interval"],
+            until_idle=options["until_idle"],
+            max_runs=options["max_runs"],
+            worker_id=options["worker_id"],
+            grace_period=options["grace_period"],
+            listen=options["listen"],
+        )
+        self._install_signal_handlers(worker)
+        stats = worker.run()
+        if options["verbosity"] >= 1:
+            self.stdout.write(
+                f"Worker {worker.worker_id} exiting: {stats.claimed} claimed, "
+                + ", ".join(f"{n} {status}" for status, n in sorted(stats.outcomes.items()))
+            )
+        sys.stdout.flush()
+
+    def _configure_logging(self, verbosity: int) -> None:
+        level = VERBOSITY_LEVELS.get(verbosity, logging.DEBUG)
+        logger = logging.getLogger("django_durably")
+        logger.setLevel(level)
+        if not any(getattr(h, "_durably_worker", False) for h in logger.handlers):
+            handler = logging.StreamHandler(sys.stderr)
+            handler.setFormatter(
+                logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s")
+            )
+            handler._durably_worker = True  # type: ignore[attr-defined]
+            logger.addHandler(handler)
+            logger.propagate = False
+
+    def _install_signal_handlers(self, worker: Worker) -> None:
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            name = signal.Signals(signum).name
+            if worker.stopping:
+                logging.getLogger("django_durably.worker").warning(
+                    "%s again: handing running runs back and exiting now.", name
+                )
+                worker.stop(hard=True)
+            else:
+                logging.getLogger("django_durably.worker").warning(
+                    "%s: no new claims; letting running jobs finish (up to %.0fs). "
+                    "Send it again to exit at once.",
+                    name,
+                    worker.grace_period,
+                )
+                worker.stop()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)

@@ -1,0 +1,323 @@
+"""The worker loop behind ``manage.py durably_worker``.
+
+One :class:`Worker` claims runs for its free slots (several in one claim), executes each on one of its
+``concurrency`` threads (each with its own database connection), and keeps all their leases alive
+with one batched renewal per interval. When idle it waits for a PostgreSQL notification, or the poll
+interval, whichever comes first.
+
+Stopping: :meth:`Worker.stop` (first SIGTERM/SIGINT) stops claiming and lets running jobs finish
+within ``grace_period``; runs still going after that are handed back. :meth:`Worker.stop` with
+``hard=True`` (second signal) hands every running run back at once, so another worker can take it
+without waiting for its lease to expire.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from uuid import UUID
+
+from django.db import DatabaseError, close_old_connections, connections
+
+from django_durably import leases
+from django_durably.conf import durably_settings
+from django_durably.executor import RunOutcome, default_worker_id, execute
+from django_durably.keeper import LeaseKeeper
+from django_durably.leases import LeaseHandle
+from django_durably.models import Run
+from django_durably.notifications import Listener
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_GRACE_PERIOD = 30.0
+MAX_CLAIM_BACKOFF = 30.0
+
+
+@dataclass
+class WorkerStats:
+    """Counts of what a worker did, by outcome."""
+
+    claimed: int = 0
+    outcomes: dict[str, int] = field(default_factory=dict)
+    claim_errors: int = 0
+
+    @property
+    def processed(self) -> int:
+        return sum(self.outcomes.values())
+
+
+class Worker:
+    """Claims and executes runs until stopped (or idle, or ``max_runs`` reached).
+
+    A plain class with keyword-only settings: the management command parses options and calls
+    ``Worker(...).run()``; tests can do the same in a thread.
+    """
+
+    def __init__(
+        self,
+        *,
+        queues: Sequence[str] | None = None,
+        concurrency: int = 1,
+        lease_seconds: float | None = None,
+        poll_interval: float | None = None,
+        until_idle: bool = False,
+        max_runs: int | None = None,
+        worker_id: str | None = None,
+        grace_period: float = DEFAULT_GRACE_PERIOD,
+        renew_interval: float | None = None,
+        listen: bool = True,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        self.queues = list(queues) if queues else None
+        self.concurrency = concurrency
+        self.lease_seconds = lease_seconds or durably_settings.LEASE_SECONDS
+        self.poll_interval = poll_interval or durably_settings.POLL_INTERVAL
+        self.until_idle = until_idle
+        self.max_runs = max_runs
+        self.worker_id = worker_id or default_worker_id()
+        self.grace_period = grace_period
+        self.listen = listen
+        interval = renew_interval or durably_settings.RENEW_INTERVAL
+        self.keeper = LeaseKeeper(
+            lease_seconds=self.lease_seconds, interval=min(interval, self.lease_seconds / 3)
+        )
+        self.stats = WorkerStats()
+        self.alias = leases.db_alias()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._hard_stop = threading.Event()
+        self._stop_requested_at: float | None = None
+        self._inbox: queue.Queue[tuple[Run, LeaseHandle] | None] = queue.Queue()
+        self._running: dict[UUID, LeaseHandle] = {}
+        self._running_lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self.started = threading.Event()
+
+    # -- control -------------------------------------------------------------------------------
+
+    def stop(self, *, hard: bool = False) -> None:
+        """Stop claiming. ``hard`` also hands running runs back and exits without waiting."""
+        if hard:
+            self._hard_stop.set()
+        if self._stop_requested_at is None:
+            self._stop_requested_at = time.monotonic()
+        self._stopping.set()
+        self._wake.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def in_flight(self) -> int:
+        with self._running_lock:
+            return len(self._running)
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def run(self) -> WorkerStats:
+        """Run until stopped, idle (``until_idle``) or done (``max_runs``); return the stats."""
+        logger.info(
+            "Worker %s starting: queues=%s concurrency=%d lease=%.1fs poll=%.1fs",
+            self.worker_id,
+            ",".join(self.queues) if self.queues else "*",
+            self.concurrency,
+            self.lease_seconds,
+            self.poll_interval,
+            extra={"action": "worker_start", "worker_id": self.worker_id},
+        )
+        listener = self._start_listener()
+        self.keeper.start()
+        for number in range(self.concurrency):
+            thread = threading.Thread(
+                target=self._slot_loop, name=f"durably-slot-{number}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
+        self.started.set()
+        try:
+            self._claim_loop()
+            self._drain()
+        finally:
+            for _thread in self._threads:
+                self._inbox.put(None)
+            if self.in_flight() == 0:
+                for thread in self._threads:
+                    thread.join(timeout=5)
+            self.keeper.stop()
+            if listener is not None:
+                listener.stop()
+            connections.close_all()
+            logger.info(
+                "Worker %s stopped: %d claimed, outcomes %s",
+                self.worker_id,
+                self.stats.claimed,
+                self.stats.outcomes or "{}",
+                extra={"action": "worker_stop", "worker_id": self.worker_id},
+            )
+        return self.stats
+
+    def _start_listener(self) -> Listener | None:
+        if not self.listen or not Listener.supported(self.alias):
+            return None
+        return Listener(self.alias, self._wake).start()
+
+    def _claim_loop(self) -> None:
+        backoff = 0.0
+        while not self._stopping.is_set():
+            self._wake.clear()
+            free = self.concurrency - self.in_flight()
+            if self.max_runs is not None:
+                free = min(free, self.max_runs - self.stats.claimed)
+            claimed: list[Run] = []
+            if free > 0:
+                try:
+                    claimed = self._claim(free)
+                    backoff = 0.0
+                except DatabaseError as exc:
+                    self.stats.claim_errors += 1
+                    backoff = min(max(backoff * 2, 0.5), MAX_CLAIM_BACKOFF)
+                    logger.warning(
+                        "Claim failed (%s); retrying in %.1fs.",
+                        str(exc).strip().splitlines()[0]
+                        if str(exc).strip()
+                        else type(exc).__name__,
+                        backoff,
+                        extra={"action": "claim_failed", "worker_id": self.worker_id},
+                    )
+                    close_old_connections()
+                    connections[self.alias].close()
+                    self._stopping.wait(backoff)
+                    continue
+            if self.max_runs is not None and self.stats.claimed >= self.max_runs:
+                return
+            if claimed and len(claimed) == free:
+                continue  # maybe more is ready; a full slot set waits below
+            if self.until_idle and not claimed and self.in_flight() == 0:
+                return
+            # Idle or full: wait for a notification, a freed slot, a stop, or the poll interval.
+            self._wake.wait(self.poll_interval * random.uniform(0.9, 1.1))  # noqa: S311
+
+    def _claim(self, limit: int) -> list[Run]:
+        close_old_connections()
+        claimed_at = time.monotonic()
+        runs = leases.claim(
+            worker_id=self.worker_id,
+            queues=self.queues,
+            limit=limit,
+            lease_seconds=self.lease_seconds,
+        )
+        for run in runs:
+            handle = self.keeper.track(run, claimed_at=claimed_at)
+            with self._running_lock:
+                self._running[run.pk] = handle
+            self.stats.claimed += 1
+            self._inbox.put((run, handle))
+        return runs
+
+    def _drain(self) -> None:
+        """Wait for running jobs, then hand back whatever still runs.
+
+        Without a stop request (``until_idle`` or ``max_runs``) it waits for every job; after a stop
+        request it waits at most ``grace_period`` seconds from that request.
+        """
+        while self.in_flight() and not self._hard_stop.is_set():
+            if self._stop_requested_at is not None:
+                remaining = self._stop_requested_at + self.grace_period - time.monotonic()
+                if remaining <= 0:
+                    logger.warning(
+                        "Grace period of %.0fs over; handing back %d running run(s).",
+                        self.grace_period,
+                        self.in_flight(),
+                        extra={"action": "grace_over", "worker_id": self.worker_id},
+                    )
+                    break
+            self._wake.clear()
+            if self.in_flight():
+                self._wake.wait(0.5)
+        self._hand_back()
+
+    def _hand_back(self) -> None:
+        with self._running_lock:
+            running = list(self._running.values())
+        for handle in running:
+            handle.state = "lost"  # the job stops at its next step boundary and writes nothing
+            try:
+                released = leases.release(handle.run_id, handle.generation)
+            except DatabaseError:
+                logger.exception(
+                    "Could not hand back run %s; its lease will expire.", handle.run_id
+                )
+                continue
+            logger.info(
+                "run=%s outcome=%s worker=%s",
+                handle.run_id,
+                "released" if released else "lost",
+                self.worker_id,
+                extra={"action": "released", "run_id": str(handle.run_id)},
+            )
+
+    # -- slots ---------------------------------------------------------------------------------
+
+    def _slot_loop(self) -> None:
+        try:
+            while True:
+                item = self._inbox.get()
+                if item is None:
+                    return
+                run, handle = item
+                try:
+                    self._execute(run, handle)
+                finally:
+                    self.keeper.untrack(handle)
+                    with self._running_lock:
+                        self._running.pop(run.pk, None)
+                    self._wake.set()
+        finally:
+            connections.close_all()
+
+    def _execute(self, run: Run, handle: LeaseHandle) -> None:
+        close_old_connections()
+        try:
+            outcome = execute(run, handle)
+        except BaseException:
+            logger.exception(
+                "run=%s job=%s crashed the executor; its lease will expire",
+                run.pk,
+                run.job_name,
+                extra={"action": "crashed", "run_id": str(run.pk), "job": run.job_name},
+            )
+            self._count("crashed")
+            return
+        self._log_outcome(outcome)
+
+    def _log_outcome(self, outcome: RunOutcome) -> None:
+        self._count(outcome.status)
+        level = logging.WARNING if outcome.status in ("failed", "lost") else logging.INFO
+        logger.log(
+            level,
+            "run=%s job=%s attempt=%d outcome=%s duration=%.3fs%s",
+            outcome.run_id,
+            outcome.job_name,
+            outcome.attempt,
+            outcome.status,
+            outcome.duration,
+            f" error={outcome.error['type']}: {outcome.error['message']}" if outcome.error else "",
+            extra={
+                "action": outcome.status,
+                "run_id": str(outcome.run_id),
+                "job": outcome.job_name,
+                "attempt": outcome.attempt,
+                "duration": outcome.duration,
+                "worker_id": self.worker_id,
+            },
+        )
+
+    def _count(self, status: str) -> None:
+        with self._running_lock:
+            self.stats.outcomes[status] = self.stats.outcomes.get(status, 0) + 1

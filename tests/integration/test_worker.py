@@ -1,0 +1,131 @@
+"""The worker loop in-process (threads); subprocess workers are in tests/acceptance."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from django.db import connections
+
+from django_durably.models import Run, Step
+from django_durably.worker import Worker
+from tests import jobs
+
+pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
+
+
+def wait_until(predicate, timeout: float = 20.0, message: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {message}")
+        time.sleep(0.01)
+
+
+def start_worker(worker: Worker) -> threading.Thread:
+    def target() -> None:
+        try:
+            worker.run()
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    assert worker.started.wait(10)
+    return thread
+
+
+def test_worker__until_idle_drains_every_run_once():
+    runs = jobs.three_steps.trigger_many([{"n": i} for i in range(30)])
+    stats = Worker(concurrency=3, until_idle=True, poll_interval=0.05).run()
+    assert stats.claimed == 30
+    assert stats.outcomes == {"completed": 30}
+    assert Run.objects.filter(pk__in=[r.pk for r in runs], status="completed").count() == 30
+    assert jobs.CALLS["a"] == 30
+    assert Step.objects.filter(status="completed").count() == 90
+
+
+def test_worker__max_runs_stops_after_that_many():
+    jobs.noop.trigger_many(list(range(5)))
+    stats = Worker(concurrency=2, max_runs=3, poll_interval=0.05).run()
+    assert stats.claimed == 3
+    assert Run.objects.filter(status="completed").count() == 3
+    assert Run.objects.filter(status="pending").count() == 2
+
+
+def test_worker__queues_filter():
+    jobs.noop.trigger(1, queue="emails")
+    other = jobs.noop.trigger(2, queue="reports")
+    Worker(queues=["emails"], until_idle=True, poll_interval=0.05).run()
+    assert Run.objects.get(queue="emails").status == "completed"
+    other.refresh_from_db()
+    assert other.status == "pending"
+
+
+def test_worker__picks_up_a_run_triggered_while_idle():
+    worker = Worker(concurrency=1, poll_interval=0.2)
+    thread = start_worker(worker)
+    try:
+        run = jobs.noop.trigger({"late": True})
+        wait_until(
+            lambda: Run.objects.get(pk=run.pk).status == "completed", message="the late run"
+        )
+    finally:
+        worker.stop()
+        thread.join(10)
+    assert not thread.is_alive()
+
+
+def test_worker__graceful_stop_lets_the_running_job_finish():
+    jobs.FLAGS["gate"] = threading.Event()
+    jobs.FLAGS["gate:entered"] = threading.Event()
+    run = jobs.gated.trigger()
+    worker = Worker(concurrency=1, poll_interval=0.05, grace_period=20)
+    thread = start_worker(worker)
+    assert jobs.FLAGS["gate:entered"].wait(20)
+    worker.stop()
+    jobs.noop.trigger("not claimed after the stop")
+    jobs.FLAGS["gate"].set()
+    thread.join(20)
+    assert not thread.is_alive()
+    run.refresh_from_db()
+    assert run.status == "completed"
+    assert Run.objects.get(job_name=jobs.noop.name).status == "pending"
+
+
+def test_worker__grace_period_over_hands_the_run_back():
+    jobs.FLAGS["gate"] = threading.Event()
+    jobs.FLAGS["gate:entered"] = threading.Event()
+    run = jobs.gated.trigger()
+    worker = Worker(concurrency=1, poll_interval=0.05, grace_period=0.2)
+    thread = start_worker(worker)
+    assert jobs.FLAGS["gate:entered"].wait(20)
+    generation = Run.objects.get(pk=run.pk).lease_generation
+    worker.stop()
+    thread.join(20)
+    assert not thread.is_alive()
+    handed_back = Run.objects.get(pk=run.pk)
+    # Still leased under the same generation, but the lease is over: claimable at once.
+    assert handed_back.status == "leased"
+    assert handed_back.lease_generation == generation
+    assert Run.objects.ready().filter(pk=run.pk).exists()
+    jobs.FLAGS["gate"].set()
+    # The abandoned job thread stops at its next step boundary and writes nothing.
+    wait_until(lambda: jobs.CALLS["entered:gate"] == 1, message="gate entered")
+    assert not Step.objects.filter(run_id=run.pk, name="last").exists()
+
+
+def test_worker__hard_stop_hands_back_at_once():
+    jobs.FLAGS["gate"] = threading.Event()
+    jobs.FLAGS["gate:entered"] = threading.Event()
+    run = jobs.gated.trigger()
+    worker = Worker(concurrency=1, poll_interval=0.05, grace_period=60)
+    thread = start_worker(worker)
+    assert jobs.FLAGS["gate:entered"].wait(20)
+    worker.stop()
+    worker.stop(hard=True)
+    thread.join(10)
+    assert not thread.is_alive()
+    assert Run.objects.ready().filter(pk=run.pk).exists()
+    jobs.FLAGS["gate"].set()

@@ -17,6 +17,7 @@ from django.db.models import F
 from django.db.models.functions import Now
 
 from django_durably import signals
+from django_durably.events import send_after_commit
 from django_durably.exceptions import LeaseLost, StepConflict
 from django_durably.leases import LeaseHandle, db_alias, refusal
 from django_durably.models import Run, RunLog, Step, StepStatus
@@ -51,9 +52,7 @@ class ModelStepStore:
         return Run.objects.using(self.alias).held_by(self.run_id, self.lease.generation)
 
     def _after_commit(self, signal: Any, **kwargs: Any) -> None:
-        transaction.on_commit(
-            lambda: signal.send(sender=Run, run_id=self.run_id, **kwargs), using=self.alias
-        )
+        send_after_commit(signal, using=self.alias, run_id=self.run_id, **kwargs)
 
     def load_completed(self) -> dict[str, JSON]:
         rows = Step.objects.using(self.alias).filter(

@@ -15,7 +15,7 @@ from django.core.checks import Warning as CheckWarning
 from django.db import connections, router
 
 from django_durably.conf import durably_settings
-from django_durably.jobs import registry_conflicts
+from django_durably.jobs import MAX_QUEUE_LENGTH, PRIORITY_RANGE, registry_conflicts
 
 SUPPORTED_VENDORS = ("postgresql", "sqlite")
 
@@ -65,7 +65,7 @@ def check_settings(
                 id="django_durably.E003",
             )
         )
-    for name in ("DEFAULT_QUEUE", "JOBS_MODULE"):
+    for name, max_length in (("DEFAULT_QUEUE", MAX_QUEUE_LENGTH), ("JOBS_MODULE", None)):
         value = durably_settings.raw(name)
         if value is not None and (not isinstance(value, str) or not value):
             errors.append(
@@ -74,12 +74,37 @@ def check_settings(
                     id="django_durably.E004",
                 )
             )
-    for name in ("DEFAULT_PRIORITY", "MAX_INPUT_BYTES"):
+        elif isinstance(value, str) and max_length is not None and len(value) > max_length:
+            errors.append(
+                Error(
+                    f"DURABLY_{name} must be at most {max_length} characters, got {value!r}.",
+                    id="django_durably.E004",
+                )
+            )
+    low, high = PRIORITY_RANGE
+    priority = durably_settings.raw("DEFAULT_PRIORITY")
+    if isinstance(priority, int) and not isinstance(priority, bool) and not low <= priority <= high:
+        errors.append(
+            Error(
+                f"DURABLY_DEFAULT_PRIORITY must be between {low} and {high}, got {priority!r}.",
+                id="django_durably.E004",
+            )
+        )
+    for name, minimum in (("DEFAULT_PRIORITY", None), ("MAX_INPUT_BYTES", 1)):
         value = durably_settings.raw(name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int):
             errors.append(
                 Error(
                     f"DURABLY_{name} must be an integer, got {value!r}.", id="django_durably.E004"
+                )
+            )
+        elif minimum is not None and value < minimum:
+            errors.append(
+                Error(
+                    f"DURABLY_{name} must be at least {minimum}, got {value!r}.",
+                    id="django_durably.E004",
                 )
             )
     return errors

@@ -16,17 +16,19 @@ from dataclasses import dataclass
 from typing import Literal
 from uuid import UUID
 
-from django.db import DatabaseError, transaction
+from django.db import DatabaseError
 
 from django_durably import leases, signals
 from django_durably.checkpoints import ModelStepStore
 from django_durably.conf import durably_settings
 from django_durably.context import StepContext
+from django_durably.events import send_after_commit
 from django_durably.exceptions import JobCancelled, JobNotFound, LeaseLost
 from django_durably.jobs import get_job
 from django_durably.keeper import LeaseKeeper
 from django_durably.leases import LeaseHandle
 from django_durably.models import Run
+from django_durably.operations import ensure_outside_transaction
 from django_durably.serialization import describe_exception
 from django_durably.types import JSON
 
@@ -96,11 +98,8 @@ def _record_completion(run: Run, lease: LeaseHandle, output: JSON, started: floa
     if not won:
         return _outcome(run, started, _refused_status(run.pk))
     alias = leases.db_alias()
-    transaction.on_commit(
-        lambda: signals.run_completed.send(
-            sender=Run, run_id=run.pk, job_name=run.job_name, output=output
-        ),
-        using=alias,
+    send_after_commit(
+        signals.run_completed, using=alias, run_id=run.pk, job_name=run.job_name, output=output
     )
     return _outcome(run, started, "completed")
 
@@ -117,11 +116,8 @@ def _record_failure(run: Run, lease: LeaseHandle, exc: Exception, started: float
     if not won:
         return _outcome(run, started, _refused_status(run.pk))
     alias = leases.db_alias()
-    transaction.on_commit(
-        lambda: signals.run_failed.send(
-            sender=Run, run_id=run.pk, job_name=run.job_name, error=error
-        ),
-        using=alias,
+    send_after_commit(
+        signals.run_failed, using=alias, run_id=run.pk, job_name=run.job_name, error=error
     )
     return _outcome(run, started, "failed", error)
 
@@ -171,6 +167,7 @@ def process_next(
     lease_seconds: float | None = None,
 ) -> RunOutcome | None:
     """Like :func:`process_one`, but return the :class:`RunOutcome` (``None`` when idle)."""
+    ensure_outside_transaction("process_one()")
     seconds = durably_settings.LEASE_SECONDS if lease_seconds is None else lease_seconds
     claimed_at = time.monotonic()
     claimed = leases.claim(

@@ -37,6 +37,8 @@ I = TypeVar("I")  # noqa: E741 - the job's input type
 O = TypeVar("O")  # noqa: E741 - the job's output type
 
 MAX_KEY_LENGTH = 255
+MAX_QUEUE_LENGTH = 100
+PRIORITY_RANGE = (-(2**31), 2**31 - 1)
 
 ConcurrencyKey = str | Callable[[Any], str] | None
 
@@ -80,6 +82,10 @@ class Job(Generic[I, O]):
         """A copy of this job that triggers onto another queue or priority by default."""
         changes: dict[str, Any] = {}
         if queue is not None:
+            if not isinstance(queue, str) or not queue or len(queue) > MAX_QUEUE_LENGTH:
+                raise ImproperlyConfiguredJob(
+                    f"Job {self.name!r}: queue must be a short non-empty string."
+                )
             changes["queue"] = queue
         if priority is not None:
             changes["priority"] = priority
@@ -144,7 +150,7 @@ class Job(Generic[I, O]):
         A worker must be running for the run to make progress.
         """
         operations = _operations()
-        operations.ensure_outside_transaction()
+        operations.ensure_outside_transaction("trigger_and_wait()")
         run = self.trigger(input, **options)
         finished: Run = operations.wait_for_run(run.id, timeout=timeout)
         return finished
@@ -316,7 +322,9 @@ def define_job(
             f"Job name must be a non-empty string of at most {MAX_KEY_LENGTH} characters, "
             f"got {job_name!r}."
         )
-    if queue is not None and (not isinstance(queue, str) or not queue or len(queue) > 100):
+    if queue is not None and (
+        not isinstance(queue, str) or not queue or len(queue) > MAX_QUEUE_LENGTH
+    ):
         raise ImproperlyConfiguredJob(f"Job {job_name!r}: queue must be a short non-empty string.")
     if priority is not None and (not isinstance(priority, int) or isinstance(priority, bool)):
         raise ImproperlyConfiguredJob(f"Job {job_name!r}: priority must be an int.")

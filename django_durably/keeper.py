@@ -89,13 +89,14 @@ class LeaseKeeper:
             if state == "held":
                 handle.deadline = sent_at + self.lease_seconds
             else:
+                # Record the state before reporting it, so whoever sees the log line can rely on it.
+                handle.state = state
                 logger.warning(
                     "Run %s: lease renewal refused (%s); stopping at the next step boundary.",
                     handle.run_id,
                     state,
                     extra={"action": "lease_refused", "run_id": str(handle.run_id)},
                 )
-                handle.state = state
 
     def _loop(self) -> None:
         try:

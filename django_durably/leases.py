@@ -16,7 +16,6 @@ import hashlib
 import time
 from dataclasses import dataclass
 from datetime import timedelta
-from functools import partial
 from typing import Any, Literal
 from uuid import UUID
 
@@ -36,6 +35,7 @@ from django.db.models.functions import Coalesce, Now
 
 from django_durably import signals
 from django_durably.conf import durably_settings
+from django_durably.events import send_after_commit
 from django_durably.exceptions import DurablyInterrupt, JobCancelled, LeaseLost
 from django_durably.models import Run, RunQuerySet, RunStatus
 from django_durably.notifications import notify_ready
@@ -86,16 +86,13 @@ def claim(
     runs = {run.pk: run for run in Run.objects.using(alias).filter(pk__in=claimed_ids)}
     claimed = [runs[pk] for pk in claimed_ids if pk in runs]
     for run in claimed:
-        transaction.on_commit(
-            partial(
-                signals.run_leased.send,
-                sender=Run,
-                run_id=run.pk,
-                job_name=run.job_name,
-                attempt=run.attempt,
-                lease_owner=run.lease_owner,
-            ),
+        send_after_commit(
+            signals.run_leased,
             using=alias,
+            run_id=run.pk,
+            job_name=run.job_name,
+            attempt=run.attempt,
+            lease_owner=run.lease_owner,
         )
     return claimed
 
@@ -111,8 +108,20 @@ def _busy_key() -> Exists:
     )
 
 
-def _candidates(alias: str, queues: list[str] | None, limit: int, *, lock: bool) -> list[Any]:
-    """Ready runs in claim order: pending and due first by the index, then expired leases."""
+def _candidates(
+    alias: str,
+    queues: list[str] | None,
+    limit: int,
+    *,
+    lock: bool,
+    seen: set[UUID],
+    keys_done: set[str],
+) -> list[Any]:
+    """Ready runs in claim order: pending and due first by the index, then expired leases.
+
+    Runs in ``seen`` and runs whose key is in ``keys_done`` (taken by this claim, or busy) are left
+    out, so a caller that pages through candidates always moves on to runs it has not decided on.
+    """
     order = ("-priority", "run_after", "id")
     sources: list[RunQuerySet] = [
         Run.objects.using(alias).pending().filter(run_after__lte=Now()),
@@ -122,6 +131,10 @@ def _candidates(alias: str, queues: list[str] | None, limit: int, *, lock: bool)
     for qs in sources:
         if queues:
             qs = qs.filter(queue__in=queues)
+        if seen:
+            qs = qs.exclude(pk__in=seen)
+        if keys_done:
+            qs = qs.exclude(concurrency_key__in=keys_done)
         qs = qs.exclude(_busy_key()).order_by(*order)
         if lock:
             qs = qs.select_for_update(skip_locked=True, of=("self",))
@@ -147,19 +160,29 @@ def _claim_locking(
 ) -> list[UUID]:
     with transaction.atomic(using=alias):
         chosen: list[UUID] = []
-        keys_taken: set[str] = set()
+        seen: set[UUID] = set()
+        keys_done: set[str] = set()  # taken by this claim, or busy: skip the key's other runs
         with connections[alias].cursor() as cursor:
-            for _priority, _run_after, run_id, key in _candidates(alias, queues, limit, lock=True):
-                if len(chosen) == limit:
-                    break
-                if key is not None:
-                    if key in keys_taken or not _try_key_lock(cursor, key):
-                        continue
-                    # Fresh re-check now that the key is ours for this transaction.
-                    if Run.objects.using(alias).leased().filter(concurrency_key=key).exists():
-                        continue
-                    keys_taken.add(key)
-                chosen.append(run_id)
+            # Page through candidates: runs skipped for a busy key must not hide the ones behind.
+            while len(chosen) < limit and (
+                batch := _candidates(
+                    alias, queues, limit - len(chosen), lock=True, seen=seen, keys_done=keys_done
+                )
+            ):
+                for _priority, _run_after, run_id, key in batch:
+                    if len(chosen) == limit:
+                        break
+                    seen.add(run_id)
+                    if key is not None:
+                        if key in keys_done:
+                            continue
+                        keys_done.add(key)
+                        if not _try_key_lock(cursor, key):
+                            continue
+                        # Fresh re-check now that the key is ours for this transaction.
+                        if Run.objects.using(alias).leased().filter(concurrency_key=key).exists():
+                            continue
+                    chosen.append(run_id)
         if chosen:
             Run.objects.using(alias).filter(pk__in=chosen).update(
                 **_lease_fields(worker_id, seconds)
@@ -182,20 +205,33 @@ def _claim_conditional(
     alias: str, worker_id: str, queues: list[str] | None, limit: int, seconds: float
 ) -> list[UUID]:
     chosen: list[UUID] = []
-    for _priority, _run_after, run_id, _key in _candidates(alias, queues, limit * 2, lock=False):
-        if len(chosen) == limit:
-            break
-        # One statement: still ready, and no other valid lease on the key, checked under the
-        # database's write lock together with the update itself.
-        won = (
-            Run.objects.using(alias)
-            .ready(queues)
-            .filter(pk=run_id)
-            .exclude(_busy_key())
-            .update(**_lease_fields(worker_id, seconds))
+    seen: set[UUID] = set()
+    keys_done: set[str] = set()
+    # Page through candidates: runs skipped for a busy key must not hide the ones behind.
+    while len(chosen) < limit and (
+        batch := _candidates(
+            alias, queues, limit - len(chosen), lock=False, seen=seen, keys_done=keys_done
         )
-        if won:
-            chosen.append(run_id)
+    ):
+        for _priority, _run_after, run_id, key in batch:
+            if len(chosen) == limit:
+                break
+            seen.add(run_id)
+            if key is not None:
+                if key in keys_done:
+                    continue
+                keys_done.add(key)  # won now, or busy: either way its other runs must wait
+            # One statement: still ready, and no other valid lease on the key, checked under the
+            # database's write lock together with the update itself.
+            won = (
+                Run.objects.using(alias)
+                .ready(queues)
+                .filter(pk=run_id)
+                .exclude(_busy_key())
+                .update(**_lease_fields(worker_id, seconds))
+            )
+            if won:
+                chosen.append(run_id)
     return chosen
 
 

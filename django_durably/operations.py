@@ -13,7 +13,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from functools import partial
 from typing import Any
 from uuid import UUID
 
@@ -22,6 +21,7 @@ from django.db.models.functions import Now
 
 from django_durably import signals
 from django_durably.conf import durably_settings
+from django_durably.events import send_after_commit
 from django_durably.exceptions import (
     DurablyError,
     InvalidInput,
@@ -35,7 +35,14 @@ from django_durably.exceptions import (
     RunNotFound,
     WaitTimeout,
 )
-from django_durably.jobs import MAX_KEY_LENGTH, Job, TriggerItem, get_job
+from django_durably.jobs import (
+    MAX_KEY_LENGTH,
+    MAX_QUEUE_LENGTH,
+    PRIORITY_RANGE,
+    Job,
+    TriggerItem,
+    get_job,
+)
 from django_durably.leases import db_alias
 from django_durably.models import Run, RunStatus
 from django_durably.notifications import notify_ready
@@ -46,8 +53,6 @@ LABEL_KEY_PATTERN = re.compile(r"[A-Za-z0-9._/-]+")
 MAX_LABELS = 32
 MAX_LABEL_KEY_LENGTH = 100
 MAX_LABEL_VALUE_LENGTH = 500
-MAX_QUEUE_LENGTH = 100
-PRIORITY_RANGE = (-(2**31), 2**31 - 1)
 TRIGGER_RETRIES = 3
 
 
@@ -90,7 +95,7 @@ def trigger_runs(job: Job[Any, Any], items: Sequence[TriggerItem]) -> list[Run]:
             if attempt == TRIGGER_RETRIES - 1:
                 raise
     for run in created:
-        transaction.on_commit(partial(signals.run_triggered.send, sender=Run, run=run), using=alias)
+        send_after_commit(signals.run_triggered, using=alias, run=run)
     return results
 
 
@@ -296,16 +301,21 @@ def wait_for_run(run_id: UUID | str, timeout: float, *, poll_interval: float | N
         if remaining <= 0:
             raise WaitTimeout(run.pk, timeout, run.status)
         time.sleep(min(interval, remaining))
-        interval = min(interval * 1.5, 1.0)
+        interval = min(interval * 1.5, max(1.0, interval))
 
 
-def ensure_outside_transaction() -> None:
-    """``trigger_and_wait`` inside ``atomic()`` would wait for a run no worker can see yet."""
+def ensure_outside_transaction(what: str) -> None:
+    """Refuse calls that cannot work inside a caller's ``transaction.atomic()``.
+
+    A run is invisible to workers until its trigger commits, and a claim must commit before its job
+    runs (or the lease and checkpoints would be invisible to other processes).
+    """
     if connections[db_alias()].in_atomic_block:
         raise DurablyError(
-            "trigger_and_wait() was called inside a transaction: the run is not visible to "
-            "workers until the transaction commits, so waiting for it cannot succeed. Trigger "
-            "inside the transaction and wait after it commits."
+            f"{what} cannot be called inside a transaction (atomic block): runs must be committed "
+            "before a worker can claim them, and a claim must commit before its job runs. Call it "
+            "outside transaction.atomic(); in pytest-django tests, use "
+            "django_db(transaction=True)."
         )
 
 
@@ -346,10 +356,7 @@ def cancel_run(run_id: UUID | str) -> CancelResult:
         raise RunNotFound(run_id)
     pk, job_name, status = row
     if won:
-        transaction.on_commit(
-            lambda: signals.run_cancelled.send(sender=Run, run_id=pk, job_name=job_name),
-            using=alias,
-        )
+        send_after_commit(signals.run_cancelled, using=alias, run_id=pk, job_name=job_name)
         return CancelResult(run_id=pk, cancelled=True)
     if status == RunStatus.CANCELLED:
         return CancelResult(run_id=pk, cancelled=False)

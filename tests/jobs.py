@@ -147,3 +147,81 @@ def logs_and_progress(step: StepContext, input: Any) -> None:
     step.progress(1, total=2)
     step.run("inner", lambda: step.log.error("inside", n=1))
     step.progress(2, total=2, message="all done")
+
+
+@job()
+def counted(step: StepContext, input: dict[str, Any]) -> int:  # noqa: A002
+    """One step per run, counted under the run's own name: proves each run executes once."""
+    step.run("work", count, f"counted:{input['n']}")
+    return int(input["n"])
+
+
+@job()
+def pauses_between_steps(step: StepContext, input: Any) -> str:  # noqa: A002
+    """Waits on the gate ``pause`` outside any step, so nothing is persisted while it waits."""
+    step.run("first", count, "pause:first")
+    wait_for_gate("pause")
+    step.run("next", count, "pause:next")
+    return "done"
+
+
+# -- Jobs run by real `durably_worker` subprocesses (tests/acceptance) ---------------------------
+
+
+def _pause(seconds: float) -> float:
+    import time
+
+    time.sleep(seconds)
+    return seconds
+
+
+def _record_run(step: StepContext, input: dict[str, Any]) -> dict[str, Any]:
+    """Log entry and exit (RunLog.created_at is the database clock) with the lease seen on entry."""
+    from django_durably.models import Run
+
+    generation, owner = Run.objects.values_list("lease_generation", "lease_owner").get(
+        pk=step.run_id
+    )
+    step.log.info("enter", generation=generation, owner=owner)
+    step.run("work", _pause, input.get("pause", 0))
+    step.log.info("exit", generation=generation, owner=owner)
+    return {"seq": input["seq"]}
+
+
+@job(name="tests.recorded")
+def recorded(step: StepContext, input: dict[str, Any]) -> dict[str, Any]:
+    return _record_run(step, input)
+
+
+@job(name="tests.recorded_too")
+def recorded_too(step: StepContext, input: dict[str, Any]) -> dict[str, Any]:
+    """A second job name, so two pending runs can share one concurrency key."""
+    return _record_run(step, input)
+
+
+def _side_effect(step: StepContext, input: dict[str, Any], index: int) -> int:
+    """Step ``index`` of ``side_effects``: marks its entry, maybe waits at the gate, appends a line."""
+    import time
+    from pathlib import Path
+
+    folder = Path(input["dir"])
+    (folder / f"entered-{index}-{step.attempt}").touch()
+    if index == input.get("block_at") and step.attempt == 1:
+        gate = folder / "gate"
+        deadline = time.monotonic() + 120
+        while not gate.exists():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{gate} never appeared")
+            time.sleep(0.02)
+    with (folder / "side-effects.txt").open("a") as side:
+        side.write(f"step-{index} attempt-{step.attempt}\n")
+    step.log.info("side effect written", index=index)
+    return index
+
+
+@job(name="tests.side_effects")
+def side_effects(step: StepContext, input: dict[str, Any]) -> dict[str, Any]:
+    """``input["steps"]`` steps, each appending a line to ``<dir>/side-effects.txt``. On the first
+    attempt, step ``input["block_at"]`` waits for the file ``<dir>/gate`` (or to be killed)."""
+    done = [step.run(f"step-{i}", _side_effect, step, input, i) for i in range(input["steps"])]
+    return {"attempt": step.attempt, "steps": done}

@@ -144,12 +144,12 @@ class Command(BaseCommand):
         level = VERBOSITY_LEVELS.get(verbosity, logging.DEBUG)
         logger = logging.getLogger("django_durably")
         logger.setLevel(level)
-        if not any(getattr(h, "_durably_worker", False) for h in logger.handlers):
+        if not logger.handlers and not logging.getLogger().handlers:
+            # Only when the project configured no handler for us: never print lines twice.
             handler = logging.StreamHandler(sys.stderr)
             handler.setFormatter(
                 logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s")
             )
-            handler._durably_worker = True  # type: ignore[attr-defined]
             logger.addHandler(handler)
             logger.propagate = False
 

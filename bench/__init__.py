@@ -1,0 +1,1 @@
+"""Benchmarks for django-durably. Run ``python -m bench --help``."""

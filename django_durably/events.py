@@ -1,0 +1,34 @@
+"""Sending signals after the write they describe has committed.
+
+Receivers are user code: one that raises must never break a claim, a checkpoint or a completion, so
+signals are sent with ``send_robust`` and a receiver's exception is logged, not propagated.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.db import transaction
+from django.dispatch import Signal
+
+logger = logging.getLogger(__name__)
+
+
+def send_after_commit(signal: Signal, *, using: str, **kwargs: Any) -> None:
+    """Send ``signal`` (sender: the ``Run`` model) once the current transaction on ``using`` commits;
+    at once in autocommit mode. Nothing is sent if the transaction rolls back."""
+    transaction.on_commit(lambda: send_now(signal, **kwargs), using=using)
+
+
+def send_now(signal: Signal, **kwargs: Any) -> None:
+    from django_durably.models import Run  # events sit below models in the layering
+
+    for receiver, result in signal.send_robust(sender=Run, **kwargs):
+        if isinstance(result, BaseException):
+            logger.error(
+                "Signal receiver %r raised; the run is unaffected.",
+                receiver,
+                exc_info=(type(result), result, result.__traceback__),
+                extra={"action": "receiver_failed"},
+            )

@@ -1,0 +1,183 @@
+"""The shop's durable jobs. django-durably imports this module at startup (``<app>.jobs``).
+
+Each ``step.run(name, fn, ...)`` is a checkpoint: once a step completed, a later attempt of the same
+run returns its stored output instead of calling ``fn`` again. Step functions below are idempotent
+(upserts, gateway idempotency keys), because a worker can die after ``fn`` returns but before the
+checkpoint is written, and then the step runs once more.
+"""
+
+from __future__ import annotations
+
+import zlib
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+from pydantic import BaseModel, Field
+
+from django_durably import StepContext, current_context, job
+from shop import gateway
+from shop.models import Invoice, Product
+
+CATEGORIES = ("kitchen", "garden", "office", "toys", "outdoor")
+ADJECTIVES = ("Classic", "Compact", "Deluxe", "Eco", "Pro", "Travel")
+NOUNS = ("Kettle", "Lamp", "Chair", "Planter", "Notebook", "Backpack", "Puzzle")
+
+
+# -- import_catalog ----------------------------------------------------------------------------
+
+
+class CatalogImport(BaseModel):
+    """Input of ``import_catalog``: validated when the run is triggered, stored as JSON."""
+
+    supplier: str = Field(pattern=r"^[a-z0-9-]{1,40}$")
+    products: int = Field(default=120, ge=1, le=5000)
+    chunk_size: int = Field(default=25, ge=1, le=500)
+
+
+class CatalogImportResult(BaseModel):
+    supplier: str
+    imported: int
+    chunks: int
+
+
+def fetch_feed(supplier: str, count: int) -> list[dict[str, Any]]:
+    """Download the supplier's product feed (generated here, deterministically, instead)."""
+    feed = [
+        {
+            "sku": f"{supplier.upper()}-{n:05d}",
+            "name": f"{ADJECTIVES[n % len(ADJECTIVES)]} {NOUNS[n % len(NOUNS)]}",
+            "category": CATEGORIES[n % len(CATEGORIES)],
+            "price_cents": 499 + (n * 137) % 9500,
+        }
+        for n in range(1, count + 1)
+    ]
+    # Code deep in a call stack reaches the running job through current_context().
+    current_context().log.info("fetched supplier feed", supplier=supplier, products=len(feed))
+    return feed
+
+
+def save_products(supplier: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Upsert one chunk of the feed; safe to run twice."""
+    created = 0
+    with transaction.atomic():
+        for row in rows:
+            _, was_created = Product.objects.update_or_create(
+                sku=row["sku"],
+                defaults={
+                    "supplier": supplier,
+                    "name": row["name"],
+                    "category": row["category"],
+                    "price_cents": row["price_cents"],
+                },
+            )
+            created += was_created
+    return {
+        "saved": len(rows),
+        "created": created,
+        "first": rows[0]["sku"],
+        "last": rows[-1]["sku"],
+    }
+
+
+@job(
+    name="shop.import_catalog",
+    queue="imports",
+    # One import per supplier at a time: runs sharing a concurrency key never overlap.
+    concurrency_key=lambda request: f"catalog:{request.supplier}",
+)
+def import_catalog(step: StepContext, input: CatalogImport) -> CatalogImportResult:  # noqa: A002
+    """Fetch a supplier's feed once, then save it in checkpointed chunks ``save-0``, ``save-1``, ..."""
+    rows = step.run("fetch", fetch_feed, input.supplier, input.products)
+    chunks = [rows[i : i + input.chunk_size] for i in range(0, len(rows), input.chunk_size)]
+    saved = 0
+    for i, chunk in enumerate(chunks):
+        result = step.run(f"save-{i}", save_products, input.supplier, chunk)
+        saved += result["saved"]
+        step.progress(i + 1, total=len(chunks), message=f"saved {saved} of {len(rows)} products")
+    step.log.info("catalog imported", supplier=input.supplier, products=saved, chunks=len(chunks))
+    return CatalogImportResult(supplier=input.supplier, imported=saved, chunks=len(chunks))
+
+
+# -- send_invoices -----------------------------------------------------------------------------
+
+
+class InvoiceBatch(BaseModel):
+    """Input of ``send_invoices``: one billing batch, e.g. ``2026-11`` for a month's invoices."""
+
+    batch: str = Field(pattern=r"^[A-Za-z0-9-]{1,40}$")
+    customers: list[str] = Field(min_length=1, max_length=500)
+
+
+class InvoiceBatchResult(BaseModel):
+    batch: str
+    charged: int
+    total_cents: int
+
+
+def amount_for(customer: str) -> int:
+    """A deterministic amount per customer (a real shop would sum the month's orders)."""
+    return 1900 + zlib.crc32(customer.encode()) % 8000
+
+
+def draft_invoices(batch: str, customers: list[str]) -> list[dict[str, Any]]:
+    """Create one draft invoice per customer; an invoice that exists already is left as it is."""
+    drafted = []
+    for position, customer in enumerate(customers, start=1):
+        invoice, _ = Invoice.objects.get_or_create(
+            number=f"INV-{batch}-{position:03d}",
+            defaults={"batch": batch, "customer": customer, "amount_cents": amount_for(customer)},
+        )
+        drafted.append(
+            {
+                "number": invoice.number,
+                "customer": invoice.customer,
+                "amount_cents": invoice.amount_cents,
+            }
+        )
+    return drafted
+
+
+def charge_invoice(number: str) -> dict[str, Any]:
+    """Charge one invoice through the gateway; an invoice already paid is not charged again."""
+    invoice = Invoice.objects.get(number=number)
+    if invoice.status != Invoice.Status.PAID:
+        invoice.gateway_ref = gateway.charge(
+            customer=invoice.customer,
+            amount_cents=invoice.amount_cents,
+            idempotency_key=invoice.number,
+        )
+        invoice.status = Invoice.Status.PAID
+        invoice.paid_at = timezone.now()
+        invoice.save(update_fields=["gateway_ref", "status", "paid_at"])
+    return {"number": invoice.number, "gateway_ref": invoice.gateway_ref}
+
+
+@job(
+    name="shop.send_invoices",
+    queue="billing",
+    concurrency_key=lambda request: f"invoices:{request.batch}",
+)
+def send_invoices(step: StepContext, input: InvoiceBatch) -> InvoiceBatchResult:  # noqa: A002
+    """Draft a batch of invoices, then charge each one in its own step ``charge-<number>``.
+
+    If the gateway goes down half-way, the run fails with the charged invoices' steps completed.
+    Resuming it later charges only the remaining invoices.
+    """
+    invoices = step.run("draft", draft_invoices, input.batch, input.customers)
+    total = 0
+    for done, invoice in enumerate(invoices):
+        try:
+            step.run(f"charge-{invoice['number']}", charge_invoice, invoice["number"])
+        except gateway.GatewayUnavailable:
+            step.log.error(
+                "payment gateway unavailable; resume this run once it is back",
+                invoice=invoice["number"],
+                charged=done,
+                remaining=len(invoices) - done,
+            )
+            raise
+        total += invoice["amount_cents"]
+        step.progress(done + 1, total=len(invoices), message=f"charged {invoice['number']}")
+    step.log.info("invoices charged", batch=input.batch, invoices=len(invoices), total_cents=total)
+    return InvoiceBatchResult(batch=input.batch, charged=len(invoices), total_cents=total)

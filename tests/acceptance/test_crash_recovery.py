@@ -1,0 +1,130 @@
+"""A worker that dies or stalls mid-run: another worker finishes the run, and the first one, if it
+comes back, can persist nothing.
+
+``tests.side_effects`` appends one line per step body to ``<dir>/side-effects.txt``, so the file
+shows which step bodies really ran, by which attempt.
+"""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest
+
+from django_durably.models import Run, RunLog, Step
+from tests import jobs
+from tests.acceptance.processes import Workers, wait_for
+
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True, databases="__all__")]
+
+STEPS = 6
+
+
+def side_effects(folder: Path) -> list[str]:
+    path = folder / "side-effects.txt"
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def completed_steps(run: Run) -> list[tuple[str, int]]:
+    rows = Step.objects.filter(run_id=run.pk, status="completed").order_by("index")
+    return list(rows.values_list("name", "attempt"))
+
+
+@pytest.mark.parametrize("kill_at", [0, 2, 4])
+def test_crash__a_killed_workers_run_resumes_without_repeating_completed_steps(
+    workers: Workers, tmp_path: Path, kill_at: int
+):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    run = jobs.side_effects.trigger({"dir": str(folder), "steps": STEPS, "block_at": kill_at})
+    a = workers.start("--lease-seconds", "2", "--poll-interval", "0.1", "--worker-id", "crash-a")
+    wait_for(
+        lambda: (folder / f"entered-{kill_at}-1").exists(),
+        timeout=30,
+        what=f"worker A to enter step {kill_at}",
+        workers=[a],
+    )
+
+    a.kill()
+    assert a.wait_exit(10) == -signal.SIGKILL
+    killed = Run.objects.get(pk=run.pk)
+    assert (killed.status, killed.lease_owner, killed.attempt) == ("leased", "crash-a", 1)
+    assert killed.completed_step_count == kill_at
+    assert side_effects(folder) == [f"step-{i} attempt-1" for i in range(kill_at)]
+
+    b = workers.start("--lease-seconds", "30", "--poll-interval", "0.1", "--worker-id", "crash-b")
+    wait_for(
+        lambda: Run.objects.filter(pk=run.pk, status="completed").exists(),
+        timeout=30,
+        what="worker B to reclaim and complete the run",
+        workers=[b],
+    )
+
+    done = Run.objects.get(pk=run.pk)
+    assert (done.attempt, done.lease_generation, done.lease_owner) == (2, 2, "crash-b")
+    assert done.output == {"attempt": 2, "steps": list(range(STEPS))}
+    assert done.completed_step_count == STEPS
+    # B could only claim the run once A's lease had expired (both times by the database clock).
+    assert done.completed_at >= killed.lease_expires_at
+    # Steps completed by A were replayed from their checkpoints, never re-run.
+    expected = [(f"step-{i}", 1 if i < kill_at else 2) for i in range(STEPS)]
+    assert side_effects(folder) == [f"{name} attempt-{attempt}" for name, attempt in expected]
+    assert completed_steps(done) == expected
+    assert Step.objects.filter(run_id=run.pk).count() == STEPS  # no failed rows either
+    b.wait_for_log(f"run={run.pk} job=tests.side_effects attempt=2 outcome=completed", timeout=10)
+
+
+def test_stale_owner__a_stopped_worker_writes_nothing_after_losing_its_lease(
+    workers: Workers, tmp_path: Path
+):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    run = jobs.side_effects.trigger({"dir": str(folder), "steps": 3, "block_at": 1})
+    a = workers.start("--lease-seconds", "2", "--poll-interval", "0.1", "--worker-id", "stale-a")
+    wait_for(
+        lambda: (folder / "entered-1-1").exists(),
+        timeout=30,
+        what="worker A to wait at the gate in step-1",
+        workers=[a],
+    )
+
+    a.send(signal.SIGSTOP)
+    logs_before_stop = set(RunLog.objects.filter(run_id=run.pk).values_list("pk", flat=True))
+    wait_for(
+        lambda: Run.objects.expired().filter(pk=run.pk).exists(),
+        timeout=15,
+        what="A's lease to expire in the database",
+    )
+    b = workers.start("--lease-seconds", "30", "--poll-interval", "0.1", "--worker-id", "stale-b")
+    wait_for(
+        lambda: Run.objects.filter(pk=run.pk, status="completed").exists(),
+        timeout=30,
+        what="worker B to reclaim and complete the run",
+        workers=[b],
+    )
+
+    # A wakes up inside step-1 of attempt 1: its step body finishes, but every write is fenced.
+    (folder / "gate").touch()
+    a.send(signal.SIGCONT)
+    a.wait_for_log(f"run={run.pk} job=tests.side_effects attempt=1 outcome=lost", timeout=30)
+
+    done = Run.objects.get(pk=run.pk)
+    assert done.status == "completed"
+    assert (done.attempt, done.lease_generation, done.lease_owner) == (2, 2, "stale-b")
+    assert done.output == {"attempt": 2, "steps": [0, 1, 2]}
+    assert completed_steps(done) == [("step-0", 1), ("step-1", 2), ("step-2", 2)]
+    assert Step.objects.filter(run_id=run.pk).count() == 3
+    new_logs = RunLog.objects.filter(run_id=run.pk).exclude(pk__in=logs_before_stop)
+    assert sorted(new_logs.values_list("step_name", "attempt")) == [("step-1", 2), ("step-2", 2)]
+    # A's step body did run again (at-least-once), after B's: its checkpoint and log were refused.
+    assert side_effects(folder) == [
+        "step-0 attempt-1",
+        "step-1 attempt-2",
+        "step-2 attempt-2",
+        "step-1 attempt-1",
+    ]
+
+    a.send(signal.SIGTERM)
+    assert a.wait_exit(20) == 0
+    assert "outcome=completed" not in a.log()

@@ -1,0 +1,67 @@
+"""Helpers for tests that use real threads: a result-capturing thread and condition waits."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from django.db import connections
+
+
+class BackgroundThread(threading.Thread):
+    """Runs ``fn(*args, **kwargs)`` and keeps its result or exception for :meth:`outcome`.
+
+    Closes the thread's database connections when done.
+    """
+
+    def __init__(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        super().__init__(daemon=True)
+        self._fn = fn
+        self._args = args
+        self._kwargs = kwargs
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            self.result = self._fn(*self._args, **self._kwargs)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+            self.error = exc
+        finally:
+            connections.close_all()
+
+    def outcome(self, timeout: float = 30) -> Any:
+        """Wait for the thread; return its result or re-raise its exception."""
+        self.join(timeout)
+        if self.is_alive():
+            raise AssertionError(f"{self._fn!r} did not finish within {timeout}s")
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+def start(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> BackgroundThread:
+    thread = BackgroundThread(fn, *args, **kwargs)
+    thread.start()
+    return thread
+
+
+def wait_until(
+    predicate: Callable[[], Any], *, timeout: float = 10, interval: float = 0.01, what: str = ""
+) -> Any:
+    """Poll ``predicate`` until it returns something truthy (returned) or fail at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate!r}")
+        time.sleep(interval)
+
+
+def wait_event(event: threading.Event, *, timeout: float = 10, what: str = "") -> None:
+    if not event.wait(timeout):
+        raise AssertionError(f"timed out after {timeout}s waiting for {what or event!r}")

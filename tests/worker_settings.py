@@ -1,0 +1,34 @@
+"""Settings for ``durably_worker`` subprocesses started by ``tests/acceptance``.
+
+Everything from :mod:`tests.settings`, but the databases are the test databases the pytest process
+created (a worker process is not a test runner, so it uses them as its ``NAME`` directly), and the
+durably app is routed to the one under test:
+
+* ``DURABLY_WORKER_ALIAS``: ``default`` (SQLite) or ``postgres``;
+* ``DURABLY_WORKER_SQLITE``: the pytest process's SQLite test file;
+* ``DURABLY_WORKER_PG_DB``: the pytest process's PostgreSQL test database name.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+
+from django.core.exceptions import ImproperlyConfigured
+
+from tests import routers
+from tests.settings import *  # noqa: F403
+from tests.settings import DATABASES as _BASE_DATABASES
+
+WORKER_ALIAS = os.environ.get("DURABLY_WORKER_ALIAS", "default")
+
+DATABASES = copy.deepcopy(_BASE_DATABASES)
+DATABASES["default"]["NAME"] = os.environ["DURABLY_WORKER_SQLITE"]
+if os.environ.get("DURABLY_WORKER_PG_DB") and "postgres" in DATABASES:
+    DATABASES["postgres"]["NAME"] = os.environ["DURABLY_WORKER_PG_DB"]
+if WORKER_ALIAS not in DATABASES:
+    raise ImproperlyConfigured(f"DURABLY_WORKER_ALIAS={WORKER_ALIAS!r} is not a configured database.")
+if WORKER_ALIAS == "postgres" and not os.environ.get("DURABLY_WORKER_PG_DB"):
+    raise ImproperlyConfigured("DURABLY_WORKER_ALIAS=postgres needs DURABLY_WORKER_PG_DB.")
+
+routers.use(WORKER_ALIAS)

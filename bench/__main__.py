@@ -12,7 +12,9 @@ from pathlib import Path
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--samples", type=int, default=200, help="wake-up samples (default %(default)s)")
+    parser.add_argument(
+        "--samples", type=int, default=200, help="wake-up samples (default %(default)s)"
+    )
     parser.add_argument("--output", type=Path, default=Path("bench/results/latest.json"))
     args = parser.parse_args()
 
@@ -38,7 +40,14 @@ def main() -> int:
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(
         json.dumps(
-            {"machine": {"python": sys.version.split()[0], "platform": platform.platform(), "cpus": os.cpu_count()}, "results": results},
+            {
+                "machine": {
+                    "python": sys.version.split()[0],
+                    "platform": platform.platform(),
+                    "cpus": os.cpu_count(),
+                },
+                "results": results,
+            },
             indent=2,
         )
     )

@@ -15,7 +15,9 @@ def ensure_database() -> None:
     db = settings.DATABASES["default"]
     url = f"postgresql://{db['USER']}@{db['HOST']}:{db['PORT']}/postgres"
     with psycopg.connect(url, autocommit=True) as admin:
-        exists = admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", [db["NAME"]]).fetchone()
+        exists = admin.execute(
+            "SELECT 1 FROM pg_database WHERE datname = %s", [db["NAME"]]
+        ).fetchone()
         if not exists:
             admin.execute(f'CREATE DATABASE "{db["NAME"]}"')
     call_command("migrate", verbosity=0)

@@ -14,11 +14,10 @@ import sys
 import time
 from typing import Any
 
-from django_durably import wait_for_run
-from django_durably.models import Run
-
 from bench import jobs
 from bench.database import reset_runs, worker_env
+from django_durably import wait_for_run
+from django_durably.models import Run
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -30,8 +29,16 @@ def percentile(values: list[float], fraction: float) -> float:
 def measure(samples: int, *, listen: bool, poll_interval: float) -> dict[str, Any]:
     reset_runs()
     command = [
-        sys.executable, "-m", "django", "durably_worker",
-        "--concurrency", "1", "--poll-interval", str(poll_interval), "-v", "0",
+        sys.executable,
+        "-m",
+        "django",
+        "durably_worker",
+        "--concurrency",
+        "1",
+        "--poll-interval",
+        str(poll_interval),
+        "-v",
+        "0",
     ]
     if not listen:
         command.append("--no-listen")

@@ -15,6 +15,7 @@ from typing import Any
 from django.db import DatabaseError, IntegrityError, transaction
 from django.db.models import F
 from django.db.models.functions import Now
+from django.utils import timezone
 
 from django_durably import signals
 from django_durably.events import send_after_commit
@@ -85,6 +86,8 @@ class ModelStepStore:
                             attempt=self.attempt,
                             output=output,
                             started_at=started_at,
+                            # The clock started_at came from, so a duration is never negative.
+                            completed_at=timezone.now(),
                         )
             except IntegrityError as exc:
                 raise StepConflict(
@@ -109,6 +112,7 @@ class ModelStepStore:
                         attempt=self.attempt,
                         error=error,
                         started_at=started_at,
+                        completed_at=timezone.now(),
                     )
             if not held:
                 raise refusal(self.run_id)

@@ -74,7 +74,7 @@ class Job(Generic[I, O]):
     output_schema: type[BaseModel] | None = None
     module: str = field(default="", compare=False)
 
-    def __call__(self, step: StepContext, input: I) -> O:  # noqa: A002 - the documented name
+    def __call__(self, step: StepContext, input: I) -> O:
         """Call the function directly (in tests, with a test context); nothing is stored."""
         return self.fn(step, input)
 
@@ -95,7 +95,7 @@ class Job(Generic[I, O]):
 
     def trigger(
         self,
-        input: Any = None,  # noqa: A002
+        input: Any = None,
         *,
         idempotency_key: str | None = None,
         concurrency_key: str | None = None,
@@ -137,7 +137,7 @@ class Job(Generic[I, O]):
 
     def trigger_and_wait(
         self,
-        input: Any = None,  # noqa: A002
+        input: Any = None,
         *,
         timeout: float,
         **options: Any,

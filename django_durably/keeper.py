@@ -15,7 +15,7 @@ import time
 from types import TracebackType
 from uuid import UUID
 
-from django.db import connections
+from django.db import close_old_connections, connections
 
 from django_durably import leases
 from django_durably.leases import LeaseHandle
@@ -109,5 +109,8 @@ class LeaseKeeper:
                         self.interval,
                         extra={"action": "renew_failed"},
                     )
+                    # A connection the server dropped stays broken: close it, so the next renewal
+                    # reconnects instead of failing until the process restarts.
+                    close_old_connections()
         finally:
             connections.close_all()

@@ -65,7 +65,7 @@ class _Prepared:
     coalesce: Coalesce
 
 
-def trigger(job_name: str, input: Any = None, **options: Any) -> Run:  # noqa: A002
+def trigger(job_name: str, input: Any = None, **options: Any) -> Run:
     """Trigger a job by its registered name (``JobNotFound`` if there is none).
 
     Takes the same keyword options as :meth:`Job.trigger`.

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from uuid import UUID
 
-from django.db import DatabaseError, close_old_connections, connections
+from django.db import DatabaseError, connections
 
 from django_durably import leases
 from django_durably.conf import durably_settings
@@ -36,6 +36,26 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_GRACE_PERIOD = 30.0
 MAX_CLAIM_BACKOFF = 30.0
+
+
+def recycle_connections() -> None:
+    """Keep this thread's database connections across runs, replacing broken ones.
+
+    A worker thread is one long-lived client, so unlike ``close_old_connections()`` a
+    ``CONN_MAX_AGE`` of 0 does not mean a new connection for every claim and run (which would
+    cost a connection set-up each time). A connection that saw an error is health-checked and
+    replaced if it is broken; one past a positive ``CONN_MAX_AGE`` is replaced as usual.
+    """
+    for connection in connections.all(initialized_only=True):
+        if connection.connection is None or connection.in_atomic_block:
+            continue
+        if connection.settings_dict.get("CONN_MAX_AGE", 0) != 0:
+            connection.close_if_unusable_or_obsolete()
+        elif connection.errors_occurred:
+            if connection.is_usable():
+                connection.errors_occurred = False
+            else:
+                connection.close()
 
 
 @dataclass
@@ -190,7 +210,6 @@ class Worker:
                         backoff,
                         extra={"action": "claim_failed", "worker_id": self.worker_id},
                     )
-                    close_old_connections()
                     connections[self.alias].close()
                     self._stopping.wait(backoff)
                     continue
@@ -204,7 +223,7 @@ class Worker:
             self._wake.wait(self.poll_interval * random.uniform(0.9, 1.1))  # noqa: S311
 
     def _claim(self, limit: int) -> list[Run]:
-        close_old_connections()
+        recycle_connections()
         claimed_at = time.monotonic()
         runs = leases.claim(
             worker_id=self.worker_id,
@@ -282,7 +301,7 @@ class Worker:
             connections.close_all()
 
     def _execute(self, run: Run, handle: LeaseHandle) -> None:
-        close_old_connections()
+        recycle_connections()
         try:
             outcome = execute(run, handle)
         except BaseException:
@@ -295,6 +314,18 @@ class Worker:
             self._count("crashed")
             return
         self._log_outcome(outcome)
+        if outcome.status == "lost":
+            self._hand_back_lost(handle)
+
+    def _hand_back_lost(self, handle: LeaseHandle) -> None:
+        """A run stopped as lost may still be ours in the database (say its checkpoint failed during
+        a database outage): end the lease now so it is retried at once, not after it expires.
+        Guarded by the generation, so a run another worker owns now is left alone."""
+        recycle_connections()
+        try:
+            leases.release(handle.run_id, handle.generation)
+        except DatabaseError:
+            connections[self.alias].close()
 
     def _log_outcome(self, outcome: RunOutcome) -> None:
         self._count(outcome.status)

@@ -150,14 +150,14 @@ def logs_and_progress(step: StepContext, input: Any) -> None:
 
 
 @job()
-def counted(step: StepContext, input: dict[str, Any]) -> int:  # noqa: A002
+def counted(step: StepContext, input: dict[str, Any]) -> int:
     """One step per run, counted under the run's own name: proves each run executes once."""
     step.run("work", count, f"counted:{input['n']}")
     return int(input["n"])
 
 
 @job()
-def pauses_between_steps(step: StepContext, input: Any) -> str:  # noqa: A002
+def pauses_between_steps(step: StepContext, input: Any) -> str:
     """Waits on the gate ``pause`` outside any step, so nothing is persisted while it waits."""
     step.run("first", count, "pause:first")
     wait_for_gate("pause")
@@ -175,7 +175,7 @@ def _pause(seconds: float) -> float:
     return seconds
 
 
-def _record_run(step: StepContext, input: dict[str, Any]) -> dict[str, Any]:
+def _record_run(step: StepContext, payload: dict[str, Any]) -> dict[str, Any]:
     """Log entry and exit (RunLog.created_at is the database clock) with the lease seen on entry."""
     from django_durably.models import Run
 
@@ -183,31 +183,32 @@ def _record_run(step: StepContext, input: dict[str, Any]) -> dict[str, Any]:
         pk=step.run_id
     )
     step.log.info("enter", generation=generation, owner=owner)
-    step.run("work", _pause, input.get("pause", 0))
+    step.run("work", _pause, payload.get("pause", 0))
     step.log.info("exit", generation=generation, owner=owner)
-    return {"seq": input["seq"]}
+    return {"seq": payload["seq"]}
 
 
 @job(name="tests.recorded")
-def recorded(step: StepContext, input: dict[str, Any]) -> dict[str, Any]:
-    return _record_run(step, input)
+def recorded(step: StepContext, payload: dict[str, Any]) -> dict[str, Any]:
+    return _record_run(step, payload)
 
 
 @job(name="tests.recorded_too")
-def recorded_too(step: StepContext, input: dict[str, Any]) -> dict[str, Any]:
+def recorded_too(step: StepContext, payload: dict[str, Any]) -> dict[str, Any]:
     """A second job name, so two pending runs can share one concurrency key."""
-    return _record_run(step, input)
+    return _record_run(step, payload)
 
 
-def _side_effect(step: StepContext, input: dict[str, Any], index: int) -> int:
+def _side_effect(step: StepContext, payload: dict[str, Any], index: int) -> int:
     """Step ``index`` of ``side_effects``: marks its entry, maybe waits at the gate, appends a line."""
     import time
     from pathlib import Path
 
-    folder = Path(input["dir"])
+    folder = Path(payload["dir"])
     (folder / f"entered-{index}-{step.attempt}").touch()
-    if index == input.get("block_at") and step.attempt == 1:
-        gate = folder / "gate"
+    blocks = payload.get("blocks") or {"1": payload.get("block_at")}
+    if blocks.get(str(step.attempt)) == index:
+        gate = folder / ("gate" if step.attempt == 1 else f"gate-{step.attempt}")
         deadline = time.monotonic() + 120
         while not gate.exists():
             if time.monotonic() > deadline:
@@ -220,8 +221,12 @@ def _side_effect(step: StepContext, input: dict[str, Any], index: int) -> int:
 
 
 @job(name="tests.side_effects")
-def side_effects(step: StepContext, input: dict[str, Any]) -> dict[str, Any]:
-    """``input["steps"]`` steps, each appending a line to ``<dir>/side-effects.txt``. On the first
-    attempt, step ``input["block_at"]`` waits for the file ``<dir>/gate`` (or to be killed)."""
-    done = [step.run(f"step-{i}", _side_effect, step, input, i) for i in range(input["steps"])]
+def side_effects(step: StepContext, payload: dict[str, Any]) -> dict[str, Any]:
+    """``payload["steps"]`` steps, each appending a line to ``<dir>/side-effects.txt``.
+
+    On the first attempt, step ``payload["block_at"]`` waits for the file ``<dir>/gate`` (or to be
+    killed). ``payload["blocks"]`` (``{"<attempt>": step index}``) blocks other attempts too, attempt
+    ``n > 1`` waiting for ``<dir>/gate-<n>``.
+    """
+    done = [step.run(f"step-{i}", _side_effect, step, payload, i) for i in range(payload["steps"])]
     return {"attempt": step.attempt, "steps": done}

@@ -6,7 +6,10 @@ durably app is routed to the one under test:
 
 * ``DURABLY_WORKER_ALIAS``: ``default`` (SQLite) or ``postgres``;
 * ``DURABLY_WORKER_SQLITE``: the pytest process's SQLite test file;
-* ``DURABLY_WORKER_PG_DB``: the pytest process's PostgreSQL test database name.
+* ``DURABLY_WORKER_PG_DB``: the pytest process's PostgreSQL test database name;
+* ``DURABLY_WORKER_CONN_MAX_AGE`` (optional): ``CONN_MAX_AGE`` in seconds for every database. Unset,
+  Django's default 0 applies and the worker opens a fresh connection per claim and per run;
+* ``DURABLY_WORKER_CONN_HEALTH_CHECKS=1`` (optional): ``CONN_HEALTH_CHECKS`` for every database.
 """
 
 from __future__ import annotations
@@ -27,8 +30,15 @@ DATABASES["default"]["NAME"] = os.environ["DURABLY_WORKER_SQLITE"]
 if os.environ.get("DURABLY_WORKER_PG_DB") and "postgres" in DATABASES:
     DATABASES["postgres"]["NAME"] = os.environ["DURABLY_WORKER_PG_DB"]
 if WORKER_ALIAS not in DATABASES:
-    raise ImproperlyConfigured(f"DURABLY_WORKER_ALIAS={WORKER_ALIAS!r} is not a configured database.")
+    raise ImproperlyConfigured(
+        f"DURABLY_WORKER_ALIAS={WORKER_ALIAS!r} is not a configured database."
+    )
 if WORKER_ALIAS == "postgres" and not os.environ.get("DURABLY_WORKER_PG_DB"):
     raise ImproperlyConfigured("DURABLY_WORKER_ALIAS=postgres needs DURABLY_WORKER_PG_DB.")
+for _database in DATABASES.values():
+    if os.environ.get("DURABLY_WORKER_CONN_MAX_AGE"):
+        _database["CONN_MAX_AGE"] = int(os.environ["DURABLY_WORKER_CONN_MAX_AGE"])
+    if os.environ.get("DURABLY_WORKER_CONN_HEALTH_CHECKS") == "1":
+        _database["CONN_HEALTH_CHECKS"] = True
 
 routers.use(WORKER_ALIAS)

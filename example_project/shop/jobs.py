@@ -86,7 +86,7 @@ def save_products(supplier: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
     # One import per supplier at a time: runs sharing a concurrency key never overlap.
     concurrency_key=lambda request: f"catalog:{request.supplier}",
 )
-def import_catalog(step: StepContext, input: CatalogImport) -> CatalogImportResult:  # noqa: A002
+def import_catalog(step: StepContext, input: CatalogImport) -> CatalogImportResult:
     """Fetch a supplier's feed once, then save it in checkpointed chunks ``save-0``, ``save-1``, ..."""
     rows = step.run("fetch", fetch_feed, input.supplier, input.products)
     chunks = [rows[i : i + input.chunk_size] for i in range(0, len(rows), input.chunk_size)]
@@ -158,7 +158,7 @@ def charge_invoice(number: str) -> dict[str, Any]:
     queue="billing",
     concurrency_key=lambda request: f"invoices:{request.batch}",
 )
-def send_invoices(step: StepContext, input: InvoiceBatch) -> InvoiceBatchResult:  # noqa: A002
+def send_invoices(step: StepContext, input: InvoiceBatch) -> InvoiceBatchResult:
     """Draft a batch of invoices, then charge each one in its own step ``charge-<number>``.
 
     If the gateway goes down half-way, the run fails with the charged invoices' steps completed.

@@ -7,7 +7,9 @@ kills whatever is left at teardown.
 
 from __future__ import annotations
 
+import ctypes
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -21,6 +23,12 @@ from django.db import connections
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 WAIT_INTERVAL = 0.05
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: get SIGKILL if pytest dies without its teardown (Linux)."""
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
 class WorkerProcess:
@@ -39,6 +47,7 @@ class WorkerProcess:
             stdout=self._log_file,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # a Ctrl-C in the terminal is for pytest, not for the workers
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
 
     def __repr__(self) -> str:
@@ -67,6 +76,19 @@ class WorkerProcess:
     def kill(self) -> None:
         self.popen.kill()
 
+    def stop(self) -> None:
+        """SIGSTOP the process and wait until it is stopped (on Linux, by ``/proc``)."""
+        self.send(signal.SIGSTOP)
+        stat = Path(f"/proc/{self.pid}/stat")
+        if stat.exists():
+            # The state follows the parenthesised command name: "pid (name) T ...".
+            wait_for(
+                lambda: stat.read_text().rpartition(")")[2].split()[0] in ("T", "t"),
+                timeout=10,
+                what=f"{self.name} to stop",
+                interval=0.005,
+            )
+
     def wait_exit(self, timeout: float) -> int:
         """Wait for the process to exit and return its exit code (negative: killed by a signal)."""
         try:
@@ -89,6 +111,21 @@ class WorkerProcess:
             return False
 
         wait_for(seen, timeout=timeout, what=f"{self.name} to log {text!r}")
+
+    def wait_for_outcome(self, run_id: object, attempt: int, *, timeout: float) -> str:
+        """Wait for the worker's outcome line of ``run_id``'s ``attempt`` and return the outcome."""
+        pattern = re.compile(rf"run={run_id} job=\S+ attempt={attempt} outcome=(\w+)")
+
+        def outcome() -> str | None:
+            match = pattern.search(self.log())
+            if match is None and not self.alive():
+                raise AssertionError(
+                    f"{self!r} exited without an outcome for run {run_id} attempt {attempt}; "
+                    f"its log ends:\n{self.tail()}"
+                )
+            return match.group(1) if match else None
+
+        return wait_for(outcome, timeout=timeout, what=f"{self.name} to finish run {run_id}")
 
     def close(self) -> None:
         """Kill the process if it is still running (stopped ones too) and close its log."""
@@ -128,9 +165,13 @@ class Workers:
         self.log_dir = log_dir
         self.started: list[WorkerProcess] = []
 
-    def start(self, *args: str, name: str | None = None) -> WorkerProcess:
+    def start(
+        self, *args: str, name: str | None = None, env: dict[str, str] | None = None
+    ) -> WorkerProcess:
+        """Start ``durably_worker *args``; ``env`` adds variables (``DURABLY_WORKER_CONN_MAX_AGE``)."""
         name = name or f"worker-{len(self.started)}"
-        env = worker_env(self.alias)  # read now: the test databases exist once the test runs
+        # Read now, not in __init__: the test databases exist once the test runs.
+        env = {**worker_env(self.alias), **(env or {})}
         process = WorkerProcess(name, list(args), env, self.log_dir / f"{name}.log")
         self.started.append(process)
         return process

@@ -3,6 +3,11 @@ exactly once, no lease generation has two owners, and runs sharing a concurrency
 
 The recording jobs (``tests.recorded`` and ``tests.recorded_too``) log ``enter`` with the lease they
 read from their own row and ``exit`` at the end; ``RunLog.created_at`` is the database clock.
+
+Half the runs have no key and are triggered up front. The other half share five keys over two job
+names; since only one run per (job, key) may be pending, a feeder in the test triggers the next one
+as soon as a key's pending run is claimed. Keyed runs have a higher priority, so they are claimed
+alongside the unkeyed ones, and each claim must skip the keys that are busy.
 """
 
 from __future__ import annotations
@@ -53,7 +58,11 @@ class KeyedFeeder:
                 if (job.name, key) in pending or not self.remaining:
                     continue
                 items.append(
-                    TriggerItem(input={"seq": next(self.seqs), "pause": PAUSE}, concurrency_key=key)
+                    TriggerItem(
+                        input={"seq": next(self.seqs), "pause": PAUSE},
+                        concurrency_key=key,
+                        priority=1,  # ahead of the unkeyed runs: both kinds run side by side
+                    )
                 )
                 self.remaining -= 1
             if items:
@@ -67,9 +76,7 @@ def claimed_by(log: str) -> int:
     return int(match.group(1))
 
 
-def test_many_workers__every_run_once_and_keyed_runs_never_overlap(
-    db_alias: str, workers: Workers
-):
+def test_many_workers__every_run_once_and_keyed_runs_never_overlap(db_alias: str, workers: Workers):
     total = RUNS[db_alias]
     unkeyed = total // 2
     jobs.recorded.trigger_many([{"seq": seq, "pause": PAUSE} for seq in range(unkeyed)])
@@ -82,12 +89,15 @@ def test_many_workers__every_run_once_and_keyed_runs_never_overlap(
             *("--concurrency", str(THREADS), "--lease-seconds", "30", "--poll-interval", "0.1"),
             *("--worker-id", f"many-{number}"),
             name=f"many-{number}",
+            env={"DURABLY_WORKER_CONN_MAX_AGE": "600"},  # as a busy deployment would
         )
         for number in range(PROCESSES)
     ]
 
     def drained() -> bool:
         feeder.feed()
+        failed = Run.objects.filter(status="failed").first()
+        assert failed is None, f"run {failed.pk} failed: {failed.error}"
         return not feeder.remaining and not Run.objects.exclude(status="completed").exists()
 
     wait_for(drained, timeout=150, what=f"{total} runs to complete", workers=pool, interval=0.02)
@@ -122,9 +132,7 @@ def test_many_workers__every_run_once_and_keyed_runs_never_overlap(
     assert {run_id: len(seen) for run_id, seen in records["enter"].items()} == dict.fromkeys(
         runs, 1
     )
-    assert {run_id: len(seen) for run_id, seen in records["exit"].items()} == dict.fromkeys(
-        runs, 1
-    )
+    assert {run_id: len(seen) for run_id, seen in records["exit"].items()} == dict.fromkeys(runs, 1)
 
     owners: dict[tuple[Any, int], set[str]] = defaultdict(set)
     for run_id, seen in records["enter"].items():

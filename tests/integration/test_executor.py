@@ -472,16 +472,22 @@ def keeper_refusals() -> Iterator[dict[str, threading.Event]]:
     keeper_logger.removeHandler(handler)
 
 
+@pytest.fixture
+def fast_renewals(settings: Any) -> None:
+    """Renew often, so a lease of a few seconds has a wide margin on a busy machine."""
+    settings.DURABLY_RENEW_INTERVAL = 0.25
+
+
 def open_gate(name: str) -> tuple[threading.Event, threading.Event]:
     gate, entered = threading.Event(), threading.Event()
     jobs.FLAGS[name], jobs.FLAGS[f"{name}:entered"] = gate, entered
     return gate, entered
 
 
-def test_keeper__renewal_keeps_a_step_longer_than_the_lease_alive():
+def test_keeper__renewal_keeps_a_step_longer_than_the_lease_alive(fast_renewals):
     gate, entered = open_gate("gate")
     run = jobs.gated.trigger()
-    worker = start(process_next, lease_seconds=1.5)
+    worker = start(process_next, lease_seconds=2)
     try:
         wait_event(entered, what="the job to enter its long step")
         first_expiry = Run.objects.get(pk=run.pk).lease_expires_at
@@ -510,11 +516,11 @@ def test_keeper__renewal_keeps_a_step_longer_than_the_lease_alive():
     assert jobs.CALLS["gated:last"] == 1
 
 
-def test_keeper__cancel_stops_the_job_at_its_next_step_boundary(keeper_refusals):
+def test_keeper__cancel_stops_the_job_at_its_next_step_boundary(keeper_refusals, fast_renewals):
     gate, entered = open_gate("pause")
     run = jobs.pauses_between_steps.trigger()
     refused = keeper_refusals.setdefault(str(run.pk), threading.Event())
-    worker = start(process_next, lease_seconds=1.5)
+    worker = start(process_next, lease_seconds=3)
     try:
         wait_event(entered, what="the job to pause between steps")
         assert cancel_run(run.pk).cancelled is True
@@ -534,11 +540,11 @@ def test_keeper__cancel_stops_the_job_at_its_next_step_boundary(keeper_refusals)
     ]
 
 
-def test_keeper__cancel_during_a_long_step_is_not_persisted(keeper_refusals):
+def test_keeper__cancel_during_a_long_step_is_not_persisted(keeper_refusals, fast_renewals):
     gate, entered = open_gate("gate")
     run = jobs.gated.trigger()
     refused = keeper_refusals.setdefault(str(run.pk), threading.Event())
-    worker = start(process_next, lease_seconds=1.5)
+    worker = start(process_next, lease_seconds=3)
     try:
         wait_event(entered, what="the job to enter its long step")
         cancel_run(run.pk)

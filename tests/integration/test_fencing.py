@@ -53,7 +53,7 @@ def store_for(run: Run, generation: int | None = None) -> ModelStepStore:
 
 
 def snapshot(run: Run) -> dict[str, Any]:
-    return Run.objects.filter(pk=run.pk).values().get()
+    return dict(Run.objects.filter(pk=run.pk).values().get())
 
 
 def expire(run: Run) -> None:

@@ -6,12 +6,13 @@ import threading
 from collections import Counter
 
 import pytest
+from django.db.models import Q
 
 from django_durably import cancel_run, leases, process_next, process_until_idle
 from django_durably.exceptions import RunNotCancellable
 from django_durably.models import Run, Step
 from tests import jobs
-from tests.concurrency import start, wait_event
+from tests.concurrency import start, wait_event, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
@@ -52,16 +53,29 @@ def test_race__cancel_during_a_step_wins_over_persisting_it():
 
 def test_race__cancel_against_completion_has_exactly_one_winner():
     winners = Counter()
-    for _ in range(ITERATIONS):
+    for i in range(ITERATIONS):
         run = jobs.three_steps.trigger({})
         barrier = threading.Barrier(2)
+        # Cancel at different points: at once (often while pending), as soon as the run is seen
+        # running (among its step writes), once its last step is stored, or once its final log
+        # line is stored (then only the completion write is left to race against).
+        moment = ("at once", "running", "last step", "logged")[i % 4]
 
         def work(barrier=barrier):
             barrier.wait(10)
             return process_next()
 
-        def cancel(run_id=run.pk, barrier=barrier):
+        def cancel(run_id=run.pk, barrier=barrier, moment=moment):
             barrier.wait(10)
+            runs = Run.objects.filter(pk=run_id)
+            if moment == "running":
+                seen = runs.exclude(status="pending")
+            elif moment == "last step":
+                seen = runs.filter(Q(completed_step_count=3) | ~Q(status__in=["pending", "leased"]))
+            elif moment == "logged":
+                seen = runs.filter(Q(logs__isnull=False) | ~Q(status__in=["pending", "leased"]))
+            if moment != "at once":
+                wait_until(seen.exists, interval=0.001, what=f"the run to reach {moment!r}")
             try:
                 return cancel_run(run_id)
             except RunNotCancellable as exc:
@@ -135,15 +149,22 @@ def test_race__two_claims_on_one_expired_lease_get_it_once():
 
 def test_race__concurrent_claims_lease_one_run_per_concurrency_key():
     sharing = (jobs.per_user, jobs.noop, jobs.singleton, jobs.three_steps)
-    for _ in range(ITERATIONS):
-        runs = [job.trigger({"user": 1}, concurrency_key="user:1") for job in sharing]
+    for iteration in range(ITERATIONS):
+        # Alternate: every claimer sees all four runs, or each sees only the run on its own queue
+        # (so nothing but the key check keeps two of them from leasing the same key).
+        own_queues = iteration % 2 == 1
+        runs = [
+            job.trigger({"user": 1}, concurrency_key="user:1", queue=f"q{i}")
+            for i, job in enumerate(sharing)
+        ]
         barrier = threading.Barrier(len(sharing))
 
-        def claim(worker_id, barrier=barrier):
+        def claim(i, barrier=barrier, own_queues=own_queues):
             barrier.wait(10)
-            return leases.claim(worker_id=worker_id, limit=2)
+            queues = [f"q{i}"] if own_queues else None
+            return leases.claim(worker_id=f"w{i}", queues=queues, limit=2)
 
-        claimers = [start(claim, f"w{i}") for i in range(len(sharing))]
+        claimers = [start(claim, i) for i in range(len(sharing))]
         claimed = [run for claimer in claimers for run in claimer.outcome()]
 
         assert len(claimed) == 1, claimed

@@ -1,6 +1,6 @@
 import pytest
 
-from django_durably import Run, process_until_idle
+from django_durably import process_until_idle
 from tests import jobs
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")

@@ -106,6 +106,19 @@ def test_step_index__counts_every_step_reached():
     assert run.completed_step_count == 3
 
 
+def test_step_times__a_step_never_finishes_before_it_started():
+    jobs.FLAGS["fail"] = "b"
+    run = jobs.three_steps.trigger({})
+
+    process_one()
+
+    steps = list(Step.objects.filter(run_id=run.pk))
+    assert [step.status for step in steps] == ["completed", "failed"]
+    for step in steps:
+        assert step.started_at <= step.completed_at, step
+        assert step.duration_seconds >= 0
+
+
 # -- logs and progress -------------------------------------------------------------------------
 
 

@@ -68,9 +68,7 @@ def test_worker__picks_up_a_run_triggered_while_idle():
     thread = start_worker(worker)
     try:
         run = jobs.noop.trigger({"late": True})
-        wait_until(
-            lambda: Run.objects.get(pk=run.pk).status == "completed", message="the late run"
-        )
+        wait_until(lambda: Run.objects.get(pk=run.pk).status == "completed", message="the late run")
     finally:
         worker.stop()
         thread.join(10)

@@ -1,7 +1,6 @@
 """The ``@job()`` decorator, the ``Job`` definition and the registry, without a database."""
 
 # Job functions take ``(step, input)``: ``input`` is the documented parameter name.
-# ruff: noqa: A002, A006
 
 from __future__ import annotations
 

@@ -31,7 +31,10 @@ from django_durably.exceptions import (
     RunCancelled,
     RunFailed,
     RunNotCancellable,
+    RunNotDeletable,
     RunNotFound,
+    RunNotResumable,
+    RunNotRetriggerable,
     RunStateError,
     StepConflict,
     StepError,
@@ -42,8 +45,19 @@ from django_durably.jobs import Job, TriggerItem, get_job, job, registered_jobs
 
 if TYPE_CHECKING:
     from django_durably.executor import RunOutcome, process_next, process_one, process_until_idle
-    from django_durably.models import Run, RunLog, RunStatus, Step, StepStatus
-    from django_durably.operations import CancelResult, cancel_run, trigger, wait_for_run
+    from django_durably.models import AuditRecord, Run, RunLog, RunStatus, Step, StepStatus
+    from django_durably.operations import (
+        CancelResult,
+        DeleteResult,
+        ResumeResult,
+        cancel_run,
+        delete_run,
+        purge_runs,
+        resume_run,
+        retrigger_run,
+        trigger,
+        wait_for_run,
+    )
 
 __version__ = "0.1.0"
 
@@ -63,6 +77,13 @@ _LAZY = {
     "wait_for_run": "django_durably.operations",
     "cancel_run": "django_durably.operations",
     "CancelResult": "django_durably.operations",
+    "ResumeResult": "django_durably.operations",
+    "DeleteResult": "django_durably.operations",
+    "resume_run": "django_durably.operations",
+    "retrigger_run": "django_durably.operations",
+    "delete_run": "django_durably.operations",
+    "purge_runs": "django_durably.operations",
+    "AuditRecord": "django_durably.models",
 }
 
 
@@ -74,7 +95,9 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "AuditRecord",
     "CancelResult",
+    "DeleteResult",
     "DuplicateStepName",
     "DurablyError",
     "DurablyInterrupt",
@@ -92,12 +115,16 @@ __all__ = [
     "NotJSONSerializable",
     "OutputInvalid",
     "PendingRunExists",
+    "ResumeResult",
     "Run",
     "RunCancelled",
     "RunFailed",
     "RunLog",
     "RunNotCancellable",
+    "RunNotDeletable",
     "RunNotFound",
+    "RunNotResumable",
+    "RunNotRetriggerable",
     "RunOutcome",
     "RunStateError",
     "RunStatus",
@@ -112,12 +139,16 @@ __all__ = [
     "__version__",
     "cancel_run",
     "current_context",
+    "delete_run",
     "get_job",
     "job",
     "process_next",
     "process_one",
     "process_until_idle",
+    "purge_runs",
     "registered_jobs",
+    "resume_run",
+    "retrigger_run",
     "trigger",
     "wait_for_run",
 ]

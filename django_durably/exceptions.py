@@ -100,6 +100,24 @@ class RunNotCancellable(RunStateError):
     action = "be cancelled"
 
 
+class RunNotResumable(RunStateError):
+    """Only failed or cancelled runs can be resumed."""
+
+    action = "be resumed"
+
+
+class RunNotRetriggerable(RunStateError):
+    """Only finished runs (completed, failed or cancelled) can be retriggered."""
+
+    action = "be retriggered"
+
+
+class RunNotDeletable(RunStateError):
+    """Only finished runs (completed, failed or cancelled) can be deleted."""
+
+    action = "be deleted"
+
+
 class WaitError(DurablyError):
     """Waiting for a run ended without a completed run."""
 

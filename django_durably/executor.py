@@ -28,8 +28,8 @@ from django_durably.jobs import get_job
 from django_durably.keeper import LeaseKeeper
 from django_durably.leases import LeaseHandle
 from django_durably.models import Run
-from django_durably.operations import ensure_outside_transaction
 from django_durably.serialization import describe_exception
+from django_durably.triggering import ensure_outside_transaction
 from django_durably.types import JSON
 
 logger = logging.getLogger(__name__)

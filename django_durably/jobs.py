@@ -1,7 +1,7 @@
 """The ``@job()`` decorator, the :class:`Job` definition and the registry of jobs by name.
 
 Importing this module never touches models (user code imports it before the app registry is ready);
-the triggering methods reach ``operations`` through one lazy import in :func:`_operations`.
+the triggering methods reach ``triggering`` through one lazy import in :func:`_triggering`.
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ class Job(Generic[I, O]):
             changes["priority"] = priority
         return dataclasses.replace(self, **changes)
 
-    # -- triggering (thin shims over ``operations``) -------------------------------------------
+    # -- triggering (thin shims over ``triggering``) -------------------------------------------
 
     def trigger(
         self,
@@ -121,7 +121,7 @@ class Job(Generic[I, O]):
             run_after=run_after,
             coalesce=coalesce,
         )
-        runs: list[Run] = _operations().trigger_runs(self, [item])
+        runs: list[Run] = _triggering().trigger_runs(self, [item])
         return runs[0]
 
     def trigger_many(self, items: Iterable[Any]) -> list[Run]:
@@ -132,7 +132,7 @@ class Job(Generic[I, O]):
         prepared = [
             item if isinstance(item, TriggerItem) else TriggerItem(input=item) for item in items
         ]
-        runs: list[Run] = _operations().trigger_runs(self, prepared)
+        runs: list[Run] = _triggering().trigger_runs(self, prepared)
         return runs
 
     def trigger_and_wait(
@@ -149,10 +149,10 @@ class Job(Generic[I, O]):
         :class:`~django_durably.exceptions.WaitTimeout` (which does not cancel the run).
         A worker must be running for the run to make progress.
         """
-        operations = _operations()
-        operations.ensure_outside_transaction("trigger_and_wait()")
+        triggering = _triggering()
+        triggering.ensure_outside_transaction("trigger_and_wait()")
         run = self.trigger(input, **options)
-        finished: Run = operations.wait_for_run(run.id, timeout=timeout)
+        finished: Run = triggering.wait_for_run(run.id, timeout=timeout)
         return finished
 
     # -- input and output ------------------------------------------------------------------------
@@ -246,12 +246,12 @@ def _error_details(exc: ValidationError, prefix: str) -> list[dict[str, Any]]:
     return details
 
 
-def _operations() -> ModuleType:
-    # The one lazy import: ``operations`` needs models, and user code imports this module (to
+def _triggering() -> ModuleType:
+    # The one lazy import: ``triggering`` needs models, and user code imports this module (to
     # decorate functions) before Django's app registry is ready.
-    from django_durably import operations
+    from django_durably import triggering
 
-    return operations
+    return triggering
 
 
 # -- the decorator -----------------------------------------------------------------------------

@@ -31,8 +31,11 @@ class RunStatus(models.TextChoices):
     """Stopped by an operator. Can be resumed."""
 
 
-TERMINAL_STATUSES = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED})
-CANCELLABLE_STATUSES = frozenset({RunStatus.PENDING, RunStatus.LEASED})
+# The state sets of DESIGN.md section 3, in the order operations try them. The querysets' predicates
+# and the guarded UPDATEs of ``operations`` are all built from these.
+TERMINAL_STATUSES = (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED)
+CANCELLABLE_STATUSES = (RunStatus.PENDING, RunStatus.LEASED)
+RESUMABLE_STATUSES = (RunStatus.FAILED, RunStatus.CANCELLED)
 
 
 class StepStatus(models.TextChoices):
@@ -88,6 +91,9 @@ class RunQuerySet(models.QuerySet["Run"]):
 
     def cancellable(self) -> RunQuerySet:
         return self.filter(status__in=CANCELLABLE_STATUSES)
+
+    def resumable(self) -> RunQuerySet:
+        return self.filter(status__in=RESUMABLE_STATUSES)
 
     def with_labels(self, labels: dict[str, str] | None = None, /, **more: str) -> RunQuerySet:
         """Runs carrying every given label (AND). ``with_labels({"tenant": "acme"})``.
@@ -153,6 +159,11 @@ class Run(models.Model):
         verbose_name = _("run")
         verbose_name_plural = _("runs")
         ordering = ["-created_at", "-id"]
+        permissions = [
+            ("cancel_run", _("Can cancel runs")),
+            ("resume_run", _("Can resume runs")),
+            ("retrigger_run", _("Can retrigger runs")),
+        ]
         constraints = [
             models.UniqueConstraint(
                 fields=["job_name", "idempotency_key"],
@@ -277,3 +288,46 @@ class RunLog(models.Model):
 
     def __str__(self) -> str:
         return f"[{self.level}] {self.message[:80]}"
+
+
+class AuditAction(models.TextChoices):
+    CANCEL = "cancel", _("Cancel")
+    RESUME = "resume", _("Resume")
+    RETRIGGER = "retrigger", _("Retrigger")
+    DELETE = "delete", _("Delete")
+
+
+class AuditRecord(models.Model):
+    """One operator action on a run, written in the same transaction as the change it records.
+
+    ``run_uuid`` keeps the id after the run is deleted (``run`` is then NULL).
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    run = models.ForeignKey(
+        Run,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="audit_records",
+        verbose_name=_("run"),
+    )
+    run_uuid = models.UUIDField(_("run id"))
+    job_name = models.CharField(_("job"), max_length=255)
+    action = models.CharField(_("action"), max_length=16, choices=AuditAction.choices)
+    actor = models.CharField(_("actor"), max_length=255, default="", blank=True)
+    source = models.CharField(_("source"), max_length=32, default="python")
+    from_status = models.CharField(_("from status"), max_length=16, choices=RunStatus.choices)
+    to_status = models.CharField(_("to status"), max_length=16, default="", blank=True)
+    detail: Any = models.JSONField(_("detail"), default=dict, blank=True)
+    created_at = models.DateTimeField(_("at"), db_default=Now())
+
+    class Meta:
+        verbose_name = _("audit record")
+        verbose_name_plural = _("audit records")
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["run_uuid", "created_at"], name="durably_audit_run_idx")]
+
+    def __str__(self) -> str:
+        who = self.actor or self.source
+        return f"{self.action} {self.run_uuid} by {who} ({self.from_status} -> {self.to_status or '-'})"

@@ -1,325 +1,75 @@
-"""Creating runs and acting on them from outside a worker.
+"""Operator actions on runs: cancel, resume, retrigger, delete, and purging old runs.
 
 Apart from the worker path (``leases``, ``checkpoints``, ``executor``), this is the only code that
-changes a run's status. Every change is one guarded UPDATE whose row count says whether it won; a miss
-re-reads the run and raises a typed error carrying the current status.
+changes a run's status; the admin, the HTTP API and Python callers all come through here. Every
+action is one guarded UPDATE per status of its state set (so the status it changed *from* is known
+exactly), written in one transaction with its :class:`~django_durably.models.AuditRecord`. A miss
+re-reads the run and raises a typed error carrying the current status. Signals are sent after commit.
+
+Triggering and waiting live in ``triggering`` and are re-exported here.
 """
 
 from __future__ import annotations
 
-import copy
-import re
-import time
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
-from django.db import IntegrityError, connections, transaction
+from django.db import IntegrityError, transaction
 from django.db.models.functions import Now
+from django.utils import timezone
 
 from django_durably import signals
-from django_durably.conf import durably_settings
 from django_durably.events import send_after_commit
 from django_durably.exceptions import (
-    DurablyError,
-    InvalidInput,
-    InvalidLabels,
-    InvalidRunAfter,
-    InvalidTrigger,
     PendingRunExists,
-    RunCancelled,
-    RunFailed,
     RunNotCancellable,
+    RunNotDeletable,
     RunNotFound,
-    WaitTimeout,
+    RunNotResumable,
+    RunNotRetriggerable,
 )
-from django_durably.jobs import (
-    MAX_KEY_LENGTH,
-    MAX_QUEUE_LENGTH,
-    PRIORITY_RANGE,
-    Job,
-    TriggerItem,
-    get_job,
-)
+from django_durably.jobs import TriggerItem, get_job
 from django_durably.leases import db_alias
-from django_durably.models import Run, RunStatus
+from django_durably.models import (
+    CANCELLABLE_STATUSES,
+    RESUMABLE_STATUSES,
+    TERMINAL_STATUSES,
+    AuditAction,
+    AuditRecord,
+    Run,
+    RunStatus,
+)
 from django_durably.notifications import notify_ready
-from django_durably.serialization import dump
-from django_durably.types import Coalesce
+from django_durably.triggering import (
+    ensure_outside_transaction,
+    run_pk,
+    trigger,
+    trigger_runs,
+    wait_for_run,
+)
 
-LABEL_KEY_PATTERN = re.compile(r"[A-Za-z0-9._/-]+")
-MAX_LABELS = 32
-MAX_LABEL_KEY_LENGTH = 100
-MAX_LABEL_VALUE_LENGTH = 500
-TRIGGER_RETRIES = 3
+__all__ = [
+    "CancelResult",
+    "DeleteResult",
+    "ResumeResult",
+    "cancel_run",
+    "delete_run",
+    "ensure_outside_transaction",
+    "purge_runs",
+    "resume_run",
+    "retrigger_run",
+    "trigger",
+    "trigger_runs",
+    "wait_for_run",
+]
 
+logger = logging.getLogger(__name__)
 
-# -- triggering --------------------------------------------------------------------------------
-
-
-@dataclass
-class _Prepared:
-    run: Run
-    coalesce: Coalesce
-
-
-def trigger(job_name: str, input: Any = None, **options: Any) -> Run:
-    """Trigger a job by its registered name (``JobNotFound`` if there is none).
-
-    Takes the same keyword options as :meth:`Job.trigger`.
-    """
-    return get_job(job_name).trigger(input, **options)
-
-
-def trigger_runs(job: Job[Any, Any], items: Sequence[TriggerItem]) -> list[Run]:
-    """Validate every item, then create the runs in one transaction: all or nothing.
-
-    Returns one run per item, in order, each with ``disposition`` set. Raises a subclass of
-    :class:`InvalidTrigger` for bad input and :class:`PendingRunExists` for a concurrency-key
-    conflict; in both cases nothing is created.
-    """
-    prepared = [_prepare(job, item) for item in items]
-    if not prepared:
-        return []
-    alias = db_alias()
-    for attempt in range(TRIGGER_RETRIES):
-        try:
-            with transaction.atomic(using=alias):
-                results, created = _insert(job.name, prepared, alias)
-            break
-        except IntegrityError:
-            # A concurrent trigger took an idempotency key or a pending concurrency key between
-            # our read and our insert. Nothing of ours was written; look again.
-            if attempt == TRIGGER_RETRIES - 1:
-                raise
-    for run in created:
-        send_after_commit(signals.run_triggered, using=alias, run=run)
-    return results
-
-
-def _insert(job_name: str, prepared: list[_Prepared], alias: str) -> tuple[list[Run], list[Run]]:
-    runs = Run.objects.using(alias).filter(job_name=job_name)
-    idempotency_keys = {p.run.idempotency_key for p in prepared if p.run.idempotency_key}
-    concurrency_keys = {p.run.concurrency_key for p in prepared if p.run.concurrency_key}
-    by_idempotency: dict[str, Run] = {}
-    if idempotency_keys:
-        for found in runs.filter(idempotency_key__in=idempotency_keys):
-            by_idempotency[str(found.idempotency_key)] = found
-    pending_by_key: dict[str, Run] = {}
-    if concurrency_keys:
-        for found in runs.pending().filter(concurrency_key__in=concurrency_keys):
-            pending_by_key[str(found.concurrency_key)] = found
-
-    results: list[Run] = []
-    created: list[Run] = []
-    for item in prepared:
-        run = item.run
-        if run.idempotency_key and run.idempotency_key in by_idempotency:
-            results.append(_with_disposition(by_idempotency[run.idempotency_key], "idempotent"))
-            continue
-        if run.concurrency_key and run.concurrency_key in pending_by_key:
-            existing = pending_by_key[run.concurrency_key]
-            if item.coalesce != "skip":
-                raise PendingRunExists(
-                    job_name=job_name, concurrency_key=run.concurrency_key, run_id=existing.pk
-                )
-            results.append(_with_disposition(existing, "coalesced"))
-            continue
-        run.disposition = "created"
-        created.append(run)
-        results.append(run)
-        if run.idempotency_key:
-            by_idempotency[run.idempotency_key] = run
-        if run.concurrency_key:
-            pending_by_key[run.concurrency_key] = run
-    if created:
-        Run.objects.using(alias).bulk_create(created)
-        notify_ready(alias, (run.queue for run in created))
-    return results, created
-
-
-def _with_disposition(run: Run, disposition: str) -> Run:
-    found = copy.copy(run)
-    found.disposition = disposition
-    return found
-
-
-def _prepare(job: Job[Any, Any], item: TriggerItem) -> _Prepared:
-    stored_input, parsed_input = job.prepare_input(item.input)
-    size = len(dump(stored_input).encode())
-    if size > durably_settings.MAX_INPUT_BYTES:
-        raise InvalidInput(
-            f"Input of job {job.name!r} is {size} bytes of JSON; the limit is "
-            f"{durably_settings.MAX_INPUT_BYTES} (DURABLY_MAX_INPUT_BYTES).",
-            field="input",
-        )
-    if item.coalesce not in ("error", "skip"):
-        raise InvalidTrigger(
-            f"coalesce must be 'error' or 'skip', got {item.coalesce!r}.", field="coalesce"
-        )
-    return _Prepared(
-        run=Run(
-            job_name=job.name,
-            queue=_queue(
-                item.queue
-                if item.queue is not None
-                else (job.queue or durably_settings.DEFAULT_QUEUE)
-            ),
-            priority=_priority(
-                next(
-                    p
-                    for p in (item.priority, job.priority, durably_settings.DEFAULT_PRIORITY)
-                    if p is not None
-                )
-            ),
-            input=stored_input,
-            idempotency_key=_idempotency_key(item.idempotency_key),
-            concurrency_key=job.resolve_concurrency_key(item.concurrency_key, parsed_input),
-            labels=validate_labels(item.labels),
-            **_run_after(item.run_after),
-        ),
-        coalesce=item.coalesce,
-    )
-
-
-def validate_labels(labels: Any) -> dict[str, str]:
-    """Check labels: a flat object of ``[A-Za-z0-9._/-]+`` keys and string values."""
-    if labels is None:
-        return {}
-    if not isinstance(labels, dict):
-        raise InvalidLabels(
-            f"labels must be an object of string keys and string values, got {type(labels).__name__}.",
-            field="labels",
-        )
-    if len(labels) > MAX_LABELS:
-        raise InvalidLabels(f"At most {MAX_LABELS} labels are allowed.", field="labels")
-    for key, value in labels.items():
-        if (
-            not isinstance(key, str)
-            or len(key) > MAX_LABEL_KEY_LENGTH
-            or not LABEL_KEY_PATTERN.fullmatch(key)
-        ):
-            raise InvalidLabels(
-                f"Label key {key!r} is invalid: keys are 1-{MAX_LABEL_KEY_LENGTH} characters of "
-                "letters, digits, '.', '_', '/' and '-'.",
-                field="labels",
-            )
-        if not isinstance(value, str) or len(value) > MAX_LABEL_VALUE_LENGTH:
-            raise InvalidLabels(
-                f"Label {key!r} has value {value!r}: values are strings of at most "
-                f"{MAX_LABEL_VALUE_LENGTH} characters.",
-                field="labels",
-            )
-    return dict(labels)
-
-
-def _idempotency_key(key: Any) -> str | None:
-    if key is None:
-        return None
-    if not isinstance(key, str) or not key or len(key) > MAX_KEY_LENGTH:
-        raise InvalidTrigger(
-            f"idempotency_key must be a non-empty string of at most {MAX_KEY_LENGTH} "
-            f"characters, got {key!r}.",
-            field="idempotency_key",
-        )
-    return key
-
-
-def _queue(queue: Any) -> str:
-    if not isinstance(queue, str) or not queue or len(queue) > MAX_QUEUE_LENGTH:
-        raise InvalidTrigger(
-            f"queue must be a non-empty string of at most {MAX_QUEUE_LENGTH} characters, "
-            f"got {queue!r}.",
-            field="queue",
-        )
-    return queue
-
-
-def _priority(priority: Any) -> int:
-    low, high = PRIORITY_RANGE
-    if not isinstance(priority, int) or isinstance(priority, bool) or not low <= priority <= high:
-        raise InvalidTrigger(
-            f"priority must be an integer between {low} and {high}, got {priority!r}.",
-            field="priority",
-        )
-    return priority
-
-
-def _run_after(run_after: Any) -> dict[str, datetime]:
-    if run_after is None:
-        return {}  # the database clock's now, via the column's db_default
-    if not isinstance(run_after, datetime):
-        raise InvalidRunAfter(
-            f"run_after must be a timezone-aware datetime, got {type(run_after).__name__}.",
-            field="run_after",
-        )
-    if run_after.tzinfo is None or run_after.utcoffset() is None:
-        raise InvalidRunAfter(
-            f"run_after must be timezone-aware, got the naive datetime {run_after.isoformat()}; "
-            "use django.utils.timezone.now() + timedelta(...) or attach a tzinfo.",
-            field="run_after",
-        )
-    return {"run_after": run_after}
-
-
-def _run_pk(run_id: UUID | str) -> UUID:
-    if isinstance(run_id, UUID):
-        return run_id
-    try:
-        return UUID(str(run_id))
-    except ValueError:
-        raise RunNotFound(run_id) from None
-
-
-# -- waiting -----------------------------------------------------------------------------------
-
-
-def wait_for_run(run_id: UUID | str, timeout: float, *, poll_interval: float | None = None) -> Run:
-    """Wait up to ``timeout`` seconds for a run to finish and return it when it completed.
-
-    Raises :class:`RunFailed` or :class:`RunCancelled` (with the run attached) when it ended
-    otherwise, :class:`WaitTimeout` when it is still running at the deadline (the run is not
-    cancelled), and :class:`RunNotFound` for an unknown id.
-    """
-    run_id = _run_pk(run_id)
-    alias = db_alias()
-    deadline = time.monotonic() + timeout
-    interval = durably_settings.WAIT_POLL_INTERVAL if poll_interval is None else poll_interval
-    while True:
-        run = Run.objects.using(alias).filter(pk=run_id).first()
-        if run is None:
-            raise RunNotFound(run_id)
-        if run.status == RunStatus.COMPLETED:
-            return run
-        if run.status == RunStatus.FAILED:
-            raise RunFailed(run)
-        if run.status == RunStatus.CANCELLED:
-            raise RunCancelled(run)
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise WaitTimeout(run.pk, timeout, run.status)
-        time.sleep(min(interval, remaining))
-        interval = min(interval * 1.5, max(1.0, interval))
-
-
-def ensure_outside_transaction(what: str) -> None:
-    """Refuse calls that cannot work inside a caller's ``transaction.atomic()``.
-
-    A run is invisible to workers until its trigger commits, and a claim must commit before its job
-    runs (or the lease and checkpoints would be invisible to other processes).
-    """
-    if connections[db_alias()].in_atomic_block:
-        raise DurablyError(
-            f"{what} cannot be called inside a transaction (atomic block): runs must be committed "
-            "before a worker can claim them, and a claim must commit before its job runs. Call it "
-            "outside transaction.atomic(); in pytest-django tests, use "
-            "django_db(transaction=True)."
-        )
-
-
-# -- operator actions --------------------------------------------------------------------------
+DEFAULT_PURGE_LIMIT = 1000
 
 
 @dataclass(frozen=True)
@@ -328,36 +78,345 @@ class CancelResult:
 
     run_id: UUID
     cancelled: bool
+    from_status: str
 
 
-def cancel_run(run_id: UUID | str) -> CancelResult:
-    """Cancel a pending or leased run (one guarded UPDATE).
+@dataclass(frozen=True)
+class ResumeResult:
+    """A resumed run: now pending again, on the same id."""
 
-    A worker running it stops at its next step boundary and writes nothing more. Cancelling an
-    already cancelled run is a no-op reporting ``cancelled=False``; a completed or failed run raises
-    :class:`RunNotCancellable`; an unknown id raises :class:`RunNotFound`.
+    run_id: UUID
+    from_status: str
+
+
+@dataclass(frozen=True)
+class DeleteResult:
+    """A deleted run, with the status it had."""
+
+    run_id: UUID
+    from_status: str
+
+
+def _actor_name(actor: Any) -> str:
+    """``request.user``, a username, or anything with a useful ``str()``; ``""`` for nobody."""
+    if actor is None:
+        return ""
+    get_username = getattr(actor, "get_username", None)
+    name = get_username() if callable(get_username) else str(actor)
+    return str(name)[:255]
+
+
+def _transition(
+    alias: str, run_id: UUID, from_statuses: Sequence[str], **changes: Any
+) -> str | None:
+    """Apply ``changes`` if the run is in one of ``from_statuses``; return the status it left.
+
+    One guarded UPDATE per status, so the winner knows exactly what it changed from; each is a
+    compare-and-swap on its own, and the first that matches wins.
     """
-    run_id = _run_pk(run_id)
+    runs = Run.objects.using(alias)
+    for status in from_statuses:
+        if runs.filter(pk=run_id, status=status).update(**changes):
+            return status
+    return None
+
+
+def _current(alias: str, run_id: UUID) -> tuple[str, str]:
+    """``(job_name, status)`` of a run, or :class:`RunNotFound`."""
+    row = Run.objects.using(alias).filter(pk=run_id).values_list("job_name", "status").first()
+    if row is None:
+        raise RunNotFound(run_id)
+    return row
+
+
+def _audit(
+    alias: str,
+    run_id: UUID,
+    job_name: str,
+    action: AuditAction,
+    *,
+    actor: Any,
+    source: str,
+    from_status: str,
+    to_status: str = "",
+    detail: dict[str, Any] | None = None,
+) -> None:
+    AuditRecord.objects.using(alias).create(
+        run_id=run_id,
+        run_uuid=run_id,
+        job_name=job_name,
+        action=action,
+        actor=_actor_name(actor),
+        source=source,
+        from_status=from_status,
+        to_status=to_status,
+        detail=detail or {},
+    )
+
+
+# -- cancel ------------------------------------------------------------------------------------
+
+
+def cancel_run(run_id: UUID | str, *, actor: Any = None, source: str = "python") -> CancelResult:
+    """Cancel a pending or leased run.
+
+    A worker running it stops at its next step boundary (or within one lease renewal interval when
+    it is inside a long step), writes nothing more, and never overwrites the cancelled status.
+    Cancelling an already cancelled run is a no-op reporting ``cancelled=False``; a completed or
+    failed run raises :class:`RunNotCancellable`; an unknown id raises :class:`RunNotFound`.
+    """
+    run_id = run_pk(run_id)
     alias = db_alias()
-    won = (
-        Run.objects.using(alias)
-        .cancellable()
-        .filter(pk=run_id)
-        .update(
+    with transaction.atomic(using=alias):
+        from_status = _transition(
+            alias,
+            run_id,
+            CANCELLABLE_STATUSES,
             status=RunStatus.CANCELLED,
             completed_at=Now(),
             lease_expires_at=None,
             updated_at=Now(),
         )
+        job_name, status = _current(alias, run_id)
+        if from_status is None:
+            if status == RunStatus.CANCELLED:
+                return CancelResult(run_id=run_id, cancelled=False, from_status=status)
+            raise RunNotCancellable(run_id, status)
+        _audit(
+            alias,
+            run_id,
+            job_name,
+            AuditAction.CANCEL,
+            actor=actor,
+            source=source,
+            from_status=from_status,
+            to_status=RunStatus.CANCELLED,
+        )
+    send_after_commit(
+        signals.run_cancelled,
+        using=alias,
+        run_id=run_id,
+        job_name=job_name,
+        actor=_actor_name(actor),
+        source=source,
     )
-    current = Run.objects.using(alias).filter(pk=run_id).values_list("pk", "job_name", "status")
-    row = current.first()
-    if row is None:
+    return CancelResult(run_id=run_id, cancelled=True, from_status=from_status)
+
+
+# -- resume ------------------------------------------------------------------------------------
+
+
+def resume_run(run_id: UUID | str, *, actor: Any = None, source: str = "python") -> ResumeResult:
+    """Put a failed or cancelled run back to pending, on the same run id.
+
+    The error and lease fields are cleared; completed steps are kept, so the next attempt replays
+    them instead of running them again. ``lease_generation`` keeps counting up, so a worker that
+    still runs an earlier attempt stays fenced out. Raises :class:`RunNotResumable` (with the
+    current status) for any other status, and :class:`PendingRunExists` when another pending run
+    of the job holds the run's concurrency key. Of two concurrent resumes, exactly one wins.
+    """
+    run_id = run_pk(run_id)
+    alias = db_alias()
+    try:
+        with transaction.atomic(using=alias):
+            from_status = _transition(
+                alias,
+                run_id,
+                RESUMABLE_STATUSES,
+                status=RunStatus.PENDING,
+                error=None,
+                output=None,
+                lease_owner="",
+                lease_expires_at=None,
+                completed_at=None,
+                run_after=Now(),
+                updated_at=Now(),
+            )
+            job_name, status = _current(alias, run_id)
+            if from_status is None:
+                raise RunNotResumable(run_id, status)
+            _audit(
+                alias,
+                run_id,
+                job_name,
+                AuditAction.RESUME,
+                actor=actor,
+                source=source,
+                from_status=from_status,
+                to_status=RunStatus.PENDING,
+            )
+            queue = Run.objects.using(alias).filter(pk=run_id).values_list("queue", flat=True)
+            notify_ready(alias, queue)
+    except IntegrityError:
+        raise _pending_conflict(alias, run_id) from None
+    send_after_commit(
+        signals.run_resumed,
+        using=alias,
+        run_id=run_id,
+        job_name=job_name,
+        from_status=from_status,
+        actor=_actor_name(actor),
+        source=source,
+    )
+    return ResumeResult(run_id=run_id, from_status=from_status)
+
+
+def _pending_conflict(alias: str, run_id: UUID) -> Exception:
+    """The error for a resume refused by the one-pending-run-per-concurrency-key constraint."""
+    run = Run.objects.using(alias).filter(pk=run_id).first()
+    if run is None:
+        return RunNotFound(run_id)
+    other = (
+        Run.objects.using(alias)
+        .pending()
+        .filter(job_name=run.job_name, concurrency_key=run.concurrency_key)
+        .exclude(pk=run_id)
+        .values_list("pk", flat=True)
+        .first()
+    )
+    if other is None or run.concurrency_key is None:
+        return RunNotResumable(run_id, run.status)
+    return PendingRunExists(
+        job_name=run.job_name, concurrency_key=run.concurrency_key, run_id=other
+    )
+
+
+# -- retrigger ---------------------------------------------------------------------------------
+
+
+def retrigger_run(run_id: UUID | str, *, actor: Any = None, source: str = "python") -> Run:
+    """Create a new pending run from a finished one, with the same input, labels, concurrency key,
+    queue and priority, and return it.
+
+    The input is validated against the job's *current* input schema (so a changed schema gives
+    :class:`~django_durably.exceptions.InvalidInput`), and the new run never reuses the original's
+    idempotency key. Raises :class:`RunNotRetriggerable` for a run that has not finished,
+    :class:`~django_durably.exceptions.JobNotFound` when the job is no longer registered, and
+    :class:`PendingRunExists` when a pending run already holds the concurrency key.
+    """
+    run_id = run_pk(run_id)
+    alias = db_alias()
+    original = Run.objects.using(alias).filter(pk=run_id).first()
+    if original is None:
         raise RunNotFound(run_id)
-    pk, job_name, status = row
-    if won:
-        send_after_commit(signals.run_cancelled, using=alias, run_id=pk, job_name=job_name)
-        return CancelResult(run_id=pk, cancelled=True)
-    if status == RunStatus.CANCELLED:
-        return CancelResult(run_id=pk, cancelled=False)
-    raise RunNotCancellable(pk, status)
+    if original.status not in TERMINAL_STATUSES:
+        raise RunNotRetriggerable(run_id, original.status)
+    job = get_job(original.job_name)
+    item = TriggerItem(
+        input=original.input,
+        concurrency_key=original.concurrency_key,
+        labels=original.labels,
+        queue=original.queue,
+        priority=original.priority,
+    )
+    with transaction.atomic(using=alias):
+        # Re-check under the same transaction as the insert: the original must still be finished.
+        from_status = _transition(alias, run_id, TERMINAL_STATUSES, updated_at=Now())
+        if from_status is None:
+            raise RunNotRetriggerable(run_id, _current(alias, run_id)[1])
+        (new_run,) = trigger_runs(job, [item])
+        _audit(
+            alias,
+            run_id,
+            original.job_name,
+            AuditAction.RETRIGGER,
+            actor=actor,
+            source=source,
+            from_status=from_status,
+            to_status=from_status,
+            detail={"new_run_id": str(new_run.pk)},
+        )
+    send_after_commit(
+        signals.run_retriggered,
+        using=alias,
+        run_id=run_id,
+        job_name=original.job_name,
+        new_run_id=new_run.pk,
+        actor=_actor_name(actor),
+        source=source,
+    )
+    return new_run
+
+
+# -- delete and purge --------------------------------------------------------------------------
+
+
+def delete_run(run_id: UUID | str, *, actor: Any = None, source: str = "python") -> DeleteResult:
+    """Delete a finished run with its steps and logs; raises :class:`RunNotDeletable` otherwise.
+
+    The guarded UPDATE that decides the race also locks the row, so a concurrent resume either
+    happens first (and the delete is refused) or finds the run gone. The audit record stays, with
+    its ``run`` set to NULL and ``run_uuid`` kept.
+    """
+    run_id = run_pk(run_id)
+    alias = db_alias()
+    with transaction.atomic(using=alias):
+        from_status = _transition(alias, run_id, TERMINAL_STATUSES, updated_at=Now())
+        job_name, status = _current(alias, run_id)
+        if from_status is None:
+            raise RunNotDeletable(run_id, status)
+        _audit(
+            alias,
+            run_id,
+            job_name,
+            AuditAction.DELETE,
+            actor=actor,
+            source=source,
+            from_status=from_status,
+        )
+        Run.objects.using(alias).filter(pk=run_id).delete()
+    send_after_commit(
+        signals.run_deleted,
+        using=alias,
+        run_id=run_id,
+        job_name=job_name,
+        from_status=from_status,
+        actor=_actor_name(actor),
+        source=source,
+    )
+    return DeleteResult(run_id=run_id, from_status=from_status)
+
+
+def purge_runs(
+    older_than: timedelta | datetime,
+    limit: int = DEFAULT_PURGE_LIMIT,
+    *,
+    statuses: Sequence[str] = TERMINAL_STATUSES,
+    dry_run: bool = False,
+) -> int:
+    """Delete up to ``limit`` finished runs that finished before ``older_than`` (an age, or a
+    cut-off datetime), with their steps and logs; return how many were deleted (or, with
+    ``dry_run``, would be). Call it repeatedly to purge more; each call is one short transaction.
+
+    Retention is housekeeping, not an operator action: it writes no audit records.
+    """
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+        raise ValueError(f"limit must be a positive integer, got {limit!r}")
+    unknown = set(statuses) - set(TERMINAL_STATUSES)
+    if unknown:
+        raise ValueError(f"only finished runs can be purged, not {', '.join(sorted(unknown))}")
+    cutoff = timezone.now() - older_than if isinstance(older_than, timedelta) else older_than
+    if timezone.is_naive(cutoff):
+        raise ValueError("older_than must be a timedelta or a timezone-aware datetime")
+    alias = db_alias()
+    old = Run.objects.using(alias).filter(status__in=statuses, completed_at__lt=cutoff)
+    if dry_run:
+        return min(old.count(), limit)
+    with transaction.atomic(using=alias):
+        ids = list(
+            old.order_by("completed_at")
+            .select_for_update(skip_locked=True)
+            .values_list("pk", flat=True)[:limit]
+        )
+        if not ids:
+            return 0
+        # Re-guarded by status: a run resumed meanwhile is not deleted.
+        deleted = Run.objects.using(alias).filter(pk__in=ids, status__in=statuses).delete()
+    count = deleted[1].get(Run._meta.label, 0)
+    logger.info(
+        "Purged %d run(s) finished before %s.",
+        count,
+        cutoff.isoformat(),
+        extra={"action": "purged", "count": count},
+    )
+    return count

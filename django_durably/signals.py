@@ -1,5 +1,7 @@
 """Signals for run and step events. Only definitions live here; handlers live in ``receivers``.
 
+Operator actions (cancel, resume, retrigger, delete) also pass ``actor`` and ``source``.
+
 Every signal is sent with ``sender=Run`` (the model class) after the write it describes has committed,
 so a receiver that reads the database sees the change. Keyword arguments:
 
@@ -11,6 +13,9 @@ signal                      kwargs
 ``run_completed``           ``run_id``, ``job_name``, ``output``
 ``run_failed``              ``run_id``, ``job_name``, ``error`` (dict: type, message, traceback)
 ``run_cancelled``           ``run_id``, ``job_name``
+``run_resumed``             ``run_id``, ``job_name``, ``from_status``
+``run_retriggered``         ``run_id``, ``job_name``, ``new_run_id``
+``run_deleted``             ``run_id``, ``job_name``, ``from_status``
 ``step_started``            ``run_id``, ``step_name``, ``index``, ``attempt``
 ``step_completed``          ``run_id``, ``step_name``, ``index``, ``output``
 ``step_failed``             ``run_id``, ``step_name``, ``index``, ``error``
@@ -26,6 +31,9 @@ run_leased = Signal()
 run_completed = Signal()
 run_failed = Signal()
 run_cancelled = Signal()
+run_resumed = Signal()
+run_retriggered = Signal()
+run_deleted = Signal()
 step_started = Signal()
 step_completed = Signal()
 step_failed = Signal()

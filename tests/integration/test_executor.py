@@ -303,7 +303,11 @@ def test_signals__run_cancelled_after_commit(received, db_alias):
         assert received == []  # not sent while the cancel is uncommitted
 
     assert received == [
-        ("run_cancelled", {"run_id": run.pk, "job_name": "tests.jobs.noop"}, "cancelled")
+        (
+            "run_cancelled",
+            {"run_id": run.pk, "job_name": "tests.jobs.noop", "actor": "", "source": "python"},
+            "cancelled",
+        )
     ]
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from datetime import timedelta
 from typing import Any
 
 from django.apps import AppConfig
@@ -52,7 +53,13 @@ def check_settings(
     E004: names and limits of the wrong type."""
     errors: list[CheckMessage] = [
         Error(message, hint="Remove the setting to use the default.", id="django_durably.E002")
-        for name in ("LEASE_SECONDS", "RENEW_INTERVAL", "POLL_INTERVAL", "WAIT_POLL_INTERVAL")
+        for name in (
+            "LEASE_SECONDS",
+            "RENEW_INTERVAL",
+            "POLL_INTERVAL",
+            "WAIT_POLL_INTERVAL",
+            "RETENTION_INTERVAL",
+        )
         if (message := _positive_number(name))
     ]
     if not errors and durably_settings.RENEW_INTERVAL >= durably_settings.LEASE_SECONDS:
@@ -81,6 +88,23 @@ def check_settings(
                     id="django_durably.E004",
                 )
             )
+    retention = durably_settings.raw("RETENTION")
+    if retention is not None and not (
+        (isinstance(retention, timedelta) and retention > timedelta(0))
+        or (
+            isinstance(retention, int | float)
+            and not isinstance(retention, bool)
+            and 0 < retention < math.inf
+        )
+    ):
+        errors.append(
+            Error(
+                f"DURABLY_RETENTION must be a positive timedelta or number of seconds, or None, "
+                f"got {retention!r}.",
+                hint="For example DURABLY_RETENTION = timedelta(days=30).",
+                id="django_durably.E005",
+            )
+        )
     low, high = PRIORITY_RANGE
     priority = durably_settings.raw("DEFAULT_PRIORITY")
     if isinstance(priority, int) and not isinstance(priority, bool) and not low <= priority <= high:

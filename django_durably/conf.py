@@ -7,6 +7,7 @@ on every access, so ``override_settings`` and pytest-django's ``settings`` fixtu
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from django.conf import settings as django_settings
@@ -18,6 +19,7 @@ DEFAULT_POLL_INTERVAL = 1.0
 DEFAULT_WAIT_POLL_INTERVAL = 0.1
 DEFAULT_JOBS_MODULE = "jobs"
 DEFAULT_MAX_INPUT_BYTES = 1024 * 1024
+DEFAULT_RETENTION_INTERVAL = 600.0
 
 
 class DurablySettings:
@@ -68,6 +70,19 @@ class DurablySettings:
     def MAX_INPUT_BYTES(self) -> int:  # noqa: N802
         """Largest accepted run input, in bytes of JSON."""
         return int(self._get("MAX_INPUT_BYTES", DEFAULT_MAX_INPUT_BYTES))
+
+    @property
+    def RETENTION(self) -> timedelta | None:  # noqa: N802
+        """How long finished runs are kept before workers purge them (``None``: forever)."""
+        value = self._get("RETENTION", None)
+        if value is None or isinstance(value, timedelta):
+            return value
+        return timedelta(seconds=float(value))
+
+    @property
+    def RETENTION_INTERVAL(self) -> float:  # noqa: N802
+        """Seconds between retention purges in each worker."""
+        return float(self._get("RETENTION_INTERVAL", DEFAULT_RETENTION_INTERVAL))
 
     def raw(self, name: str) -> Any:
         """The value as written in settings (``None`` when unset), for system checks."""

@@ -41,6 +41,7 @@ from django_durably.models import (
     AuditAction,
     AuditRecord,
     Run,
+    RunQuerySet,
     RunStatus,
 )
 from django_durably.notifications import notify_ready
@@ -60,6 +61,7 @@ __all__ = [
     "delete_run",
     "ensure_outside_transaction",
     "purge_runs",
+    "purgeable_runs",
     "resume_run",
     "retrigger_run",
     "trigger",
@@ -377,31 +379,35 @@ def delete_run(run_id: UUID | str, *, actor: Any = None, source: str = "python")
     return DeleteResult(run_id=run_id, from_status=from_status)
 
 
-def purge_runs(
-    older_than: timedelta | datetime,
-    limit: int = DEFAULT_PURGE_LIMIT,
-    *,
-    statuses: Sequence[str] = TERMINAL_STATUSES,
-    dry_run: bool = False,
-) -> int:
-    """Delete up to ``limit`` finished runs that finished before ``older_than`` (an age, or a
-    cut-off datetime), with their steps and logs; return how many were deleted (or, with
-    ``dry_run``, would be). Call it repeatedly to purge more; each call is one short transaction.
-
-    Retention is housekeeping, not an operator action: it writes no audit records.
-    """
-    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
-        raise ValueError(f"limit must be a positive integer, got {limit!r}")
+def purgeable_runs(
+    older_than: timedelta | datetime, statuses: Sequence[str] = TERMINAL_STATUSES
+) -> RunQuerySet:
+    """Finished runs (of ``statuses``) that finished before ``older_than`` (an age, or a cut-off
+    datetime)."""
     unknown = set(statuses) - set(TERMINAL_STATUSES)
     if unknown:
         raise ValueError(f"only finished runs can be purged, not {', '.join(sorted(unknown))}")
     cutoff = timezone.now() - older_than if isinstance(older_than, timedelta) else older_than
     if timezone.is_naive(cutoff):
         raise ValueError("older_than must be a timedelta or a timezone-aware datetime")
+    return Run.objects.using(db_alias()).filter(status__in=statuses, completed_at__lt=cutoff)
+
+
+def purge_runs(
+    older_than: timedelta | datetime,
+    limit: int = DEFAULT_PURGE_LIMIT,
+    *,
+    statuses: Sequence[str] = TERMINAL_STATUSES,
+) -> int:
+    """Delete up to ``limit`` of the :func:`purgeable_runs`, with their steps and logs, and return
+    how many were deleted. Call it repeatedly to purge more; each call is one short transaction.
+
+    Retention is housekeeping, not an operator action: it writes no audit records.
+    """
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+        raise ValueError(f"limit must be a positive integer, got {limit!r}")
+    old = purgeable_runs(older_than, statuses)
     alias = db_alias()
-    old = Run.objects.using(alias).filter(status__in=statuses, completed_at__lt=cutoff)
-    if dry_run:
-        return min(old.count(), limit)
     with transaction.atomic(using=alias):
         ids = list(
             old.order_by("completed_at")
@@ -414,9 +420,9 @@ def purge_runs(
         deleted = Run.objects.using(alias).filter(pk__in=ids, status__in=statuses).delete()
     count = deleted[1].get(Run._meta.label, 0)
     logger.info(
-        "Purged %d run(s) finished before %s.",
+        "Purged %d finished run(s) older than %s.",
         count,
-        cutoff.isoformat(),
+        older_than,
         extra={"action": "purged", "count": count},
     )
     return count

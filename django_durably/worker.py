@@ -31,6 +31,7 @@ from django_durably.keeper import LeaseKeeper
 from django_durably.leases import LeaseHandle
 from django_durably.models import Run
 from django_durably.notifications import Listener
+from django_durably.operations import purge_runs
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +114,7 @@ class Worker:
         self._stopping = threading.Event()
         self._hard_stop = threading.Event()
         self._stop_requested_at: float | None = None
+        self._next_retention = 0.0
         self._inbox: queue.Queue[tuple[Run, LeaseHandle] | None] = queue.Queue()
         self._running: dict[UUID, LeaseHandle] = {}
         self._running_lock = threading.Lock()
@@ -215,12 +217,27 @@ class Worker:
                     continue
             if self.max_runs is not None and self.stats.claimed >= self.max_runs:
                 return
+            if not claimed:
+                self._apply_retention()
             if claimed and len(claimed) == free:
                 continue  # maybe more is ready; a full slot set waits below
             if self.until_idle and not claimed and self.in_flight() == 0:
                 return
             # Idle or full: wait for a notification, a freed slot, a stop, or the poll interval.
             self._wake.wait(self.poll_interval * random.uniform(0.9, 1.1))  # noqa: S311
+
+    def _apply_retention(self) -> None:
+        """When idle, purge runs older than ``DURABLY_RETENTION`` (one batch per interval)."""
+        retention = durably_settings.RETENTION
+        if retention is None or time.monotonic() < self._next_retention:
+            return
+        interval = durably_settings.RETENTION_INTERVAL
+        self._next_retention = time.monotonic() + interval * random.uniform(0.9, 1.1)  # noqa: S311
+        try:
+            purge_runs(retention)
+        except DatabaseError:
+            logger.exception("Retention purge failed; retrying in %.0fs.", interval)
+            connections[self.alias].close()
 
     def _claim(self, limit: int) -> list[Run]:
         recycle_connections()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Literal
@@ -155,39 +156,51 @@ def _lease_fields(worker_id: str, seconds: float) -> dict[str, Any]:
     }
 
 
+def _each_candidate(
+    alias: str, queues: list[str] | None, limit: int, chosen: list[UUID], *, lock: bool
+) -> Iterator[tuple[UUID, str | None]]:
+    """Ready runs, in claim order, until ``chosen`` (filled by the caller) holds ``limit`` runs.
+
+    Pages through candidates so that runs skipped for a busy key never hide the ones behind them,
+    and yields at most one run per concurrency key: once a key was tried (won, or found busy), its
+    other runs must wait for a later claim.
+    """
+    seen: set[UUID] = set()
+    keys_done: set[str] = set()
+    while len(chosen) < limit and (
+        batch := _candidates(
+            alias, queues, limit - len(chosen), lock=lock, seen=seen, keys_done=keys_done
+        )
+    ):
+        for _priority, _run_after, run_id, key in batch:
+            if len(chosen) == limit:
+                return
+            seen.add(run_id)
+            if key is not None:
+                if key in keys_done:
+                    continue
+                keys_done.add(key)
+            yield run_id, key
+
+
 def _claim_locking(
     alias: str, worker_id: str, queues: list[str] | None, limit: int, seconds: float
 ) -> list[UUID]:
-    with transaction.atomic(using=alias):
-        chosen: list[UUID] = []
-        seen: set[UUID] = set()
-        keys_done: set[str] = set()  # taken by this claim, or busy: skip the key's other runs
-        with connections[alias].cursor() as cursor:
-            # Page through candidates: runs skipped for a busy key must not hide the ones behind.
-            while len(chosen) < limit and (
-                batch := _candidates(
-                    alias, queues, limit - len(chosen), lock=True, seen=seen, keys_done=keys_done
-                )
-            ):
-                for _priority, _run_after, run_id, key in batch:
-                    if len(chosen) == limit:
-                        break
-                    seen.add(run_id)
-                    if key is not None:
-                        if key in keys_done:
-                            continue
-                        keys_done.add(key)
-                        if not _try_key_lock(cursor, key):
-                            continue
-                        # Fresh re-check now that the key is ours for this transaction.
-                        if Run.objects.using(alias).leased().filter(concurrency_key=key).exists():
-                            continue
-                    chosen.append(run_id)
+    chosen: list[UUID] = []
+    with transaction.atomic(using=alias), connections[alias].cursor() as cursor:
+        for run_id, key in _each_candidate(alias, queues, limit, chosen, lock=True):
+            if key is not None:
+                if not _try_key_lock(cursor, key):
+                    continue
+                # Fresh re-check now that the key is ours for this transaction.
+                if Run.objects.using(alias).leased().filter(concurrency_key=key).exists():
+                    continue
+            chosen.append(run_id)
         if chosen:
             Run.objects.using(alias).filter(pk__in=chosen).update(
                 **_lease_fields(worker_id, seconds)
             )
-        return chosen
+    return chosen
 
 
 def _try_key_lock(cursor: Any, key: str) -> bool:
@@ -205,33 +218,18 @@ def _claim_conditional(
     alias: str, worker_id: str, queues: list[str] | None, limit: int, seconds: float
 ) -> list[UUID]:
     chosen: list[UUID] = []
-    seen: set[UUID] = set()
-    keys_done: set[str] = set()
-    # Page through candidates: runs skipped for a busy key must not hide the ones behind.
-    while len(chosen) < limit and (
-        batch := _candidates(
-            alias, queues, limit - len(chosen), lock=False, seen=seen, keys_done=keys_done
+    for run_id, _key in _each_candidate(alias, queues, limit, chosen, lock=False):
+        # One statement: still ready, and no other valid lease on the key, checked under the
+        # database's write lock together with the update itself.
+        won = (
+            Run.objects.using(alias)
+            .ready(queues)
+            .filter(pk=run_id)
+            .exclude(_busy_key())
+            .update(**_lease_fields(worker_id, seconds))
         )
-    ):
-        for _priority, _run_after, run_id, key in batch:
-            if len(chosen) == limit:
-                break
-            seen.add(run_id)
-            if key is not None:
-                if key in keys_done:
-                    continue
-                keys_done.add(key)  # won now, or busy: either way its other runs must wait
-            # One statement: still ready, and no other valid lease on the key, checked under the
-            # database's write lock together with the update itself.
-            won = (
-                Run.objects.using(alias)
-                .ready(queues)
-                .filter(pk=run_id)
-                .exclude(_busy_key())
-                .update(**_lease_fields(worker_id, seconds))
-            )
-            if won:
-                chosen.append(run_id)
+        if won:
+            chosen.append(run_id)
     return chosen
 
 

@@ -20,6 +20,7 @@ from uuid import UUID
 
 from django.db import IntegrityError, transaction
 from django.db.models.functions import Now
+from django.dispatch import Signal
 from django.utils import timezone
 
 from django_durably import signals
@@ -131,28 +132,43 @@ def _current(alias: str, run_id: UUID) -> tuple[str, str]:
     return row
 
 
-def _audit(
+def _record(
     alias: str,
-    run_id: UUID,
-    job_name: str,
+    signal: Signal,
     action: AuditAction,
     *,
+    run_id: UUID,
+    job_name: str,
     actor: Any,
     source: str,
     from_status: str,
     to_status: str = "",
     detail: dict[str, Any] | None = None,
+    **signal_kwargs: Any,
 ) -> None:
+    """Write the action's audit record (in the caller's transaction) and send its signal once that
+    transaction commits."""
+    actor_name = _actor_name(actor)
     AuditRecord.objects.using(alias).create(
         run_id=run_id,
         run_uuid=run_id,
         job_name=job_name,
         action=action,
-        actor=_actor_name(actor),
+        actor=actor_name,
         source=source,
         from_status=from_status,
         to_status=to_status,
         detail=detail or {},
+    )
+    send_after_commit(
+        signal,
+        using=alias,
+        run_id=run_id,
+        job_name=job_name,
+        actor=actor_name,
+        source=source,
+        from_status=from_status,
+        **signal_kwargs,
     )
 
 
@@ -184,24 +200,17 @@ def cancel_run(run_id: UUID | str, *, actor: Any = None, source: str = "python")
             if status == RunStatus.CANCELLED:
                 return CancelResult(run_id=run_id, cancelled=False, from_status=status)
             raise RunNotCancellable(run_id, status)
-        _audit(
+        _record(
             alias,
-            run_id,
-            job_name,
+            signals.run_cancelled,
             AuditAction.CANCEL,
+            run_id=run_id,
+            job_name=job_name,
             actor=actor,
             source=source,
             from_status=from_status,
             to_status=RunStatus.CANCELLED,
         )
-    send_after_commit(
-        signals.run_cancelled,
-        using=alias,
-        run_id=run_id,
-        job_name=job_name,
-        actor=_actor_name(actor),
-        source=source,
-    )
     return CancelResult(run_id=run_id, cancelled=True, from_status=from_status)
 
 
@@ -237,11 +246,12 @@ def resume_run(run_id: UUID | str, *, actor: Any = None, source: str = "python")
             job_name, status = _current(alias, run_id)
             if from_status is None:
                 raise RunNotResumable(run_id, status)
-            _audit(
+            _record(
                 alias,
-                run_id,
-                job_name,
+                signals.run_resumed,
                 AuditAction.RESUME,
+                run_id=run_id,
+                job_name=job_name,
                 actor=actor,
                 source=source,
                 from_status=from_status,
@@ -251,15 +261,6 @@ def resume_run(run_id: UUID | str, *, actor: Any = None, source: str = "python")
             notify_ready(alias, queue)
     except IntegrityError:
         raise _pending_conflict(alias, run_id) from None
-    send_after_commit(
-        signals.run_resumed,
-        using=alias,
-        run_id=run_id,
-        job_name=job_name,
-        from_status=from_status,
-        actor=_actor_name(actor),
-        source=source,
-    )
     return ResumeResult(run_id=run_id, from_status=from_status)
 
 
@@ -317,26 +318,19 @@ def retrigger_run(run_id: UUID | str, *, actor: Any = None, source: str = "pytho
         if from_status is None:
             raise RunNotRetriggerable(run_id, _current(alias, run_id)[1])
         (new_run,) = trigger_runs(job, [item])
-        _audit(
+        _record(
             alias,
-            run_id,
-            original.job_name,
+            signals.run_retriggered,
             AuditAction.RETRIGGER,
+            run_id=run_id,
+            job_name=original.job_name,
             actor=actor,
             source=source,
             from_status=from_status,
             to_status=from_status,
             detail={"new_run_id": str(new_run.pk)},
+            new_run_id=new_run.pk,
         )
-    send_after_commit(
-        signals.run_retriggered,
-        using=alias,
-        run_id=run_id,
-        job_name=original.job_name,
-        new_run_id=new_run.pk,
-        actor=_actor_name(actor),
-        source=source,
-    )
     return new_run
 
 
@@ -357,25 +351,17 @@ def delete_run(run_id: UUID | str, *, actor: Any = None, source: str = "python")
         job_name, status = _current(alias, run_id)
         if from_status is None:
             raise RunNotDeletable(run_id, status)
-        _audit(
+        _record(
             alias,
-            run_id,
-            job_name,
+            signals.run_deleted,
             AuditAction.DELETE,
+            run_id=run_id,
+            job_name=job_name,
             actor=actor,
             source=source,
             from_status=from_status,
         )
         Run.objects.using(alias).filter(pk=run_id).delete()
-    send_after_commit(
-        signals.run_deleted,
-        using=alias,
-        run_id=run_id,
-        job_name=job_name,
-        from_status=from_status,
-        actor=_actor_name(actor),
-        source=source,
-    )
     return DeleteResult(run_id=run_id, from_status=from_status)
 
 

@@ -1,6 +1,7 @@
 """Signals for run and step events. Only definitions live here; handlers live in ``receivers``.
 
-Operator actions (cancel, resume, retrigger, delete) also pass ``actor`` and ``source``.
+Operator actions (cancel, resume, retrigger, delete) also pass ``actor``, ``source`` and
+``from_status`` (the status the run had before the action).
 
 Every signal is sent with ``sender=Run`` (the model class) after the write it describes has committed,
 so a receiver that reads the database sees the change. Keyword arguments:
@@ -13,9 +14,9 @@ signal                      kwargs
 ``run_completed``           ``run_id``, ``job_name``, ``output``
 ``run_failed``              ``run_id``, ``job_name``, ``error`` (dict: type, message, traceback)
 ``run_cancelled``           ``run_id``, ``job_name``
-``run_resumed``             ``run_id``, ``job_name``, ``from_status``
+``run_resumed``             ``run_id``, ``job_name``
 ``run_retriggered``         ``run_id``, ``job_name``, ``new_run_id``
-``run_deleted``             ``run_id``, ``job_name``, ``from_status``
+``run_deleted``             ``run_id``, ``job_name``
 ``step_started``            ``run_id``, ``step_name``, ``index``, ``attempt``
 ``step_completed``          ``run_id``, ``step_name``, ``index``, ``output``
 ``step_failed``             ``run_id``, ``step_name``, ``index``, ``error``

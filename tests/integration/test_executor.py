@@ -305,7 +305,13 @@ def test_signals__run_cancelled_after_commit(received, db_alias):
     assert received == [
         (
             "run_cancelled",
-            {"run_id": run.pk, "job_name": "tests.jobs.noop", "actor": "", "source": "python"},
+            {
+                "run_id": run.pk,
+                "job_name": "tests.jobs.noop",
+                "actor": "",
+                "source": "python",
+                "from_status": "pending",
+            },
             "cancelled",
         )
     ]

@@ -59,6 +59,10 @@ def check_settings(
             "POLL_INTERVAL",
             "WAIT_POLL_INTERVAL",
             "RETENTION_INTERVAL",
+            "STREAM_POLL_INTERVAL",
+            "STREAM_KEEPALIVE",
+            "STREAM_PROGRESS_INTERVAL",
+            "STREAM_MAX_SECONDS",
         )
         if (message := _positive_number(name))
     ]

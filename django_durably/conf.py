@@ -20,6 +20,10 @@ DEFAULT_WAIT_POLL_INTERVAL = 0.1
 DEFAULT_JOBS_MODULE = "jobs"
 DEFAULT_MAX_INPUT_BYTES = 1024 * 1024
 DEFAULT_RETENTION_INTERVAL = 600.0
+DEFAULT_STREAM_POLL_INTERVAL = 0.25
+DEFAULT_STREAM_KEEPALIVE = 15.0
+DEFAULT_STREAM_PROGRESS_INTERVAL = 0.5
+DEFAULT_STREAM_MAX_SECONDS = 3600.0
 
 
 class DurablySettings:
@@ -83,6 +87,26 @@ class DurablySettings:
     def RETENTION_INTERVAL(self) -> float:  # noqa: N802
         """Seconds between retention purges in each worker."""
         return float(self._get("RETENTION_INTERVAL", DEFAULT_RETENTION_INTERVAL))
+
+    @property
+    def STREAM_POLL_INTERVAL(self) -> float:  # noqa: N802
+        """Seconds between database reads of a run's event stream."""
+        return float(self._get("STREAM_POLL_INTERVAL", DEFAULT_STREAM_POLL_INTERVAL))
+
+    @property
+    def STREAM_KEEPALIVE(self) -> float:  # noqa: N802
+        """Seconds of silence after which an event stream sends a keep-alive comment."""
+        return float(self._get("STREAM_KEEPALIVE", DEFAULT_STREAM_KEEPALIVE))
+
+    @property
+    def STREAM_PROGRESS_INTERVAL(self) -> float:  # noqa: N802
+        """Least seconds between two progress events of one stream (the latest value is sent)."""
+        return float(self._get("STREAM_PROGRESS_INTERVAL", DEFAULT_STREAM_PROGRESS_INTERVAL))
+
+    @property
+    def STREAM_MAX_SECONDS(self) -> float:  # noqa: N802
+        """Longest life of one event stream; clients reconnect and get a fresh snapshot."""
+        return float(self._get("STREAM_MAX_SECONDS", DEFAULT_STREAM_MAX_SECONDS))
 
     def raw(self, name: str) -> Any:
         """The value as written in settings (``None`` when unset), for system checks."""

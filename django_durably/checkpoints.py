@@ -13,14 +13,13 @@ from datetime import datetime
 from typing import Any
 
 from django.db import DatabaseError, IntegrityError, transaction
-from django.db.models import F
 from django.db.models.functions import Now
 from django.utils import timezone
 
 from django_durably import signals
 from django_durably.events import send_after_commit
 from django_durably.exceptions import LeaseLost, StepConflict
-from django_durably.leases import LeaseHandle, db_alias, refusal
+from django_durably.leases import LeaseHandle, db_alias, persist_completed_step, refusal
 from django_durably.models import Run, RunLog, Step, StepStatus
 from django_durably.types import JSON, LogLevel
 
@@ -46,6 +45,7 @@ class ModelStepStore:
     def __init__(self, run: Run, lease: LeaseHandle) -> None:
         self.run_id = run.pk
         self.attempt = run.attempt
+        self.completed_step_count = run.completed_step_count
         self.lease = lease
         self.alias = db_alias()
 
@@ -56,6 +56,8 @@ class ModelStepStore:
         send_after_commit(signal, using=self.alias, run_id=self.run_id, **kwargs)
 
     def load_completed(self) -> dict[str, JSON]:
+        if self.completed_step_count == 0:
+            return {}  # nothing to replay: no query on a run's first attempt
         rows = Step.objects.using(self.alias).filter(
             run_id=self.run_id, status=StepStatus.COMPLETED
         )
@@ -71,24 +73,17 @@ class ModelStepStore:
     def save_completed(self, *, index: int, name: str, output: JSON, started_at: datetime) -> None:
         with _database_errors_lose_the_lease(self.run_id):
             try:
-                with transaction.atomic(using=self.alias):
-                    held = self._held().update(
-                        current_step_index=index + 1,
-                        completed_step_count=F("completed_step_count") + 1,
-                        updated_at=Now(),
-                    )
-                    if held:
-                        Step.objects.using(self.alias).create(
-                            run_id=self.run_id,
-                            index=index,
-                            name=name,
-                            status=StepStatus.COMPLETED,
-                            attempt=self.attempt,
-                            output=output,
-                            started_at=started_at,
-                            # The clock started_at came from, so a duration is never negative.
-                            completed_at=timezone.now(),
-                        )
+                held = persist_completed_step(
+                    self.run_id,
+                    self.lease.generation,
+                    index=index,
+                    name=name,
+                    attempt=self.attempt,
+                    output=output,
+                    started_at=started_at,
+                    # The clock started_at came from, so a duration is never negative.
+                    completed_at=timezone.now(),
+                )
             except IntegrityError as exc:
                 raise StepConflict(
                     f"Step {name!r} of run {self.run_id} was already completed by another execution."

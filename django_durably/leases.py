@@ -16,7 +16,7 @@ import hashlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Literal
 from uuid import UUID
 
@@ -38,8 +38,9 @@ from django_durably import signals
 from django_durably.conf import durably_settings
 from django_durably.events import send_after_commit
 from django_durably.exceptions import DurablyInterrupt, JobCancelled, LeaseLost
-from django_durably.models import Run, RunQuerySet, RunStatus
+from django_durably.models import Run, RunQuerySet, RunStatus, Step, StepStatus
 from django_durably.notifications import notify_ready
+from django_durably.serialization import dump
 from django_durably.types import JSON
 
 LeaseState = Literal["held", "cancelled", "lost"]
@@ -79,13 +80,14 @@ def claim(
     seconds = durably_settings.LEASE_SECONDS if lease_seconds is None else lease_seconds
     alias = db_alias()
     if connections[alias].vendor == "postgresql":
-        claimed_ids = _claim_locking(alias, worker_id, queues, limit, seconds)
+        claimed = _claim_unkeyed_prefix(alias, worker_id, queues, limit, seconds)
+        keyed_waiting = not claimed or any(getattr(run, "keyed_waiting", True) for run in claimed)
+        if len(claimed) < limit and keyed_waiting:
+            more = _claim_locking(alias, worker_id, queues, limit - len(claimed), seconds)
+            claimed += _fetch(alias, more)
     else:
-        claimed_ids = _claim_conditional(alias, worker_id, queues, limit, seconds)
-    if not claimed_ids:
-        return []
-    runs = {run.pk: run for run in Run.objects.using(alias).filter(pk__in=claimed_ids)}
-    claimed = [runs[pk] for pk in claimed_ids if pk in runs]
+        claimed = _fetch(alias, _claim_conditional(alias, worker_id, queues, limit, seconds))
+    claimed.sort(key=lambda run: (-run.priority, run.run_after, run.pk))
     for run in claimed:
         send_after_commit(
             signals.run_leased,
@@ -96,6 +98,70 @@ def claim(
             lease_owner=run.lease_owner,
         )
     return claimed
+
+
+def _fetch(alias: str, ids: list[UUID]) -> list[Run]:
+    return list(Run.objects.using(alias).filter(pk__in=ids)) if ids else []
+
+
+# The common case on PostgreSQL, in one statement and one round trip: lease the ready runs that come
+# before the first run with a concurrency key, in claim order. Runs with a key need an advisory lock
+# and a fresh re-check in a transaction of their own (``_claim_locking``), so when one is among the
+# candidates (``keyed_waiting``), or nothing was claimed, ``claim`` goes on with that path. The
+# LIMIT is a literal (see DESIGN.md section 4).
+_UNKEYED_PREFIX_SQL = """
+WITH pending AS (
+    SELECT id, concurrency_key, priority, run_after FROM durably_run
+    WHERE status = 'pending' AND run_after <= statement_timestamp() {queue_filter}
+      AND (concurrency_key IS NULL OR NOT EXISTS (
+          SELECT 1 FROM durably_run busy
+          WHERE busy.concurrency_key = durably_run.concurrency_key
+            AND busy.status = 'leased' AND busy.lease_expires_at > statement_timestamp()))
+    ORDER BY priority DESC, run_after, id
+    LIMIT {limit} FOR UPDATE SKIP LOCKED
+), expired AS (
+    SELECT id, concurrency_key, priority, run_after FROM durably_run
+    WHERE status = 'leased' AND lease_expires_at <= statement_timestamp() {queue_filter}
+      AND (concurrency_key IS NULL OR NOT EXISTS (
+          SELECT 1 FROM durably_run busy
+          WHERE busy.concurrency_key = durably_run.concurrency_key AND busy.id <> durably_run.id
+            AND busy.status = 'leased' AND busy.lease_expires_at > statement_timestamp()))
+    ORDER BY priority DESC, run_after, id
+    LIMIT {limit} FOR UPDATE SKIP LOCKED
+), ranked AS (
+    SELECT id, concurrency_key,
+           row_number() OVER (ORDER BY priority DESC, run_after, id) AS position
+    FROM (SELECT * FROM pending UNION ALL SELECT * FROM expired) candidates
+), first_keyed AS (
+    SELECT min(position) AS position FROM ranked WHERE concurrency_key IS NOT NULL
+), picked AS (
+    SELECT id FROM ranked
+    WHERE position <= {limit}
+      AND position < COALESCE((SELECT position FROM first_keyed), {limit} + 1)
+)
+UPDATE durably_run run SET
+    status = 'leased',
+    lease_generation = run.lease_generation + 1,
+    attempt = run.attempt + 1,
+    lease_owner = %s,
+    lease_expires_at = statement_timestamp() + make_interval(secs => %s),
+    started_at = COALESCE(run.started_at, statement_timestamp()),
+    updated_at = statement_timestamp()
+FROM picked
+WHERE run.id = picked.id
+RETURNING run.*, (SELECT position IS NOT NULL FROM first_keyed) AS keyed_waiting
+"""
+
+
+def _claim_unkeyed_prefix(
+    alias: str, worker_id: str, queues: list[str] | None, limit: int, seconds: float
+) -> list[Run]:
+    sql = _UNKEYED_PREFIX_SQL.format(
+        limit=int(limit), queue_filter="AND queue = ANY(%s)" if queues else ""
+    )
+    params: list[Any] = [list(queues), list(queues)] if queues else []
+    params += [worker_id, float(seconds)]
+    return list(Run.objects.db_manager(alias).raw(sql, params))
 
 
 def _busy_key() -> Exists:
@@ -323,6 +389,80 @@ def fail(run_id: UUID, generation: int, error: dict[str, str]) -> bool:
             updated_at=Now(),
         )
     )
+
+
+# Persisting a completed step on PostgreSQL: the guarded counter update and the step's insert in one
+# statement (one round trip, one transaction). No row inserted means the guard refused.
+_PERSIST_STEP_SQL = """
+WITH held AS (
+    UPDATE durably_run SET
+        current_step_index = %s,
+        completed_step_count = completed_step_count + 1,
+        updated_at = statement_timestamp()
+    WHERE id = %s AND status = 'leased' AND lease_generation = %s
+    RETURNING id
+)
+INSERT INTO durably_step
+    (run_id, "index", name, status, attempt, output, error, started_at, completed_at)
+SELECT id, %s, %s, 'completed', %s, %s::jsonb, NULL, %s, %s FROM held
+RETURNING id
+"""
+
+
+def persist_completed_step(
+    run_id: UUID,
+    generation: int,
+    *,
+    index: int,
+    name: str,
+    attempt: int,
+    output: JSON,
+    started_at: datetime,
+    completed_at: datetime,
+) -> bool:
+    """Insert a completed step and advance the run's step counters, atomically, if this lease still
+    holds the run. Returns whether it did; raises ``IntegrityError`` if the step name already has a
+    completed row."""
+    alias = db_alias()
+    if connections[alias].vendor == "postgresql":
+        with connections[alias].cursor() as cursor:
+            cursor.execute(
+                _PERSIST_STEP_SQL,
+                [
+                    index + 1,
+                    run_id,
+                    generation,
+                    index,
+                    name,
+                    attempt,
+                    dump(output),
+                    started_at,
+                    completed_at,
+                ],
+            )
+            return cursor.fetchone() is not None
+    with transaction.atomic(using=alias):
+        held = (
+            Run.objects.using(alias)
+            .held_by(run_id, generation)
+            .update(
+                current_step_index=index + 1,
+                completed_step_count=F("completed_step_count") + 1,
+                updated_at=Now(),
+            )
+        )
+        if held:
+            Step.objects.using(alias).create(
+                run_id=run_id,
+                index=index,
+                name=name,
+                status=StepStatus.COMPLETED,
+                attempt=attempt,
+                output=output,
+                started_at=started_at,
+                completed_at=completed_at,
+            )
+    return bool(held)
 
 
 def refusal(run_id: UUID) -> DurablyInterrupt:

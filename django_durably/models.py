@@ -233,8 +233,9 @@ class Step(models.Model):
     """One attempt at a named step of a run: the checkpoint when completed."""
 
     id = models.BigAutoField(primary_key=True)
+    # No index of its own: the (run, index) index serves lookups by run.
     run = models.ForeignKey(
-        Run, on_delete=models.CASCADE, related_name="steps", verbose_name=_("run")
+        Run, on_delete=models.CASCADE, related_name="steps", verbose_name=_("run"), db_index=False
     )
     index = models.PositiveIntegerField(_("index"))
     name = models.CharField(_("name"), max_length=255)
@@ -248,7 +249,7 @@ class Step(models.Model):
     class Meta:
         verbose_name = _("step")
         verbose_name_plural = _("steps")
-        ordering = ["run", "index", "id"]
+        ordering = ["run_id", "index", "id"]
         constraints = [
             models.UniqueConstraint(
                 fields=["run", "name"],
@@ -270,8 +271,9 @@ class RunLog(models.Model):
     """A line logged by a job through ``step.log``."""
 
     id = models.BigAutoField(primary_key=True)
+    # No index of its own: the (run, id) index serves lookups by run.
     run = models.ForeignKey(
-        Run, on_delete=models.CASCADE, related_name="logs", verbose_name=_("run")
+        Run, on_delete=models.CASCADE, related_name="logs", verbose_name=_("run"), db_index=False
     )
     step_name = models.CharField(_("step"), max_length=255, default="", blank=True)
     level = models.CharField(_("level"), max_length=16, choices=LogLevel.choices)
@@ -283,7 +285,7 @@ class RunLog(models.Model):
     class Meta:
         verbose_name = _("log line")
         verbose_name_plural = _("log lines")
-        ordering = ["run", "id"]
+        ordering = ["run_id", "id"]
         indexes = [models.Index(fields=["run", "id"], name="durably_runlog_run_idx")]
 
     def __str__(self) -> str:

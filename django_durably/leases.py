@@ -361,34 +361,48 @@ def release(run_id: UUID, generation: int) -> bool:
 # -- finishing ---------------------------------------------------------------------------------
 
 
-def complete(run_id: UUID, generation: int, output: JSON) -> bool:
-    """Mark the run completed, if this lease still holds it."""
+# Finishing a run on PostgreSQL, hand-written because it runs once per run (the ORM's query
+# compilation costs more than the statement). Same guard as ``Run.objects.held_by``.
+_FINISH_SQL = """
+UPDATE durably_run SET
+    status = %s, {column} = %s::jsonb, completed_at = statement_timestamp(),
+    lease_expires_at = NULL, updated_at = statement_timestamp()
+WHERE id = %s AND status = 'leased' AND lease_generation = %s
+"""
+
+
+def _jsonb(value: Any) -> str | None:
+    """A parameter for ``%s::jsonb``: ``None`` is stored as SQL NULL, as the ORM stores it."""
+    return None if value is None else dump(value)
+
+
+def _finish(run_id: UUID, generation: int, status: RunStatus, column: str, value: Any) -> bool:
+    alias = db_alias()
+    if connections[alias].vendor == "postgresql":
+        with connections[alias].cursor() as cursor:
+            cursor.execute(
+                _FINISH_SQL.format(column=column),
+                [status.value, _jsonb(value), run_id, generation],
+            )
+            return bool(cursor.rowcount == 1)
+    changes: dict[str, Any] = {column: value}
     return bool(
-        Run.objects.using(db_alias())
+        Run.objects.using(alias)
         .held_by(run_id, generation)
         .update(
-            status=RunStatus.COMPLETED,
-            output=output,
-            completed_at=Now(),
-            lease_expires_at=None,
-            updated_at=Now(),
+            status=status, completed_at=Now(), lease_expires_at=None, updated_at=Now(), **changes
         )
     )
+
+
+def complete(run_id: UUID, generation: int, output: JSON) -> bool:
+    """Mark the run completed with ``output``, if this lease still holds it."""
+    return _finish(run_id, generation, RunStatus.COMPLETED, "output", output)
 
 
 def fail(run_id: UUID, generation: int, error: dict[str, str]) -> bool:
     """Mark the run failed with ``error``, if this lease still holds it."""
-    return bool(
-        Run.objects.using(db_alias())
-        .held_by(run_id, generation)
-        .update(
-            status=RunStatus.FAILED,
-            error=error,
-            completed_at=Now(),
-            lease_expires_at=None,
-            updated_at=Now(),
-        )
-    )
+    return _finish(run_id, generation, RunStatus.FAILED, "error", error)
 
 
 # Persisting a completed step on PostgreSQL: the guarded counter update and the step's insert in one
@@ -435,7 +449,7 @@ def persist_completed_step(
                     index,
                     name,
                     attempt,
-                    dump(output),
+                    _jsonb(output),
                     started_at,
                     completed_at,
                 ],

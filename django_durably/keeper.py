@@ -88,6 +88,8 @@ class LeaseKeeper:
             state = states.get(handle.run_id, "lost")
             if state == "held":
                 handle.deadline = sent_at + self.lease_seconds
+            elif state == "finished":
+                continue  # the run ended under this lease while we renewed: nothing to stop
             else:
                 # Record the state before reporting it, so whoever sees the log line can rely on it.
                 handle.state = state

@@ -43,7 +43,7 @@ from django_durably.notifications import notify_ready
 from django_durably.serialization import dump
 from django_durably.types import JSON
 
-LeaseState = Literal["held", "cancelled", "lost"]
+LeaseState = Literal["held", "cancelled", "lost", "finished"]
 
 
 def db_alias() -> str:
@@ -306,8 +306,9 @@ def renew(leases: dict[UUID, int], lease_seconds: float) -> dict[UUID, LeaseStat
     """Extend every lease in ``{run_id: generation}`` in one UPDATE; report each one's state.
 
     A lease is renewed only while the run is leased under that generation and the lease has not
-    expired. ``cancelled`` means an operator cancelled the run; ``lost`` means the lease expired or
-    another worker holds it now.
+    expired. ``cancelled`` means an operator cancelled the run; ``finished`` that this lease
+    completed or failed it meanwhile (a renewal racing the run's own end); ``lost`` that the lease
+    expired or another worker holds it now.
     """
     if not leases:
         return {}
@@ -335,6 +336,8 @@ def renew(leases: dict[UUID, int], lease_seconds: float) -> dict[UUID, LeaseStat
     for run_id, status, generation, valid in rows:
         if status == RunStatus.CANCELLED:
             states[run_id] = "cancelled"
+        elif generation == leases[run_id] and status in (RunStatus.COMPLETED, RunStatus.FAILED):
+            states[run_id] = "finished"
         elif status == RunStatus.LEASED and generation == leases[run_id] and valid:
             states[run_id] = "held"
     return states

@@ -402,6 +402,21 @@ def test_renew__reports_held_cancelled_and_lost_in_one_call():
     assert Run.objects.get(pk=cancelled.pk).status == "cancelled"
 
 
+def test_renew__a_run_finished_under_this_lease_is_finished_not_lost():
+    jobs.noop.trigger_many([1, 2, 3])
+    completed, failed, stolen = leases.claim(worker_id="w", limit=3)
+    assert leases.complete(completed.pk, completed.lease_generation, "done")
+    assert leases.fail(
+        failed.pk, failed.lease_generation, {"type": "E", "message": "", "traceback": ""}
+    )
+    Run.objects.filter(pk=stolen.pk).update(lease_generation=F("lease_generation") + 1)
+    assert leases.complete(stolen.pk, stolen.lease_generation + 1, "by the new owner")
+
+    states = leases.renew({run.pk: run.lease_generation for run in (completed, failed, stolen)}, 60)
+
+    assert states == {completed.pk: "finished", failed.pk: "finished", stolen.pk: "lost"}
+
+
 def test_renew__nothing_to_renew():
     assert leases.renew({}, 60) == {}
 

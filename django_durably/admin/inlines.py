@@ -1,0 +1,143 @@
+"""A run's steps, log lines and audit trail: read-only tables on its page."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from django.contrib import admin
+from django.db.models import QuerySet
+from django.forms.models import BaseInlineFormSet
+from django.http import HttpRequest
+from django.utils.safestring import SafeString
+from django.utils.translation import gettext_lazy as _
+
+from django_durably.admin.display import (
+    audit_detail,
+    error_summary,
+    format_duration,
+    json_summary,
+    status_badge,
+    transition,
+)
+from django_durably.models import AuditRecord, Run, RunLog, Step
+
+if TYPE_CHECKING:
+    # Generic in django-stubs only: Django's admin classes cannot be subscripted at runtime.
+    _RunInline = admin.TabularInline[Any, Run]
+    _RunInlineFormSet = BaseInlineFormSet[Any, Run, Any]
+else:
+    _RunInline = admin.TabularInline
+    _RunInlineFormSet = BaseInlineFormSet
+
+INLINE_ROW_LIMIT = 200
+"""Rows shown per table: a run may have thousands of steps or log lines."""
+
+
+class FirstRowsFormSet(_RunInlineFormSet):
+    """Shows at most :data:`INLINE_ROW_LIMIT` rows and tells how many more there are."""
+
+    def get_queryset(self) -> QuerySet[Any]:
+        if not hasattr(self, "_first_rows"):
+            self._first_rows = super().get_queryset()[:INLINE_ROW_LIMIT]
+        return self._first_rows
+
+    def hidden_rows(self) -> int:
+        if not hasattr(self, "_hidden_rows"):
+            shown = len(self.get_queryset())
+            total = super().get_queryset().count() if shown >= INLINE_ROW_LIMIT else shown
+            self._hidden_rows = total - shown
+        return self._hidden_rows
+
+
+class HistoryInline(_RunInline):
+    """A read-only table, shown to whoever may view the run."""
+
+    template = "admin/durably/run/history_inline.html"
+    formset = FirstRowsFormSet
+    extra = 0
+    max_num = 0
+    can_delete = False
+    show_change_link = False
+
+    def has_view_permission(self, request: HttpRequest, obj: Run | None = None) -> bool:
+        user = request.user
+        return user.has_perm("durably.view_run") or user.has_perm("durably.change_run")
+
+    def has_add_permission(self, request: HttpRequest, obj: Run | None) -> bool:  # type: ignore[override]
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Run | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Run | None = None) -> bool:
+        return False
+
+
+class StepInline(HistoryInline):
+    model = Step
+    fields = readonly_fields = (
+        "index",
+        "name",
+        "status_display",
+        "attempt",
+        "started_at",
+        "duration",
+        "output_summary",
+        "error_summary",
+    )
+
+    @admin.display(description=_("status"))
+    def status_display(self, step: Step) -> SafeString:
+        return status_badge(step.status)
+
+    @admin.display(description=_("duration"))
+    def duration(self, step: Step) -> str:
+        return format_duration(timedelta(seconds=step.duration_seconds))
+
+    @admin.display(description=_("output"))
+    def output_summary(self, step: Step) -> SafeString | str:
+        if step.output is None:
+            return self.get_empty_value_display()
+        return json_summary(step.output)
+
+    @admin.display(description=_("error"))
+    def error_summary(self, step: Step) -> SafeString | str:
+        return error_summary(step.error) if step.error else self.get_empty_value_display()
+
+
+class RunLogInline(HistoryInline):
+    model = RunLog
+    fields = readonly_fields = (
+        "created_at",
+        "level",
+        "step_name",
+        "attempt",
+        "message",
+        "data_summary",
+    )
+
+    @admin.display(description=_("data"))
+    def data_summary(self, log: RunLog) -> SafeString | str:
+        return json_summary(log.data) if log.data else self.get_empty_value_display()
+
+
+class AuditRecordInline(HistoryInline):
+    model = AuditRecord
+    verbose_name_plural = _("audit trail")
+    fields = readonly_fields = (
+        "created_at",
+        "action",
+        "actor",
+        "source",
+        "transition",
+        "detail_summary",
+    )
+
+    @admin.display(description=_("status change"))
+    def transition(self, record: AuditRecord) -> str:
+        return transition(record)
+
+    @admin.display(description=_("detail"))
+    def detail_summary(self, record: AuditRecord) -> SafeString | str:
+        return audit_detail(record, self.admin_site.name) or self.get_empty_value_display()

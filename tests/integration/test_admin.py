@@ -1,0 +1,682 @@
+"""The admin: read-only run history, actions and buttons that go through ``operations``."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import Permission, User
+from django.db import connections
+from django.test import Client
+from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
+from django.utils import timezone
+
+from django_durably import operations, process_until_idle
+from django_durably.admin.display import format_duration
+from django_durably.models import AuditRecord, Run, RunLog, Step
+from tests import jobs
+
+pytestmark = pytest.mark.django_db(databases="__all__")
+
+CHANGELIST = reverse("admin:durably_run_changelist")
+AUDIT_CHANGELIST = reverse("admin:durably_auditrecord_changelist")
+FINISHED = ("completed", "failed", "cancelled")
+
+
+def make_run(status: str = "pending", job: str = jobs.noop.name, **fields: Any) -> Run:
+    now = timezone.now()
+    values: dict[str, Any] = {"input": {"n": 1}}
+    if status == "leased":
+        values |= {
+            "lease_expires_at": now + timedelta(minutes=5),
+            "lease_owner": "worker-1",
+            "lease_generation": 1,
+            "attempt": 1,
+            "started_at": now - timedelta(seconds=3),
+        }
+    if status in FINISHED:
+        values |= {"attempt": 1, "started_at": now - timedelta(seconds=90), "completed_at": now}
+    if status == "failed":
+        values["error"] = {"type": "builtins.RuntimeError", "message": "boom", "traceback": "Tb"}
+    return Run.objects.create(job_name=job, status=status, **(values | fields))
+
+
+def change_url(run: Run | uuid.UUID) -> str:
+    pk = run.pk if isinstance(run, Run) else run
+    return reverse("admin:durably_run_change", args=[pk])
+
+
+def button_url(run: Run | uuid.UUID | str, action: str) -> str:
+    pk = run.pk if isinstance(run, Run) else run
+    return reverse(f"admin:durably_run_{action}", args=[pk])
+
+
+def statuses(*runs: Run) -> list[str]:
+    return [Run.objects.get(pk=run.pk).status for run in runs]
+
+
+def messages_of(response: Any) -> list[tuple[str, str]]:
+    return [(m.level_tag, str(m)) for m in response.context["messages"]]
+
+
+def act(client: Client, action: str, runs: list[Run], **extra: str) -> Any:
+    data = {"action": action, "_selected_action": [str(r.pk) for r in runs], "index": "0"}
+    return client.post(CHANGELIST, data | extra, follow=True)
+
+
+def listed(response: Any) -> set[uuid.UUID]:
+    return {run.pk for run in response.context["cl"].result_list}
+
+
+@pytest.fixture
+def staff_client(db: None) -> Any:
+    """``staff_client("cancel_run", ...)``: a logged-in staff user with view permission and these."""
+
+    def make(*codenames: str) -> Client:
+        user = User.objects.create_user(f"staff-{uuid.uuid4().hex[:8]}", is_staff=True)
+        perms = Permission.objects.filter(
+            content_type__app_label="durably", codename__in=["view_run", *codenames]
+        )
+        assert perms.count() == len({"view_run", *codenames})
+        user.user_permissions.set(perms)
+        client = Client()
+        client.force_login(user)
+        return client
+
+    return make
+
+
+# -- the list ----------------------------------------------------------------------------------
+
+
+def test_changelist__shows_badges_progress_and_timing(admin_client):
+    done = make_run("completed", job="tests.three_steps")
+    running = make_run("leased", progress={"current": 2, "total": 8, "message": "saving"})
+    counting = make_run("pending", progress={"current": 5, "total": None, "message": None})
+    failed = make_run("failed", queue="reports")
+
+    response = admin_client.get(CHANGELIST)
+
+    assert response.status_code == 200
+    assert listed(response) == {done.pk, running.pk, counting.pk, failed.pk}
+    html = response.content.decode()
+    for status in ("completed", "leased", "pending", "failed"):
+        assert f'class="durably-status durably-status-{status}"' in html
+    assert ">Running</span>" in html
+    assert '<progress value="25" max="100" title="saving"' in html
+    assert '<span class="durably-progress">2/8</span>' in html
+    assert '<span class="durably-progress">5</span>' in html
+    assert str(done.pk)[:8] in html
+    assert "tests.three_steps" in html
+    assert "reports" in html
+    assert "1 min 30 s" in html  # duration of the finished runs
+    assert reverse("admin:durably_run_add") not in html
+
+
+def test_changelist__query_count_does_not_grow_with_runs(
+    admin_client, db_alias, django_assert_max_num_queries
+):
+    for i in range(3):
+        make_run("leased", progress={"current": i, "total": 3}, labels={"i": str(i)})
+    admin_client.get(CHANGELIST)  # warm up the session and content types
+    with CaptureQueriesContext(connections[db_alias]) as few:
+        admin_client.get(CHANGELIST)
+    for i in range(27):
+        make_run(FINISHED[i % 3], job=f"tests.job_{i % 4}", queue=f"q{i % 2}")
+
+    with django_assert_max_num_queries(8, using=db_alias):
+        response = admin_client.get(CHANGELIST)
+
+    assert len(response.context["cl"].result_list) == 30
+    with CaptureQueriesContext(connections[db_alias]) as many:
+        admin_client.get(CHANGELIST)
+    assert len(many) == len(few)
+    assert not any(
+        '"input"' in q["sql"] for q in many.captured_queries if "durably_run" in q["sql"]
+    )
+
+
+def test_changelist__filters_by_status_job_queue_and_date(admin_client):
+    failed = make_run("failed", job="tests.three_steps")
+    pending = make_run("pending", queue="reports")
+    old = make_run("completed")
+    Run.objects.filter(pk=old.pk).update(created_at=timezone.now() - timedelta(days=30))
+
+    assert listed(admin_client.get(CHANGELIST, {"status__exact": "failed"})) == {failed.pk}
+    assert listed(admin_client.get(CHANGELIST, {"job": jobs.noop.name})) == {pending.pk, old.pk}
+    assert listed(admin_client.get(CHANGELIST, {"queue": "reports"})) == {pending.pk}
+    week_ago = (timezone.now() - timedelta(days=7)).isoformat()
+    assert listed(admin_client.get(CHANGELIST, {"created_at__gte": week_ago})) == {
+        failed.pk,
+        pending.pk,
+    }
+    html = admin_client.get(CHANGELIST).content.decode()
+    assert "?job=tests.three_steps" in html  # the job filter offers the jobs that have runs
+    assert "?queue=reports" in html
+
+
+@pytest.mark.parametrize(
+    ("term", "expected"),
+    [
+        ("three_steps", {"a"}),
+        ("import-7", {"b"}),
+        ("acme", {"b"}),
+        ("café", {"c"}),
+        ("'say \"hi\"'", {"d"}),
+        ("nothing-matches", set()),
+    ],
+)
+def test_changelist__search(admin_client, term, expected):
+    runs = {
+        "a": make_run("completed", job="tests.three_steps"),
+        "b": make_run("failed", idempotency_key="import-7-2026", labels={"tenant": "acme"}),
+        "c": make_run("pending", labels={"city": "Café Paris"}),
+        "d": make_run("pending", labels={"greeting": 'say "hi"'}),
+    }
+
+    response = admin_client.get(CHANGELIST, {"q": term})
+
+    assert listed(response) == {runs[key].pk for key in expected}
+
+
+def test_changelist__search_by_run_id_and_its_start(admin_client):
+    run = make_run("failed")
+    other = make_run("failed", idempotency_key=str(run.pk))  # a key that is the other run's id
+    make_run("completed")
+
+    assert listed(admin_client.get(CHANGELIST, {"q": str(run.pk)})) == {run.pk, other.pk}
+    assert run.pk in listed(admin_client.get(CHANGELIST, {"q": str(run.pk)[:8]}))
+    assert listed(admin_client.get(CHANGELIST, {"q": str(run.pk).upper()})) == {run.pk, other.pk}
+    assert listed(admin_client.get(CHANGELIST, {"q": str(uuid.uuid4())})) == set()
+
+
+def test_changelist__no_django_delete_and_no_add(admin_client):
+    make_run("completed")
+    response = admin_client.get(CHANGELIST)
+    actions = [name for name, _ in response.context["action_form"].fields["action"].choices]
+    assert actions == ["", "cancel_runs", "resume_runs", "retrigger_runs", "delete_runs"]
+    run = make_run("completed")
+    assert admin_client.get(reverse("admin:durably_run_delete", args=[run.pk])).status_code == 403
+    assert admin_client.get(reverse("admin:durably_run_add")).status_code == 403
+    response = admin_client.post(change_url(run), {"status": "pending"})
+    assert response.status_code == 403
+    assert statuses(run) == ["completed"]
+
+
+# -- the detail page ---------------------------------------------------------------------------
+
+
+def test_detail__shows_everything_escaped(admin_client, db_alias, django_assert_max_num_queries):
+    run = make_run(
+        "failed",
+        input={"html": "<script>alert(1)</script>", "n": [1, 2]},
+        labels={"tenant": "acme"},
+        progress={"current": 1, "total": 2, "message": "half <b>way</b>"},
+        error={
+            "type": "builtins.ValueError",
+            "message": "bad <input>",
+            "traceback": 'Traceback (most recent call last):\n  File "<x>", line 1\nValueError',
+        },
+    )
+    started = timezone.now() - timedelta(seconds=2)
+    Step.objects.create(
+        run=run, index=0, name="fetch", status="completed", output={"rows": 3}, started_at=started
+    )
+    Step.objects.create(
+        run=run,
+        index=1,
+        name="save",
+        status="failed",
+        error={"type": "builtins.OSError", "message": "disk <full>", "traceback": "TB <here>"},
+        started_at=started,
+    )
+    RunLog.objects.create(run=run, level="info", message="imported <3> rows", data={"k": "v"})
+    AuditRecord.objects.create(
+        run=run,
+        run_uuid=run.pk,
+        job_name=run.job_name,
+        action="cancel",
+        actor="alice",
+        source="api",
+        from_status="pending",
+        to_status="cancelled",
+    )
+
+    with django_assert_max_num_queries(8, using=db_alias):
+        response = admin_client.get(change_url(run))
+
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert "<script>alert(1)</script>" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert '<pre class="durably-json">{\n  &quot;' in html  # indented JSON
+    assert "&quot;html&quot;: &quot;&lt;script&gt;alert(1)&lt;/script&gt;&quot;" in html
+    assert "<strong>builtins.ValueError</strong>: bad &lt;input&gt;" in html
+    assert '<pre class="durably-traceback">Traceback (most recent call last):' in html
+    assert "&lt;x&gt;" in html
+    assert "half &lt;b&gt;way&lt;/b&gt;" in html
+    assert "<code>tenant=acme</code>" in html
+    # the steps, log lines and audit trail
+    assert "fetch" in html
+    assert "<code>{&quot;rows&quot;: 3}</code>" in html
+    assert "builtins.OSError: disk &lt;full&gt;" in html
+    assert "TB &lt;here&gt;" in html
+    assert "imported &lt;3&gt; rows" in html
+    assert "Audit trail" in html
+    assert "alice" in html
+    assert "pending → cancelled" in html
+    # read-only: no form fields, no save buttons
+    assert 'name="_save"' not in html
+    assert 'name="job_name"' not in html
+
+
+def test_detail__leaves_out_empty_sections(admin_client):
+    def sections(run: Run) -> list[str]:
+        return [
+            str(fieldset.name)
+            for fieldset in admin_client.get(change_url(run)).context["adminform"]
+        ]
+
+    assert sections(make_run("completed", output={"ok": True})) == [
+        "None",
+        "Progress",
+        "Timing",
+        "Input",
+        "Output",
+        "Lease",
+    ]
+    assert sections(make_run("failed"))[3:] == ["Input", "Error", "Lease"]
+    assert sections(make_run("pending"))[3:] == ["Input", "Lease"]
+
+
+def test_detail__long_inlines_are_cut(admin_client, monkeypatch):
+    monkeypatch.setattr("django_durably.admin.inlines.INLINE_ROW_LIMIT", 3)
+    run = make_run("completed")
+    RunLog.objects.bulk_create(RunLog(run=run, level="info", message=f"line {i}") for i in range(5))
+
+    html = admin_client.get(change_url(run)).content.decode()
+
+    assert "line 2" in html
+    assert "line 3" not in html
+    assert "2 more rows are not shown." in html
+
+
+def test_detail__buttons_follow_status_and_permissions(admin_client, staff_client):
+    pending, failed, done = make_run("pending"), make_run("failed"), make_run("completed")
+
+    def buttons(client: Client, run: Run) -> list[str]:
+        response = client.get(change_url(run))
+        assert response.status_code == 200
+        return [b["action"] for b in response.context["durably_buttons"]]
+
+    assert buttons(admin_client, pending) == ["cancel"]
+    assert buttons(admin_client, failed) == ["resume", "retrigger"]
+    assert buttons(admin_client, done) == ["retrigger"]
+    html = admin_client.get(change_url(failed)).content.decode()
+    assert f'action="{button_url(failed, "resume")}"' in html
+    assert "csrfmiddlewaretoken" in html
+
+    viewer = staff_client()
+    assert buttons(viewer, pending) == []
+    assert buttons(viewer, failed) == []
+    assert 'class="durably-button' not in viewer.get(change_url(failed)).content.decode()
+    assert buttons(staff_client("resume_run"), failed) == ["resume"]
+    assert buttons(staff_client("change_run"), failed) == ["resume", "retrigger"]
+
+
+# -- bulk actions ------------------------------------------------------------------------------
+
+
+def test_cancel_action__reports_each_outcome(admin_client):
+    targets = [make_run("pending"), make_run("pending"), make_run("leased")]
+    others = [make_run("cancelled"), make_run("completed"), make_run("failed")]
+
+    response = act(admin_client, "cancel_runs", targets + others)
+
+    assert messages_of(response) == [
+        ("warning", "3 runs cancelled; 1 already completed; 1 already failed; 1 already cancelled.")
+    ]
+    assert statuses(*targets) == ["cancelled"] * 3
+    assert statuses(*others) == ["cancelled", "completed", "failed"]
+    audits = AuditRecord.objects.all()
+    assert sorted((a.run_id, a.action, a.actor, a.source, a.to_status) for a in audits) == sorted(
+        (run.pk, "cancel", "admin", "admin", "cancelled") for run in targets
+    )
+
+
+def test_cancel_action__all_cancelled_is_a_success(admin_client):
+    response = act(admin_client, "cancel_runs", [make_run("pending")])
+    assert messages_of(response) == [("success", "1 run cancelled.")]
+
+
+def test_resume_action__reports_each_outcome(admin_client):
+    targets = [make_run("failed"), make_run("cancelled")]
+    others = [make_run("pending"), make_run("leased"), make_run("completed")]
+    blocked = make_run("failed", concurrency_key="k")
+    make_run("pending", concurrency_key="k")  # holds the key: the blocked run cannot be pending
+
+    response = act(admin_client, "resume_runs", [*targets, *others, blocked])
+
+    assert messages_of(response) == [
+        (
+            "warning",
+            "2 runs resumed; 1 already pending; 1 still running; 1 already completed; "
+            "1 blocked by a pending run with the same concurrency key.",
+        )
+    ]
+    assert statuses(*targets, *others, blocked) == [
+        "pending",
+        "pending",
+        "pending",
+        "leased",
+        "completed",
+        "failed",
+    ]
+    assert Run.objects.get(pk=targets[0].pk).error is None
+    assert set(AuditRecord.objects.values_list("run_id", "action", "actor", "source")) == {
+        (run.pk, "resume", "admin", "admin") for run in targets
+    }
+
+
+def test_retrigger_action__reports_each_outcome(admin_client):
+    targets = [make_run("completed", input={"n": 1}), make_run("failed", labels={"t": "x"})]
+    others = [make_run("pending"), make_run("leased")]
+    orphan = make_run("failed", job="tests.no_longer_registered")
+
+    response = act(admin_client, "retrigger_runs", [*targets, *others, orphan])
+
+    assert messages_of(response) == [
+        (
+            "warning",
+            "2 runs retriggered; 1 still pending; 1 still running; "
+            "1 whose job is no longer registered.",
+        )
+    ]
+    assert statuses(*targets, *others, orphan) == [
+        "completed",
+        "failed",
+        "pending",
+        "leased",
+        "failed",
+    ]
+    audits = list(AuditRecord.objects.all())
+    assert {(a.run_id, a.action, a.actor, a.source) for a in audits} == {
+        (run.pk, "retrigger", "admin", "admin") for run in targets
+    }
+    new_runs = Run.objects.filter(pk__in=[a.detail["new_run_id"] for a in audits])
+    assert sorted((r.status, r.job_name, r.input == {"n": 1}) for r in new_runs) == [
+        ("pending", jobs.noop.name, True),
+        ("pending", jobs.noop.name, True),
+    ]
+    assert Run.objects.count() == 7
+
+
+def test_delete_action__confirms_then_deletes_only_finished_runs(admin_client):
+    finished = [make_run("completed"), make_run("failed"), make_run("cancelled")]
+    unfinished = [make_run("pending"), make_run("leased")]
+    Step.objects.create(
+        run=finished[0], index=0, name="a", status="completed", started_at=timezone.now()
+    )
+    data = {
+        "action": "delete_runs",
+        "_selected_action": [str(r.pk) for r in finished + unfinished],
+        "index": "0",
+    }
+
+    confirmation = admin_client.post(CHANGELIST, data)
+
+    assert confirmation.status_code == 200
+    assert confirmation.templates[0].name == "admin/durably/run/delete_runs_confirmation.html"
+    html = confirmation.content.decode()
+    assert "Are you sure you want to delete these 3 finished runs?" in html
+    assert "Runs that have not finished are kept:" in html
+    assert "1 pending, 1 running." in html
+    assert Run.objects.count() == 5
+    assert set(confirmation.context["ids"]) == {r.pk for r in finished}
+
+    confirmed = {
+        "action": "delete_runs",
+        "_selected_action": [str(pk) for pk in confirmation.context["ids"]],
+        "post": "yes",
+    }
+    response = admin_client.post(CHANGELIST, confirmed, follow=True)
+
+    assert messages_of(response) == [("success", "3 runs deleted.")]
+    assert set(Run.objects.values_list("pk", flat=True)) == {r.pk for r in unfinished}
+    assert not Step.objects.exists()
+    audits = AuditRecord.objects.all()
+    assert {(a.run_id, a.run_uuid, a.action, a.actor, a.source) for a in audits} == {
+        (None, run.pk, "delete", "admin", "admin") for run in finished
+    }
+
+
+def test_delete_action__with_nothing_finished_reports_at_once(admin_client):
+    runs = [make_run("pending"), make_run("leased")]
+    response = act(admin_client, "delete_runs", runs)
+    assert messages_of(response) == [
+        ("warning", "0 runs deleted; 1 still pending; 1 still running.")
+    ]
+    assert Run.objects.count() == 2
+
+
+def test_actions__report_a_run_a_worker_finished_meanwhile(admin_client, monkeypatch):
+    racing, other = make_run("leased"), make_run("pending")
+    real_cancel = operations.cancel_run
+
+    def cancel_after_the_worker_finished(run_id, **kwargs):
+        if run_id == racing.pk:  # the worker completes the run between selection and cancel
+            Run.objects.filter(pk=run_id).update(
+                status="completed", completed_at=timezone.now(), lease_expires_at=None
+            )
+        return real_cancel(run_id, **kwargs)
+
+    monkeypatch.setattr(operations, "cancel_run", cancel_after_the_worker_finished)
+
+    response = act(admin_client, "cancel_runs", [racing, other])
+
+    assert messages_of(response) == [("warning", "1 run cancelled; 1 already completed.")]
+    assert statuses(racing, other) == ["completed", "cancelled"]
+    assert list(AuditRecord.objects.values_list("run_id", flat=True)) == [other.pk]
+
+
+# -- permissions -------------------------------------------------------------------------------
+
+
+def test_view_only_staff__sees_history_but_no_actions(staff_client):
+    viewer = staff_client()
+    run = make_run("failed")
+    Step.objects.create(
+        run=run, index=0, name="fetch", status="completed", started_at=run.started_at
+    )
+
+    response = viewer.get(CHANGELIST)
+    assert response.status_code == 200
+    assert response.context["action_form"] is None or not response.context["cl"].actions
+    assert "cancel_runs" not in response.content.decode()
+    detail = viewer.get(change_url(run))
+    assert detail.status_code == 200
+    assert "fetch" in detail.content.decode()  # the steps inline is visible to viewers
+
+    for action in ("cancel_runs", "resume_runs", "retrigger_runs", "delete_runs"):
+        act(viewer, action, [run])
+    for action in ("cancel", "resume", "retrigger"):
+        assert viewer.post(button_url(run, action)).status_code == 403
+    assert statuses(run) == ["failed"]
+    assert Run.objects.count() == 1
+    assert not AuditRecord.objects.exists()
+
+
+def test_actions__each_needs_its_permission(staff_client):
+    def offered(client: Client) -> list[str]:
+        form = client.get(CHANGELIST).context["action_form"]
+        return [name for name, _ in form.fields["action"].choices][1:] if form else []
+
+    make_run("completed")
+    assert offered(staff_client("cancel_run")) == ["cancel_runs"]
+    assert offered(staff_client("resume_run")) == ["resume_runs"]
+    assert offered(staff_client("retrigger_run")) == ["retrigger_runs"]
+    assert offered(staff_client("delete_run")) == ["delete_runs"]
+    assert offered(staff_client("change_run")) == ["cancel_runs", "resume_runs", "retrigger_runs"]
+
+    canceller = staff_client("cancel_run")
+    failed = make_run("failed")
+    act(canceller, "resume_runs", [failed])
+    assert canceller.post(button_url(failed, "resume")).status_code == 403
+    assert statuses(failed) == ["failed"]
+    pending = make_run("pending")
+    response = act(canceller, "cancel_runs", [pending])
+    assert messages_of(response) == [("success", "1 run cancelled.")]
+    audit = AuditRecord.objects.get()
+    assert audit.actor.startswith("staff-")
+    assert audit.source == "admin"
+
+
+def test_buttons__refuse_get_unknown_runs_and_anonymous_users(admin_client, client):
+    run = make_run("pending")
+    for action in ("cancel", "resume", "retrigger"):
+        response = admin_client.get(button_url(run, action))
+        assert response.status_code == 405
+        assert response["Allow"] == "POST"
+    assert admin_client.post(button_url(uuid.uuid4(), "cancel")).status_code == 404
+    assert admin_client.post(button_url("not-a-uuid", "resume")).status_code == 404
+    response = client.post(button_url(run, "cancel"))
+    assert response.status_code == 302
+    assert "/login/" in response["Location"]
+    assert statuses(run) == ["pending"]
+
+
+def test_buttons__need_a_csrf_token(admin_user):
+    run = make_run("pending")
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(admin_user)
+    assert client.post(button_url(run, "cancel")).status_code == 403
+    assert statuses(run) == ["pending"]
+
+
+# -- buttons -----------------------------------------------------------------------------------
+
+
+def test_cancel_button(admin_client):
+    running, done = make_run("leased"), make_run("completed")
+
+    response = admin_client.post(button_url(running, "cancel"), follow=True)
+
+    assert response.redirect_chain == [(change_url(running), 302)]
+    short = str(running.pk)[:8]
+    assert messages_of(response) == [
+        ("success", f"Run {short} cancelled. Its worker stops at the next step boundary.")
+    ]
+    assert statuses(running) == ["cancelled"]
+    again = admin_client.post(button_url(running, "cancel"), follow=True)
+    assert messages_of(again) == [("warning", f"Run {short} was already cancelled.")]
+
+    refused = admin_client.post(button_url(done, "cancel"), follow=True)
+    assert refused.redirect_chain == [(change_url(done), 302)]
+    assert messages_of(refused) == [
+        ("error", f"Run {done.pk} cannot be cancelled: it is completed.")
+    ]
+    assert statuses(done) == ["completed"]
+    assert AuditRecord.objects.get().run_id == running.pk
+
+
+@pytest.mark.django_db(databases="__all__", transaction=True)
+def test_resume_and_retrigger_buttons__on_a_run_that_failed_half_way(admin_client):
+    jobs.FLAGS["fail"] = "b"
+    run = jobs.three_steps.trigger({"x": 1})
+    process_until_idle()
+    assert statuses(run) == ["failed"]
+    assert [b["action"] for b in admin_client.get(change_url(run)).context["durably_buttons"]] == [
+        "resume",
+        "retrigger",
+    ]
+
+    response = admin_client.post(button_url(run, "resume"), follow=True)
+
+    assert response.redirect_chain == [(change_url(run), 302)]
+    assert messages_of(response)[0][0] == "success"
+    assert "resumed" in messages_of(response)[0][1]
+    run.refresh_from_db()
+    assert run.status == "pending"
+    assert run.error is None
+    assert list(run.steps.filter(status="completed").values_list("name", flat=True)) == ["a"]
+    jobs.FLAGS.clear()
+    process_until_idle()
+    assert statuses(run) == ["completed"]
+    assert jobs.CALLS["a"] == 1  # the checkpoint was replayed, not run again
+
+    response = admin_client.post(button_url(run, "retrigger"), follow=True)
+
+    new_run = Run.objects.exclude(pk=run.pk).get()
+    assert response.redirect_chain == [(change_url(new_run), 302)]
+    assert new_run.status == "pending"
+    assert new_run.input == {"x": 1}
+    level, text = messages_of(response)[0]
+    assert level == "success"
+    assert f'<a href="{change_url(run)}">{str(run.pk)[:8]}</a>' in text
+    assert list(
+        AuditRecord.objects.order_by("id").values_list("action", "actor", "source", "run_id")
+    ) == [("resume", "admin", "admin", run.pk), ("retrigger", "admin", "admin", run.pk)]
+
+
+def test_resume_button__reports_a_blocking_pending_run(admin_client):
+    failed = make_run("failed", concurrency_key="k")
+    holder = make_run("pending", concurrency_key="k")
+
+    response = admin_client.post(button_url(failed, "resume"), follow=True)
+
+    assert response.redirect_chain == [(change_url(failed), 302)]
+    level, text = messages_of(response)[0]
+    assert level == "error"
+    assert str(holder.pk) in text
+    assert statuses(failed) == ["failed"]
+
+
+def test_retrigger_button__reports_an_unregistered_job(admin_client):
+    orphan = make_run("failed", job="tests.no_longer_registered")
+
+    response = admin_client.post(button_url(orphan, "retrigger"), follow=True)
+
+    assert response.redirect_chain == [(change_url(orphan), 302)]
+    level, text = messages_of(response)[0]
+    assert level == "error"
+    assert text.startswith("No job is registered under the name 'tests.no_longer_registered'.")
+    assert Run.objects.count() == 1
+    assert not AuditRecord.objects.exists()
+
+
+# -- the audit trail ---------------------------------------------------------------------------
+
+
+def test_audit_admin__lists_searches_and_is_read_only(admin_client):
+    run = make_run("pending")
+    make_run("pending")
+    admin_client.post(button_url(run, "cancel"))
+    gone = make_run("completed")
+    act(admin_client, "delete_runs", [gone], post="yes")
+
+    response = admin_client.get(AUDIT_CHANGELIST)
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert f'<a href="{change_url(run)}">' in html
+    assert "(deleted)" in html
+    assert "pending → cancelled" in html
+    assert reverse("admin:durably_auditrecord_add") not in html
+    found = admin_client.get(AUDIT_CHANGELIST, {"q": str(run.pk)}).context["cl"].result_list
+    assert [a.action for a in found] == ["cancel"]
+    found = admin_client.get(AUDIT_CHANGELIST, {"action__exact": "delete"}).context["cl"]
+    assert [a.run_uuid for a in found.result_list] == [gone.pk]
+    record = AuditRecord.objects.get(action="cancel")
+    detail = admin_client.get(reverse("admin:durably_auditrecord_change", args=[record.pk]))
+    assert detail.status_code == 200
+    assert 'name="_save"' not in detail.content.decode()
+
+
+def test_format_duration():
+    assert format_duration(timedelta(seconds=0.4123)) == "0.41 s"
+    assert format_duration(timedelta(seconds=42.25)) == "42.2 s"
+    assert format_duration(timedelta(minutes=4, seconds=5)) == "4 min 05 s"
+    assert format_duration(timedelta(hours=2, minutes=3)) == "2 h 03 min"
+    assert format_duration(timedelta(days=3, hours=4)) == "3 d 4 h"

@@ -1,4 +1,4 @@
-"""Jobs the benchmarks run."""
+"""Jobs the benchmarks run (autodiscovered: ``bench`` is an installed app of bench.settings)."""
 
 from __future__ import annotations
 
@@ -17,3 +17,16 @@ def noop(step: StepContext, input: Any) -> None:
 def entered_at(step: StepContext, input: Any) -> float:
     """Returns the wall-clock time at which the job function was entered."""
     return time.time()
+
+
+def _identity(value: int) -> int:
+    return value
+
+
+@job(name="bench.steps")
+def steps(step: StepContext, input: Any) -> int:
+    """``input["steps"]`` trivial checkpointed steps, one after another."""
+    count = int(input["steps"])
+    for i in range(count):
+        step.run(f"s{i}", _identity, i)
+    return count

@@ -1,23 +1,32 @@
-"""Wake-up latency: trigger committed -> job function entered, with one idle worker.
+"""Wake-up latency: trigger committed -> job function entered (its first step starts), with one idle
+worker.
 
-The worker is a real ``manage.py durably_worker`` subprocess. Each run's job returns the wall-clock
-time it was entered; the latency is that minus the time the trigger's commit returned (same machine,
-same clock). Runs are triggered one at a time, each after the previous finished, so the worker is
-idle (waiting on LISTEN, or polling with ``--no-listen``) whenever a run arrives.
+The worker is a real ``durably_worker`` subprocess (concurrency 1). Each run's job returns the
+wall-clock time it was entered; the latency is that minus the time the trigger's commit returned
+(same machine, same clock). Runs are triggered one at a time, each after the previous finished and
+a short pause, so the worker is idle (waiting on LISTEN, or polling with ``--no-listen``) whenever a
+run arrives; when polling, the pause is random within the poll interval, so runs arrive at random
+points of the worker's poll cycle. The measuring process waits a little before it starts polling for the outcome, so its
+own queries stay out of the measured window.
+
+The floor is the same measurement for the bare SQL queue: a psycopg process waiting on LISTEN that
+claims the job (``SKIP LOCKED``) and stamps the time, after an INSERT + NOTIFY transaction commits.
 """
 
 from __future__ import annotations
 
+import random
 import statistics
-import subprocess
 import sys
 import time
 from typing import Any
 
-from bench import jobs
-from bench.database import reset_runs, worker_env
-from django_durably import wait_for_run
-from django_durably.models import Run
+from bench import jobs, sqlqueue
+from bench.database import autocommit_psycopg, reset_runs, scalar, server_url
+from bench.procs import BenchError, Processes, worker_command
+
+PAUSE = 0.02  # before each trigger: the worker goes back to waiting
+SETTLE = 0.02  # after each trigger, before polling for the outcome
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -26,44 +35,79 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[index]
 
 
-def measure(samples: int, *, listen: bool, poll_interval: float) -> dict[str, Any]:
+def summary(latencies: list[float]) -> dict[str, Any]:
+    return {
+        "samples": len(latencies),
+        "p50_ms": round(percentile(latencies, 0.50), 3),
+        "p95_ms": round(percentile(latencies, 0.95), 3),
+        "p99_ms": round(percentile(latencies, 0.99), 3),
+        "mean_ms": round(statistics.fmean(latencies), 3),
+        "max_ms": round(max(latencies), 3),
+    }
+
+
+def _entered_at(run_id: Any, timeout: float, procs: Processes) -> float:
+    deadline = time.monotonic() + timeout
+    while True:
+        row = scalar(
+            "SELECT CASE WHEN status = 'completed' THEN output::text ELSE status END"
+            " FROM durably_run WHERE id = %s",
+            [run_id],
+        )
+        if row not in ("pending", "leased"):
+            if row in ("failed", "cancelled", None):
+                raise BenchError(f"wake-up run {run_id} ended {row}")
+            return float(row)
+        procs.check_alive_or_succeeded()
+        if time.monotonic() > deadline:
+            raise BenchError(f"wake-up run {run_id} not done within {timeout}s")
+        time.sleep(0.005)
+
+
+def durably(samples: int, *, listen: bool, poll_interval: float) -> dict[str, Any]:
     reset_runs()
-    command = [
-        sys.executable,
-        "-m",
-        "django",
-        "durably_worker",
-        "--concurrency",
-        "1",
-        "--poll-interval",
-        str(poll_interval),
-        "-v",
-        "0",
-    ]
-    if not listen:
-        command.append("--no-listen")
-    worker = subprocess.Popen(command, env=worker_env())  # noqa: S603
-    try:
-        warmup = jobs.entered_at.trigger()
-        wait_for_run(warmup.pk, timeout=60, poll_interval=0.01)
+    with Processes() as procs:
+        procs.start(worker_command(concurrency=1, poll_interval=poll_interval, listen=listen))
+        for _ in range(3):  # warm up: start-up, imports, connections
+            _entered_at(jobs.entered_at.trigger().pk, 60, procs)
         latencies = []
         for _ in range(samples):
-            time.sleep(0.02)  # let the worker go back to waiting
+            # Polling: arrive at a random point of the worker's poll cycle.
+            time.sleep(PAUSE if listen else random.uniform(PAUSE, poll_interval))  # noqa: S311
             run = jobs.entered_at.trigger()
             committed = time.time()
-            finished: Run = wait_for_run(run.pk, timeout=30, poll_interval=0.005)
-            latencies.append((float(finished.output) - committed) * 1000)
-    finally:
-        worker.terminate()
-        worker.wait(30)
-    return {
-        "benchmark": "wakeup_latency",
-        "listen": listen,
-        "poll_interval_s": poll_interval,
-        "samples": samples,
-        "p50_ms": round(percentile(latencies, 0.50), 2),
-        "p95_ms": round(percentile(latencies, 0.95), 2),
-        "p99_ms": round(percentile(latencies, 0.99), 2),
-        "mean_ms": round(statistics.fmean(latencies), 2),
-        "max_ms": round(max(latencies), 2),
-    }
+            time.sleep(SETTLE)
+            latencies.append((_entered_at(run.pk, 30, procs) - committed) * 1000)
+    reset_runs()
+    return {"listen": listen, "poll_interval_s": poll_interval, **summary(latencies)}
+
+
+def floor(samples: int) -> dict[str, Any]:
+    """The bare SQL queue's wake-up latency (LISTEN, SKIP LOCKED claim)."""
+    with autocommit_psycopg() as conn:
+        sqlqueue.setup(conn, 0)
+    insert = f"INSERT INTO {sqlqueue.TABLE} (payload) VALUES (NULL) RETURNING id"
+    stamped = f"SELECT claimed_wall FROM {sqlqueue.TABLE} WHERE id = %s"
+    with Processes() as procs, autocommit_psycopg() as conn:
+        command = [sys.executable, "-m", "bench.sqlqueue", "--listen", "--dsn", server_url()]
+        procs.start(command)
+        time.sleep(0.5)
+        latencies = []
+        for sample in range(samples + 3):
+            time.sleep(PAUSE)
+            with conn.transaction():
+                row = conn.execute(insert).fetchone()
+                conn.execute("SELECT pg_notify(%s, '')", [sqlqueue.CHANNEL])
+            committed = time.time()
+            assert row is not None  # noqa: S101
+            time.sleep(SETTLE / 4)
+            deadline = time.monotonic() + 30
+            while (claimed := conn.execute(stamped, [row[0]]).fetchone()[0]) is None:  # type: ignore[index]
+                procs.check_alive_or_succeeded()
+                if time.monotonic() > deadline:
+                    raise BenchError("the SQL queue listener did not claim its job")
+                time.sleep(0.002)
+            if sample >= 3:
+                latencies.append((claimed - committed) * 1000)
+        conn.execute(f"TRUNCATE {sqlqueue.TABLE}")
+    return summary(latencies)

@@ -53,6 +53,7 @@ if TYPE_CHECKING:
         cancel_run,
         delete_run,
         purge_runs,
+        purgeable_runs,
         resume_run,
         retrigger_run,
         trigger,
@@ -83,6 +84,7 @@ _LAZY = {
     "retrigger_run": "django_durably.operations",
     "delete_run": "django_durably.operations",
     "purge_runs": "django_durably.operations",
+    "purgeable_runs": "django_durably.operations",
     "AuditRecord": "django_durably.models",
 }
 
@@ -146,6 +148,7 @@ __all__ = [
     "process_one",
     "process_until_idle",
     "purge_runs",
+    "purgeable_runs",
     "registered_jobs",
     "resume_run",
     "retrigger_run",

@@ -1,4 +1,5 @@
-"""System checks: duplicate job names, settings that cannot work, unsupported databases.
+"""System checks: duplicate job names, settings that cannot work (including the HTTP API's auth
+and scope), unsupported databases.
 
 Every id is listed in docs/reference/checks.md.
 """
@@ -13,6 +14,7 @@ from typing import Any
 from django.apps import AppConfig
 from django.core.checks import CheckMessage, Error, Tags, register
 from django.core.checks import Warning as CheckWarning
+from django.core.exceptions import ImproperlyConfigured
 from django.db import connections, router
 
 from django_durably.conf import durably_settings
@@ -118,7 +120,12 @@ def check_settings(
                 id="django_durably.E004",
             )
         )
-    for name, minimum in (("DEFAULT_PRIORITY", None), ("MAX_INPUT_BYTES", 1)):
+    for name, minimum in (
+        ("DEFAULT_PRIORITY", None),
+        ("MAX_INPUT_BYTES", 1),
+        ("API_MAX_BODY_BYTES", 1),
+        ("API_MAX_JSON_DEPTH", 1),
+    ):
         value = durably_settings.raw(name)
         if value is None:
             continue
@@ -135,6 +142,39 @@ def check_settings(
                     id="django_durably.E004",
                 )
             )
+    return errors
+
+
+@register()
+def check_api_settings(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """E006: DURABLY_API_AUTH names no usable auth; E007: DURABLY_API_SCOPE names no usable scope."""
+    from django_durably import access  # needs models (and django-ninja), so imported when checking
+
+    errors: list[CheckMessage] = []
+    try:
+        access.api_auth()
+    except ImproperlyConfigured as exc:
+        errors.append(
+            Error(
+                str(exc),
+                hint="Use a django-ninja auth object (such as an APIKeyHeader or HttpBearer "
+                "subclass instance), a dotted path to one or to its class, or a list of those.",
+                id="django_durably.E006",
+            )
+        )
+    try:
+        access.api_scope()
+    except ImproperlyConfigured as exc:
+        errors.append(
+            Error(
+                str(exc),
+                hint="Use a dotted path to a class (or object) with runs(request, queryset) and "
+                "check_trigger(request, job_name, labels), such as a LabelScope subclass.",
+                id="django_durably.E007",
+            )
+        )
     return errors
 
 

@@ -20,6 +20,8 @@ DEFAULT_WAIT_POLL_INTERVAL = 0.1
 DEFAULT_JOBS_MODULE = "jobs"
 DEFAULT_MAX_INPUT_BYTES = 1024 * 1024
 DEFAULT_RETENTION_INTERVAL = 600.0
+DEFAULT_API_MAX_BODY_BYTES = 1024 * 1024
+DEFAULT_API_MAX_JSON_DEPTH = 32
 DEFAULT_STREAM_POLL_INTERVAL = 0.25
 DEFAULT_STREAM_KEEPALIVE = 15.0
 DEFAULT_STREAM_PROGRESS_INTERVAL = 0.5
@@ -107,6 +109,28 @@ class DurablySettings:
     def STREAM_MAX_SECONDS(self) -> float:  # noqa: N802
         """Longest life of one event stream; clients reconnect and get a fresh snapshot."""
         return float(self._get("STREAM_MAX_SECONDS", DEFAULT_STREAM_MAX_SECONDS))
+
+    @property
+    def API_AUTH(self) -> Any:  # noqa: N802
+        """The HTTP API's ninja auth: an auth object, a dotted path to one (or to its class), or a
+        list of those; ``None`` means staff-only session auth."""
+        return self._get("API_AUTH", None)
+
+    @property
+    def API_SCOPE(self) -> Any:  # noqa: N802
+        """Narrows what each HTTP API caller sees and may trigger: an object with ``runs()`` and
+        ``check_trigger()``, or a dotted path to one (or to its class); ``None`` means no scoping."""
+        return self._get("API_SCOPE", None)
+
+    @property
+    def API_MAX_BODY_BYTES(self) -> int:  # noqa: N802
+        """Largest request body the HTTP API reads; larger bodies get 413."""
+        return int(self._get("API_MAX_BODY_BYTES", DEFAULT_API_MAX_BODY_BYTES))
+
+    @property
+    def API_MAX_JSON_DEPTH(self) -> int:  # noqa: N802
+        """Deepest nesting of arrays and objects accepted in an HTTP API request body (422 beyond)."""
+        return int(self._get("API_MAX_JSON_DEPTH", DEFAULT_API_MAX_JSON_DEPTH))
 
     def raw(self, name: str) -> Any:
         """The value as written in settings (``None`` when unset), for system checks."""

@@ -26,7 +26,7 @@ from django_durably.exceptions import (
     NotJSONSerializable,
     OutputInvalid,
 )
-from django_durably.serialization import to_json
+from django_durably.serialization import to_json, unstorable_text
 from django_durably.types import JSON, Coalesce
 
 if TYPE_CHECKING:
@@ -229,6 +229,8 @@ class Job(Generic[I, O]):
                 f"characters, got {key!r}.",
                 field="concurrency_key",
             )
+        if (problem := unstorable_text(key)) is not None:
+            raise InvalidTrigger(f"concurrency_key {problem}.", field="concurrency_key")
         return key
 
 

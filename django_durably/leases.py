@@ -299,6 +299,16 @@ def _claim_conditional(
     return chosen
 
 
+def lock_oldest_finished(runs: RunQuerySet, limit: int) -> list[UUID]:
+    """Lock up to ``limit`` of ``runs``, oldest finished first, for the caller's transaction (to
+    purge them); rows another transaction holds are skipped. Row locks live in this module."""
+    return list(
+        runs.order_by("completed_at")
+        .select_for_update(skip_locked=True)
+        .values_list("pk", flat=True)[:limit]
+    )
+
+
 # -- while running -----------------------------------------------------------------------------
 
 

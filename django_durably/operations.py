@@ -34,7 +34,7 @@ from django_durably.exceptions import (
     RunNotRetriggerable,
 )
 from django_durably.jobs import TriggerItem, get_job
-from django_durably.leases import db_alias
+from django_durably.leases import db_alias, lock_oldest_finished
 from django_durably.models import (
     CANCELLABLE_STATUSES,
     RESUMABLE_STATUSES,
@@ -73,6 +73,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DEFAULT_PURGE_LIMIT = 1000
+TRANSITION_ROUNDS = 3
 
 
 @dataclass(frozen=True)
@@ -111,17 +112,28 @@ def _actor_name(actor: Any) -> str:
 
 def _transition(
     alias: str, run_id: UUID, from_statuses: Sequence[str], **changes: Any
-) -> str | None:
-    """Apply ``changes`` if the run is in one of ``from_statuses``; return the status it left.
+) -> tuple[str | None, str, str]:
+    """Apply ``changes`` if the run is in one of ``from_statuses``.
+
+    Returns ``(from_status, job_name, status)``: the status the run left (``None`` when no UPDATE
+    matched), then the run's job and status as read afterwards, which on a miss is the status for
+    the typed error. Raises :class:`RunNotFound`.
 
     One guarded UPDATE per status, so the winner knows exactly what it changed from; each is a
-    compare-and-swap on its own, and the first that matches wins.
+    compare-and-swap on its own, and the first that matches wins. Between two of them the run can
+    move into a status already tried (a resume puts a failed run back to pending while a cancel
+    tries ``pending``, then ``leased``), so a miss whose re-read finds a status of the set tries
+    again: a typed error never carries a status the action could have changed.
     """
     runs = Run.objects.using(alias)
-    for status in from_statuses:
-        if runs.filter(pk=run_id, status=status).update(**changes):
-            return status
-    return None
+    for _round in range(TRANSITION_ROUNDS):
+        for status in from_statuses:
+            if runs.filter(pk=run_id, status=status).update(**changes):
+                return (status, *_current(alias, run_id))
+        job_name, current = _current(alias, run_id)
+        if current not in from_statuses:
+            break
+    return None, job_name, current
 
 
 def _current(alias: str, run_id: UUID) -> tuple[str, str]:
@@ -186,7 +198,7 @@ def cancel_run(run_id: UUID | str, *, actor: Any = None, source: str = "python")
     run_id = run_pk(run_id)
     alias = db_alias()
     with transaction.atomic(using=alias):
-        from_status = _transition(
+        from_status, job_name, status = _transition(
             alias,
             run_id,
             CANCELLABLE_STATUSES,
@@ -195,7 +207,6 @@ def cancel_run(run_id: UUID | str, *, actor: Any = None, source: str = "python")
             lease_expires_at=None,
             updated_at=Now(),
         )
-        job_name, status = _current(alias, run_id)
         if from_status is None:
             if status == RunStatus.CANCELLED:
                 return CancelResult(run_id=run_id, cancelled=False, from_status=status)
@@ -230,7 +241,7 @@ def resume_run(run_id: UUID | str, *, actor: Any = None, source: str = "python")
     alias = db_alias()
     try:
         with transaction.atomic(using=alias):
-            from_status = _transition(
+            from_status, job_name, status = _transition(
                 alias,
                 run_id,
                 RESUMABLE_STATUSES,
@@ -243,7 +254,6 @@ def resume_run(run_id: UUID | str, *, actor: Any = None, source: str = "python")
                 run_after=Now(),
                 updated_at=Now(),
             )
-            job_name, status = _current(alias, run_id)
             if from_status is None:
                 raise RunNotResumable(run_id, status)
             _record(
@@ -314,9 +324,11 @@ def retrigger_run(run_id: UUID | str, *, actor: Any = None, source: str = "pytho
     )
     with transaction.atomic(using=alias):
         # Re-check under the same transaction as the insert: the original must still be finished.
-        from_status = _transition(alias, run_id, TERMINAL_STATUSES, updated_at=Now())
+        from_status, _job_name, status = _transition(
+            alias, run_id, TERMINAL_STATUSES, updated_at=Now()
+        )
         if from_status is None:
-            raise RunNotRetriggerable(run_id, _current(alias, run_id)[1])
+            raise RunNotRetriggerable(run_id, status)
         (new_run,) = trigger_runs(job, [item])
         _record(
             alias,
@@ -347,8 +359,9 @@ def delete_run(run_id: UUID | str, *, actor: Any = None, source: str = "python")
     run_id = run_pk(run_id)
     alias = db_alias()
     with transaction.atomic(using=alias):
-        from_status = _transition(alias, run_id, TERMINAL_STATUSES, updated_at=Now())
-        job_name, status = _current(alias, run_id)
+        from_status, job_name, status = _transition(
+            alias, run_id, TERMINAL_STATUSES, updated_at=Now()
+        )
         if from_status is None:
             raise RunNotDeletable(run_id, status)
         _record(
@@ -373,9 +386,16 @@ def purgeable_runs(
     unknown = set(statuses) - set(TERMINAL_STATUSES)
     if unknown:
         raise ValueError(f"only finished runs can be purged, not {', '.join(sorted(unknown))}")
-    cutoff = timezone.now() - older_than if isinstance(older_than, timedelta) else older_than
-    if timezone.is_naive(cutoff):
-        raise ValueError("older_than must be a timedelta or a timezone-aware datetime")
+    if isinstance(older_than, timedelta):
+        if older_than < timedelta(0):
+            raise ValueError(f"older_than must not be negative, got {older_than!r}")
+        cutoff = timezone.now() - older_than
+    elif isinstance(older_than, datetime) and not timezone.is_naive(older_than):
+        cutoff = older_than
+    else:
+        raise ValueError(
+            f"older_than must be a timedelta or a timezone-aware datetime, got {older_than!r}"
+        )
     return Run.objects.using(db_alias()).filter(status__in=statuses, completed_at__lt=cutoff)
 
 
@@ -395,11 +415,7 @@ def purge_runs(
     old = purgeable_runs(older_than, statuses)
     alias = db_alias()
     with transaction.atomic(using=alias):
-        ids = list(
-            old.order_by("completed_at")
-            .select_for_update(skip_locked=True)
-            .values_list("pk", flat=True)[:limit]
-        )
+        ids = lock_oldest_finished(old, limit)
         if not ids:
             return 0
         # Re-guarded by status: a run resumed meanwhile is not deleted.

@@ -20,7 +20,8 @@ def to_json(value: Any, *, what: str) -> JSON:
     """Return ``value`` as it will read back from the database.
 
     Pydantic models are dumped in JSON mode; tuples become lists. Anything else that JSON cannot
-    represent exactly (sets, datetimes, NaN, non-string keys) raises :class:`NotJSONSerializable`.
+    represent exactly (sets, datetimes, NaN, non-string keys), and strings that databases cannot
+    store (NUL characters, lone surrogates), raise :class:`NotJSONSerializable`.
     """
     if isinstance(value, BaseModel):
         value = value.model_dump(mode="json")
@@ -28,23 +29,55 @@ def to_json(value: Any, *, what: str) -> JSON:
         text = dump(value)
     except (TypeError, ValueError) as exc:
         raise NotJSONSerializable(f"{what} must be JSON-serializable: {exc}") from exc
-    _check_keys(value, what)
+    # The dump escapes every non-ASCII character, so a string holding a NUL or a surrogate shows up
+    # as a \u0000 or \udXXX escape; only then are strings checked one by one (valid surrogate pairs,
+    # such as emoji, also show up here and pass the check).
+    _check_value(value, what, strings="\\u0000" in text or "\\ud" in text)
     loaded: JSON = json.loads(text)
     return loaded
 
 
-def _check_keys(value: Any, what: str) -> None:
-    """``json.dumps`` silently turns ``1``, ``None`` or ``True`` keys into strings; refuse them."""
+def unstorable_text(text: str) -> str | None:
+    """Why a database cannot store ``text``, or ``None`` when it can.
+
+    PostgreSQL refuses NUL characters in text and JSON, and no database stores lone surrogates
+    (they are not valid UTF-8).
+    """
+    if "\x00" in text:
+        return "contains a NUL character"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "contains a lone surrogate"
+    return None
+
+
+def _check_value(value: Any, what: str, *, strings: bool) -> None:
+    """``json.dumps`` silently turns ``1``, ``None`` or ``True`` keys into strings; refuse them, and
+    with ``strings``, refuse strings that :func:`unstorable_text` rejects."""
     if isinstance(value, dict):
         for key, item in value.items():
             if not isinstance(key, str):
                 raise NotJSONSerializable(
                     f"{what} must be JSON-serializable: object keys must be strings, got {key!r}"
                 )
-            _check_keys(item, what)
+            if strings:
+                _check_text(key, what)
+            _check_value(item, what, strings=strings)
     elif isinstance(value, list | tuple):
         for item in value:
-            _check_keys(item, what)
+            _check_value(item, what, strings=strings)
+    elif strings and isinstance(value, str):
+        _check_text(value, what)
+
+
+def _check_text(text: str, what: str) -> None:
+    problem = unstorable_text(text)
+    if problem is not None:
+        raise NotJSONSerializable(
+            f"{what} cannot be stored: the string {text[:40]!r} {problem}, which databases "
+            "cannot store."
+        )
 
 
 def dump(value: Any) -> str:

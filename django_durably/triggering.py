@@ -45,7 +45,7 @@ from django_durably.jobs import (
 from django_durably.leases import db_alias
 from django_durably.models import Run, RunStatus
 from django_durably.notifications import notify_ready
-from django_durably.serialization import dump
+from django_durably.serialization import dump, unstorable_text
 from django_durably.types import Coalesce
 
 LABEL_KEY_PATTERN = re.compile(r"[A-Za-z0-9._/-]+")
@@ -211,6 +211,8 @@ def validate_labels(labels: Any) -> dict[str, str]:
                 f"{MAX_LABEL_VALUE_LENGTH} characters.",
                 field="labels",
             )
+        if (problem := unstorable_text(value)) is not None:
+            raise InvalidLabels(f"Label {key!r} has a value that {problem}.", field="labels")
     return dict(labels)
 
 
@@ -223,6 +225,8 @@ def _idempotency_key(key: Any) -> str | None:
             f"characters, got {key!r}.",
             field="idempotency_key",
         )
+    if (problem := unstorable_text(key)) is not None:
+        raise InvalidTrigger(f"idempotency_key {problem}.", field="idempotency_key")
     return key
 
 

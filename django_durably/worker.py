@@ -217,8 +217,8 @@ class Worker:
                     continue
             if self.max_runs is not None and self.stats.claimed >= self.max_runs:
                 return
-            if not claimed:
-                self._apply_retention()
+            if free > 0 and not claimed and self.in_flight() == 0:
+                self._apply_retention()  # housekeeping only when fully idle
             if claimed and len(claimed) == free:
                 continue  # maybe more is ready; a full slot set waits below
             if self.until_idle and not claimed and self.in_flight() == 0:

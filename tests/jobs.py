@@ -200,7 +200,11 @@ def recorded_too(step: StepContext, payload: dict[str, Any]) -> dict[str, Any]:
 
 
 def _side_effect(step: StepContext, payload: dict[str, Any], index: int) -> int:
-    """Step ``index`` of ``side_effects``: marks its entry, maybe waits at the gate, appends a line."""
+    """Step ``index`` of ``side_effects``: marks its entry, maybe waits at the gate, appends a line.
+
+    With ``payload["check_while_blocked"]`` the wait calls ``step.check()``, as a long step should,
+    so a cancel or a lost lease stops it inside the step.
+    """
     import time
     from pathlib import Path
 
@@ -213,6 +217,8 @@ def _side_effect(step: StepContext, payload: dict[str, Any], index: int) -> int:
         while not gate.exists():
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{gate} never appeared")
+            if payload.get("check_while_blocked"):
+                step.check()
             time.sleep(0.02)
     with (folder / "side-effects.txt").open("a") as side:
         side.write(f"step-{index} attempt-{step.attempt}\n")

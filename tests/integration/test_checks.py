@@ -122,3 +122,122 @@ def test_check_database__is_registered_with_the_database_tag(db_alias):
 
 def test_check__manage_py_check_passes_with_the_database_checks(db_alias):
     call_command("check", "--database", db_alias, "--fail-level", "WARNING")
+
+
+# -- the HTTP API's settings (E004, E006, E007) ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("API_MAX_BODY_BYTES", "1MB", "DURABLY_API_MAX_BODY_BYTES must be an integer, got '1MB'."),
+        ("API_MAX_BODY_BYTES", 0, "DURABLY_API_MAX_BODY_BYTES must be at least 1, got 0."),
+        ("API_MAX_JSON_DEPTH", 2.5, "DURABLY_API_MAX_JSON_DEPTH must be an integer, got 2.5."),
+        ("API_MAX_JSON_DEPTH", -1, "DURABLY_API_MAX_JSON_DEPTH must be at least 1, got -1."),
+    ],
+)
+def test_check_settings__e004_api_limits(settings, name, value, message):
+    setattr(settings, f"DURABLY_{name}", value)
+    assert summary(checks.check_settings()) == [("django_durably.E004", message, None)]
+
+
+def test_check_api_settings__clean_by_default():
+    assert checks.check_api_settings() == []
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "tests.api_hooks.ApiKey",
+        "django_durably.access.DEFAULT_AUTH",
+        ["tests.api_hooks.UserToken", "tests.api_hooks.ApiKey"],
+    ],
+)
+def test_check_api_settings__accepts_auths(settings, value):
+    settings.DURABLY_API_AUTH = value
+    assert checks.check_api_settings() == []
+
+
+AUTH_HINT = (
+    "Use a django-ninja auth object (such as an APIKeyHeader or HttpBearer subclass instance), a "
+    "dotted path to one or to its class, or a list of those."
+)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (
+            "tests.api_hooks.Missing",
+            "DURABLY_API_AUTH names 'tests.api_hooks.Missing', which cannot be imported: Module "
+            '"tests.api_hooks" does not define a "Missing" attribute/class',
+        ),
+        (
+            "tests.api_hooks.API_KEY",
+            "DURABLY_API_AUTH must name ninja auth objects (callables of the request), got "
+            "'test-api-key'.",
+        ),
+        ([], "DURABLY_API_AUTH is an empty list; no request could pass."),
+    ],
+)
+def test_check_api_settings__e006_unusable_auth(settings, value, message):
+    settings.DURABLY_API_AUTH = value
+    assert summary(checks.check_api_settings()) == [("django_durably.E006", message, AUTH_HINT)]
+
+
+def test_check_api_settings__e006_a_class_needing_arguments(settings):
+    settings.DURABLY_API_AUTH = "uuid.UUID"
+
+    ((check_id, message, _),) = summary(checks.check_api_settings())
+
+    assert check_id == "django_durably.E006"
+    assert message.startswith(
+        "DURABLY_API_AUTH names the class UUID, which cannot be instantiated without arguments: "
+        "TypeError("
+    )
+
+
+SCOPE_HINT = (
+    "Use a dotted path to a class (or object) with runs(request, queryset) and "
+    "check_trigger(request, job_name, labels), such as a LabelScope subclass."
+)
+
+
+def test_check_api_settings__accepts_a_scope(settings):
+    settings.DURABLY_API_SCOPE = "tests.api_hooks.TenantScope"
+    assert checks.check_api_settings() == []
+
+
+def test_check_api_settings__e007_unimportable_scope(settings):
+    settings.DURABLY_API_SCOPE = "tests.api_hooks.Nope"
+
+    assert summary(checks.check_api_settings()) == [
+        (
+            "django_durably.E007",
+            "DURABLY_API_SCOPE names 'tests.api_hooks.Nope', which cannot be imported: Module "
+            '"tests.api_hooks" does not define a "Nope" attribute/class',
+            SCOPE_HINT,
+        )
+    ]
+
+
+def test_check_api_settings__e007_scope_without_the_methods(settings):
+    settings.DURABLY_API_SCOPE = "tests.api_hooks.ApiKey"
+
+    ((check_id, message, hint),) = summary(checks.check_api_settings())
+
+    assert (check_id, hint) == ("django_durably.E007", SCOPE_HINT)
+    assert message.startswith(
+        "DURABLY_API_SCOPE must provide runs(request, queryset) and "
+        "check_trigger(request, job_name, labels); <tests.api_hooks.ApiKey object at "
+    )
+    assert message.endswith("> has no runs().")
+
+
+def test_check_api_settings__e007_a_class_needing_arguments(settings):
+    settings.DURABLY_API_SCOPE = "uuid.UUID"
+
+    ((check_id, message, _),) = summary(checks.check_api_settings())
+
+    assert check_id == "django_durably.E007"
+    assert message.startswith("DURABLY_API_SCOPE names the class UUID, which cannot be")

@@ -917,3 +917,32 @@ def test_trigger_race__same_concurrency_key_with_skip_coalesces(db_alias):
         assert results[0].pk == results[1].pk
         assert Run.objects.filter(concurrency_key=key).count() == 1
     assert Run.objects.count() == RACE_ROUNDS
+
+
+# -- strings databases cannot store ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "field"),
+    [
+        pytest.param({"labels": {"k": "a\x00"}}, InvalidLabels, "labels", id="label-nul"),
+        pytest.param({"labels": {"k": "\udc00"}}, InvalidLabels, "labels", id="label-surrogate"),
+        pytest.param({"idempotency_key": "a\x00"}, InvalidTrigger, "idempotency_key", id="key-nul"),
+        pytest.param({"idempotency_key": "\ud800"}, InvalidTrigger, "idempotency_key", id="key-surrogate"),
+        pytest.param({"concurrency_key": "a\x00"}, InvalidTrigger, "concurrency_key", id="ckey-nul"),
+    ],
+)  # fmt: skip
+def test_trigger__refuses_strings_databases_cannot_store(db_alias, options, error, field):
+    # PostgreSQL refuses NUL characters in text and JSON, and no database stores lone surrogates:
+    # they are refused at trigger time, on every database, instead of failing inside the INSERT.
+    with pytest.raises(error) as caught:
+        jobs.noop.trigger(None, **options)
+    assert caught.value.field == field
+    assert not Run.objects.exists()
+
+
+@pytest.mark.parametrize("value", ["a\x00b", {"k": "\ud800"}], ids=["nul", "surrogate"])
+def test_trigger__refuses_input_databases_cannot_store(db_alias, value):
+    with pytest.raises(InvalidInput, match="which databases cannot store"):
+        jobs.noop.trigger(value)
+    assert not Run.objects.exists()

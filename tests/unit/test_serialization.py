@@ -11,7 +11,13 @@ import pytest
 from pydantic import BaseModel
 
 from django_durably.exceptions import NotJSONSerializable, StepError
-from django_durably.serialization import describe_exception, dump, to_json, to_json_lenient
+from django_durably.serialization import (
+    describe_exception,
+    dump,
+    to_json,
+    to_json_lenient,
+    unstorable_text,
+)
 
 
 class Stamp(BaseModel):
@@ -166,3 +172,40 @@ def test_describe_exception__without_traceback():
         "message": "plain",
         "traceback": "ValueError: plain\n",
     }
+
+
+@pytest.mark.parametrize(
+    ("value", "shown", "problem"),
+    [
+        pytest.param("a\x00b", "'a\\x00b'", "contains a NUL character", id="nul"),
+        pytest.param({"k": ["\x00"]}, "'\\x00'", "contains a NUL character", id="nested-nul"),
+        pytest.param({"a\x00": 1}, "'a\\x00'", "contains a NUL character", id="key-nul"),
+        pytest.param(["\ud800"], "'\\ud800'", "contains a lone surrogate", id="surrogate"),
+        pytest.param({"\udfff": 1}, "'\\udfff'", "contains a lone surrogate", id="key-surrogate"),
+    ],
+)
+def test_to_json__rejects_strings_databases_cannot_store(value, shown, problem):
+    with pytest.raises(NotJSONSerializable) as caught:
+        to_json(value, what="Input")
+    assert str(caught.value) == (
+        f"Input cannot be stored: the string {shown} {problem}, which databases cannot store."
+    )
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "\N{GRINNING FACE}",
+        {"\N{GRINNING FACE}": "caf\N{LATIN SMALL LETTER E WITH ACUTE}"},
+        "C:\\udir",
+        "\\u0000",
+    ],
+)
+def test_to_json__keeps_storable_text(value):
+    assert to_json(value, what="Input") == value
+
+
+def test_unstorable_text():
+    assert unstorable_text("fine \N{GRINNING FACE}") is None
+    assert unstorable_text("a\x00") == "contains a NUL character"
+    assert unstorable_text("\udc80") == "contains a lone surrogate"

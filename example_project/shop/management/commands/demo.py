@@ -2,7 +2,9 @@
 
 1. ``import_catalog`` runs to completion: many checkpointed steps, progress, logs and an output.
 2. ``send_invoices`` meets a (simulated) payment gateway outage half-way and fails. Its completed
-   steps are kept, so resuming the run later charges only the invoices that are left.
+   steps are kept.
+3. Once the gateway is back, ``resume_run`` puts the failed run back to pending; the next attempt
+   replays the checkpointed steps and charges only the invoices that are left.
 
 Everything runs in this process through ``django_durably.process_until_idle()``, the same entry
 point a cron job or a serverless function would use. Run with ``-v 2`` to see django-durably's logs.
@@ -18,7 +20,7 @@ from typing import Any
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
-from django_durably import Run, process_until_idle
+from django_durably import Run, process_until_idle, resume_run
 from shop import gateway
 from shop.jobs import import_catalog, send_invoices
 from shop.models import Invoice, Product
@@ -85,10 +87,22 @@ class Command(BaseCommand):
             raise CommandError(f"send_invoices ended {run.status}, expected failed half-way.")
         self.say(
             f"\nThe run failed half-way and keeps its {len(kept)} completed steps "
-            f"({', '.join(kept)}).\nResuming a failed run (resume_run, with admin and API "
-            "actions) arrives with the operator-control\nissue: the resumed run will replay "
-            "those steps from their checkpoints and charge only the\ninvoices that are left."
+            f"({', '.join(kept)})."
         )
+
+        self.heading("3. the gateway is back: resume the failed run")
+        result = resume_run(run.pk, actor="demo")
+        self.say(f"resume_run() moved run {run.id} from {result.from_status} back to pending")
+        self.say(f"process_until_idle() processed {process_until_idle()} run(s)")
+        run = Run.objects.get(pk=run.pk)
+        self.show_run(run)
+        paid = Invoice.objects.filter(batch=batch, status=Invoice.Status.PAID).count()
+        self.say(
+            f"invoices of batch {batch}: {paid} paid. The resumed attempt replayed the "
+            f"{len(kept)} checkpointed steps\nand charged only the invoices that were left."
+        )
+        if run.status != "completed" or paid != len(CUSTOMERS):
+            raise CommandError(f"the resumed send_invoices ended {run.status}, expected completed.")
 
     # -- output --------------------------------------------------------------------------------
 

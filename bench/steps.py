@@ -1,0 +1,72 @@
+"""Step checkpoint throughput: one run of ``bench.steps`` executed in-process by ``process_one()``.
+
+Besides steps per second it counts what a step costs the database: statements (captured on this
+thread's connection, which runs the job) and committed transactions (``pg_stat_database``, minus those
+of a zero-step run measured the same way).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from bench import jobs
+from bench.database import close_django_connections, reset_runs, scalar, xact_commits
+from django_durably import process_one
+
+
+def _run_steps(count: int) -> tuple[float, int]:
+    """Trigger and process one run of ``count`` steps; return (seconds, transactions committed)."""
+    reset_runs()
+    run = jobs.steps.trigger({"steps": count})
+    close_django_connections()
+    before = xact_commits()
+    started = time.perf_counter()
+    if not process_one("bench-steps"):
+        raise RuntimeError("process_one() found no run")
+    elapsed = time.perf_counter() - started
+    close_django_connections()
+    transactions = xact_commits() - before
+    status, completed = _state(run.pk)
+    if status != "completed" or completed != count:
+        raise RuntimeError(f"steps run ended {status} with {completed}/{count} steps")
+    return elapsed, transactions
+
+
+def _state(run_id: Any) -> tuple[str, int]:
+    status = scalar("SELECT status FROM durably_run WHERE id = %s", [run_id])
+    completed = scalar(
+        "SELECT count(*) FROM durably_step WHERE run_id = %s AND status = 'completed'", [run_id]
+    )
+    return status, completed
+
+
+def _statements_per_step(count: int = 20) -> float:
+    reset_runs()
+    jobs.steps.trigger({"steps": 0})
+    jobs.steps.trigger({"steps": count})
+    with CaptureQueriesContext(connection) as empty:
+        process_one("bench-steps")
+    with CaptureQueriesContext(connection) as full:
+        process_one("bench-steps")
+    return (len(full.captured_queries) - len(empty.captured_queries)) / count
+
+
+def measure(count: int) -> dict[str, Any]:
+    _run_steps(10)  # warm up
+    base_seconds, base_transactions = _run_steps(0)
+    seconds, transactions = _run_steps(count)
+    statements = _statements_per_step()
+    reset_runs()
+    return {
+        "steps": count,
+        "seconds": round(seconds, 3),
+        "steps_per_s": round(count / seconds, 1),
+        "transactions": transactions,
+        "transactions_zero_step_run": base_transactions,
+        "transactions_per_step": round((transactions - base_transactions) / count, 3),
+        "statements_per_step": round(statements, 2),
+    }

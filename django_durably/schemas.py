@@ -1,0 +1,267 @@
+"""Request and response schemas of the HTTP API (``api``).
+
+Every output schema lists its fields explicitly. Lease fields (``lease_owner``, ``lease_expires_at``,
+``lease_generation``) are internal to workers: they appear only under ``lease``, and only when a
+caller asks for them with ``?include=lease``.
+
+No ``from __future__ import annotations`` here: ninja and pydantic read these annotations at runtime.
+"""
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+from uuid import UUID
+
+from ninja import FilterLookup, FilterSchema, Schema
+from pydantic import AfterValidator, AwareDatetime, ConfigDict, Field, StringConstraints
+
+from django_durably.jobs import MAX_KEY_LENGTH, PRIORITY_RANGE
+from django_durably.triggering import MAX_LABEL_KEY_LENGTH, MAX_LABEL_VALUE_LENGTH, MAX_LABELS
+
+RunStatusName = Literal["pending", "leased", "completed", "failed", "cancelled"]
+StepStatusName = Literal["completed", "failed", "cancelled"]
+LogLevelName = Literal["info", "warning", "error"]
+DispositionName = Literal["created", "idempotent", "coalesced"]
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 200
+
+# Text that databases can store: PostgreSQL refuses NUL characters in text and JSON.
+NO_NUL = r"^[^\x00]*$"
+LABEL_KEY = r"^[A-Za-z0-9._/-]+$"
+
+
+def _utc(value: datetime) -> datetime:
+    """Aware datetimes that exist in UTC (``0001-01-01T00:00+01:00`` does not)."""
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("datetime is out of range once converted to UTC") from None
+
+
+Instant = Annotated[AwareDatetime, AfterValidator(_utc)]
+"""A timezone-aware datetime (naive datetimes are refused: their meaning depends on the server)."""
+
+QueryText = Annotated[str, StringConstraints(pattern=NO_NUL, max_length=MAX_KEY_LENGTH)]
+Key = Annotated[str, StringConstraints(min_length=1, max_length=MAX_KEY_LENGTH, pattern=NO_NUL)]
+LabelKey = Annotated[str, StringConstraints(min_length=1, max_length=MAX_LABEL_KEY_LENGTH, pattern=LABEL_KEY)]  # fmt: skip
+LabelValue = Annotated[str, StringConstraints(max_length=MAX_LABEL_VALUE_LENGTH, pattern=NO_NUL)]
+
+
+# -- errors ------------------------------------------------------------------------------------
+
+
+class ErrorOut(Schema):
+    """An error response (400, 401, 403, 404, 409, 413).
+
+    ``detail`` is always present. Errors raised by django-durably also carry a machine-readable
+    ``code``; 409 conflicts carry the run's current ``status``. Authentication (401) and CSRF (403)
+    failures come from django-ninja and carry ``detail`` only.
+    """
+
+    detail: str = Field(description="What went wrong, for people.")
+    code: str | None = Field(
+        None,
+        description="Machine-readable: run_not_found, job_not_found, permission_denied, "
+        "run_not_cancellable, run_not_resumable, run_not_retriggerable, run_not_deletable, "
+        "pending_run_exists, conflict, payload_too_large.",
+    )
+    status: RunStatusName | None = Field(None, description="The run's current status (409).")
+    run_id: UUID | None = Field(None, description="The run the error is about, when visible.")
+    concurrency_key: str | None = Field(None, description="The conflicting concurrency key.")
+
+
+class FieldErrorOut(Schema):
+    """One invalid field, in pydantic's (and django-ninja's) format."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(
+        description="The kind of error, e.g. missing, string_too_long, invalid_labels."
+    )
+    loc: list[str | int] = Field(description='Where: e.g. ["body", "payload", "labels"].')
+    msg: str = Field(description="What is wrong with the value.")
+
+
+class ValidationErrorOut(Schema):
+    """A 422 response: the request was well-formed JSON, but some values are invalid."""
+
+    detail: list[FieldErrorOut]
+
+
+# -- jobs --------------------------------------------------------------------------------------
+
+
+class JobOut(Schema):
+    name: str = Field(description="The registered job name; use it in POST /jobs/{name}/runs.")
+    description: str = Field(description="The first paragraph of the job function's docstring.")
+    queue: str = Field(description="The queue its runs go to unless a trigger says otherwise.")
+    priority: int = Field(description="The default priority of its runs (higher runs first).")
+    input_schema: dict[str, Any] | None = Field(
+        description="JSON schema of the input, when the job declares a pydantic input model; "
+        "null means any JSON value is accepted."
+    )
+    output_schema: dict[str, Any] | None = Field(
+        description="JSON schema of the output, when the job declares a pydantic output model."
+    )
+
+
+# -- runs --------------------------------------------------------------------------------------
+
+
+class RunErrorOut(Schema):
+    """A stored exception (never a pickle)."""
+
+    type: str = Field("", description="The exception's class path.")
+    message: str = ""
+    traceback: str = ""
+
+
+class ProgressOut(Schema):
+    current: int | float
+    total: int | float | None = None
+    message: str | None = None
+
+
+class LeaseOut(Schema):
+    """Worker-internal lease fields (only with ``?include=lease``)."""
+
+    owner: str = Field(description="The worker holding (or last holding) the lease.")
+    expires_at: datetime | None = Field(description="When the lease runs out, by the DB clock.")
+    generation: int = Field(description="Incremented by every claim; fences stale workers.")
+
+
+class RunOut(Schema):
+    id: UUID
+    job_name: str
+    queue: str
+    priority: int
+    status: RunStatusName
+    labels: dict[str, str]
+    progress: ProgressOut | None
+    attempt: int = Field(description="How many times a worker has started this run.")
+    completed_step_count: int
+    idempotency_key: str | None
+    concurrency_key: str | None
+    run_after: datetime
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    completed_at: datetime | None
+    lease: LeaseOut | None = Field(
+        None, description="Present only when the request asks for it with include=lease."
+    )
+
+
+class RunDetailOut(RunOut):
+    input: Any = Field(description="The input stored at trigger time (JSON).")
+    output: Any = Field(description="The job's return value (JSON), once completed.")
+    error: RunErrorOut | None = Field(description="The exception, once failed.")
+    current_step_index: int
+
+
+class TriggerOut(RunDetailOut):
+    disposition: DispositionName = Field(
+        description="created (201), or idempotent / coalesced (200) when an existing run was "
+        "returned instead of a new one."
+    )
+
+
+class RunPage(Schema):
+    items: list[RunOut]
+    next_cursor: str | None = Field(
+        description="Pass as ?cursor= to get the next page; null on the last page."
+    )
+
+
+class CancelOut(Schema):
+    cancelled: bool = Field(description="False when the run was already cancelled (a no-op).")
+    from_status: RunStatusName
+    run: RunDetailOut
+
+
+class ResumeOut(Schema):
+    from_status: RunStatusName
+    run: RunDetailOut
+
+
+class RetriggerOut(Schema):
+    retriggered_from: UUID = Field(description="The finished run that was copied.")
+    run: RunDetailOut = Field(description="The new pending run.")
+
+
+class StepOut(Schema):
+    id: int
+    index: int = Field(description="Position of the step in its run's execution.")
+    name: str
+    status: StepStatusName
+    attempt: int
+    output: Any
+    error: RunErrorOut | None
+    started_at: datetime
+    completed_at: datetime
+
+
+class StepPage(Schema):
+    count: int = Field(description="How many steps the run has in total.")
+    items: list[StepOut]
+
+
+class LogOut(Schema):
+    id: int
+    step_name: str
+    level: LogLevelName
+    message: str
+    data: Any
+    attempt: int
+    created_at: datetime
+
+
+class LogPage(Schema):
+    count: int = Field(description="How many log lines the run has in total.")
+    items: list[LogOut]
+
+
+# -- inputs ------------------------------------------------------------------------------------
+
+
+class EnqueueIn(Schema):
+    """A trigger request. Every field is optional; unknown fields are refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input: Any = Field(None, description="The job's input (JSON), validated by its input schema.")
+    idempotency_key: Key | None = Field(
+        None, description="A second trigger with the same key returns the first run (200)."
+    )
+    concurrency_key: Key | None = Field(
+        None, description="Overrides the job's concurrency key for this run."
+    )
+    labels: Annotated[dict[LabelKey, LabelValue], Field(max_length=MAX_LABELS)] | None = Field(
+        None, description="String labels to filter runs by (and to scope callers with)."
+    )
+    coalesce: Literal["error", "skip"] = Field(
+        "error",
+        description="When a pending run holds the concurrency key: error (409) or skip "
+        "(return that run, 200).",
+    )
+    run_after: Instant | None = Field(None, description="Not before this (timezone-aware) time.")
+    priority: int | None = Field(
+        None, ge=PRIORITY_RANGE[0], le=PRIORITY_RANGE[1], description="Higher runs first."
+    )
+
+
+class RunFilter(FilterSchema):
+    """Filters of GET /runs. Repeat ``job`` or ``status`` to match any of several values."""
+
+    job: Annotated[list[QueryText] | None, FilterLookup("job_name__in")] = Field(
+        None, description="Job name (repeatable: any of)."
+    )
+    status: Annotated[list[RunStatusName] | None, FilterLookup("status__in")] = Field(
+        None, description="Run status (repeatable: any of)."
+    )
+    created_after: Annotated[Instant | None, FilterLookup("created_at__gte")] = Field(
+        None, description="Created at or after this timezone-aware time."
+    )
+    created_before: Annotated[Instant | None, FilterLookup("created_at__lt")] = Field(
+        None, description="Created before this timezone-aware time."
+    )

@@ -1,0 +1,487 @@
+"""Who may use the HTTP API, through the real URLconf (tests/urls.py mounts django_durably.urls):
+session auth for staff, CSRF on unsafe methods, Django permissions per action, replacing the auth
+(API key, bearer token, at mount time), scoping callers to their tenant's runs, and the OpenAPI
+schema and docs. Every test runs on SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.test import Client
+from ninja import NinjaAPI
+from ninja.testing import TestClient
+
+from django_durably.api import router
+from django_durably.models import AuditRecord, Run, RunStatus
+from tests import jobs
+from tests.api_hooks import API_KEY, ApiKey
+
+pytestmark = pytest.mark.django_db(databases="__all__")
+
+BASE = "/durably"
+CSRF_SECRET = "c" * 32  # a valid CSRF cookie value, echoed in the header by well-behaved clients
+
+
+def logged_in(user: Any, *, enforce_csrf_checks: bool = False) -> Client:
+    client = Client(enforce_csrf_checks=enforce_csrf_checks)
+    client.force_login(user)
+    return client
+
+
+def trigger(client: Client, job: str = "tests.jobs.noop", **body: Any) -> Any:
+    return client.post(f"{BASE}/jobs/{job}/runs", body, content_type="application/json")
+
+
+def finished(status: str = RunStatus.COMPLETED, **options: Any) -> Run:
+    run = jobs.noop.trigger(None, **options)
+    Run.objects.filter(pk=run.pk).update(status=status)
+    return run
+
+
+# -- session auth ------------------------------------------------------------------------------
+
+
+def test_session__anonymous_401(client):
+    response = client.get(f"{BASE}/runs")
+
+    assert response.status_code == 401
+    assert response.json() == {"detail": "Unauthorized"}
+
+
+def test_session__logged_in_but_not_staff_401(make_user):
+    user = make_user("visitor", "view_run", is_staff=False)
+
+    assert logged_in(user).get(f"{BASE}/runs").status_code == 401
+
+
+def test_session__staff_with_view_permission_reads(make_user):
+    run = jobs.noop.trigger(None)
+    client = logged_in(make_user("reader", "view_run"))
+
+    assert client.get(f"{BASE}/runs").status_code == 200
+    assert client.get(f"{BASE}/runs/{run.pk}").status_code == 200
+    assert client.get(f"{BASE}/jobs").status_code == 200
+
+
+def test_session__staff_without_view_permission_403(make_user):
+    run = jobs.noop.trigger(None)
+    client = logged_in(make_user("bare"))
+
+    for path in (
+        "/runs",
+        f"/runs/{run.pk}",
+        f"/runs/{run.pk}/steps",
+        f"/runs/{run.pk}/logs",
+        "/jobs",
+    ):
+        response = client.get(BASE + path)
+        assert response.status_code == 403, path
+        assert response.json() == {
+            "detail": "You need the permission durably.view_run.",
+            "code": "permission_denied",
+        }
+
+
+def test_session__superusers_may_do_everything(admin_user):
+    client = logged_in(admin_user)
+
+    created = trigger(client)
+    run_id = created.json()["id"]
+
+    assert created.status_code == 201
+    assert client.post(f"{BASE}/runs/{run_id}/cancel").status_code == 200
+    assert client.post(f"{BASE}/runs/{run_id}/retrigger").status_code == 201
+    assert client.delete(f"{BASE}/runs/{run_id}").status_code == 204
+    assert AuditRecord.objects.filter(actor="admin", source="api").count() == 3
+
+
+def test_session__every_endpoint_through_the_urlconf(operator):
+    client = logged_in(operator)
+    run_id = trigger(client, input={"x": 1}).json()["id"]
+    runs = f"{BASE}/runs/{run_id}"
+
+    answers = [
+        client.get(f"{BASE}/jobs").status_code,
+        client.get(f"{BASE}/runs?job=tests.jobs.noop&label.tenant=none").status_code,
+        client.get(runs).status_code,
+        client.get(f"{runs}/steps").status_code,
+        client.get(f"{runs}/logs").status_code,
+        client.post(f"{runs}/cancel").status_code,
+        client.post(f"{runs}/resume").status_code,
+        client.post(f"{runs}/cancel").status_code,
+        client.post(f"{runs}/retrigger").status_code,
+        client.delete(runs).status_code,
+        client.get(runs).status_code,
+    ]
+
+    assert answers == [200, 200, 200, 200, 200, 200, 200, 200, 201, 204, 404]
+    assert [record.action for record in AuditRecord.objects.order_by("id")] == [
+        "cancel",
+        "resume",
+        "cancel",
+        "retrigger",
+        "delete",
+    ]
+
+
+# -- CSRF --------------------------------------------------------------------------------------
+
+
+def test_csrf__unsafe_methods_without_a_token_403(operator):
+    run = finished()
+    client = logged_in(operator, enforce_csrf_checks=True)
+
+    refused = [
+        trigger(client),
+        client.post(f"{BASE}/runs/{run.pk}/retrigger"),
+        client.post(f"{BASE}/runs/{run.pk}/resume"),
+        client.post(f"{BASE}/runs/{run.pk}/cancel"),
+        client.delete(f"{BASE}/runs/{run.pk}"),
+    ]
+
+    assert [response.status_code for response in refused] == [403] * 5
+    assert refused[0].json() == {"detail": "CSRF check Failed"}
+    assert Run.objects.count() == 1
+    assert not AuditRecord.objects.exists()
+
+
+def test_csrf__safe_methods_need_no_token(operator):
+    client = logged_in(operator, enforce_csrf_checks=True)
+
+    assert client.get(f"{BASE}/runs").status_code == 200
+
+
+def test_csrf__with_the_token_in_the_header(operator):
+    client = logged_in(operator, enforce_csrf_checks=True)
+    client.cookies["csrftoken"] = CSRF_SECRET
+
+    response = client.post(
+        f"{BASE}/jobs/tests.jobs.noop/runs",
+        {"input": 1},
+        content_type="application/json",
+        headers={"X-CSRFToken": CSRF_SECRET},
+    )
+
+    assert response.status_code == 201
+
+
+# -- permissions per action --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("permission", "method", "path", "status", "expected"),
+    [
+        ("cancel_run", "post", "/runs/{id}/cancel", RunStatus.PENDING, 200),
+        ("resume_run", "post", "/runs/{id}/resume", RunStatus.FAILED, 200),
+        ("retrigger_run", "post", "/runs/{id}/retrigger", RunStatus.COMPLETED, 201),
+        ("delete_run", "delete", "/runs/{id}", RunStatus.COMPLETED, 204),
+    ],
+)
+def test_permissions__each_action_needs_its_permission(
+    make_user, permission, method, path, status, expected
+):
+    run = finished(status)
+    url = BASE + path.format(id=run.pk)
+    without = logged_in(make_user("without", "view_run"))
+    with_it = logged_in(make_user("with", "view_run", permission))
+
+    refused = getattr(without, method)(url)
+    assert refused.status_code == 403
+    assert refused.json()["detail"] == f"You need the permission durably.{permission}."
+    assert Run.objects.get(pk=run.pk).status == status
+    assert not AuditRecord.objects.exists()
+
+    assert getattr(with_it, method)(url).status_code == expected
+    assert AuditRecord.objects.get().actor == "with"
+
+
+def test_permissions__triggering_needs_add_run(make_user):
+    refused = trigger(logged_in(make_user("reader", "view_run")))
+
+    assert refused.status_code == 403
+    assert refused.json()["detail"] == "You need the permission durably.add_run."
+    assert not Run.objects.exists()
+    assert trigger(logged_in(make_user("writer", "add_run"))).status_code == 201
+
+
+def test_permissions__permission_checked_before_the_run_is_looked_up(make_user):
+    client = logged_in(make_user("reader", "view_run"))
+
+    response = client.post(f"{BASE}/runs/00000000-0000-4000-8000-000000000000/cancel")
+
+    assert response.status_code == 403
+
+
+# -- replacing the auth ------------------------------------------------------------------------
+
+
+def test_custom_auth__api_key_from_settings(client, operator, settings):
+    settings.DURABLY_API_AUTH = "tests.api_hooks.ApiKey"
+    run = jobs.noop.trigger(None)
+
+    denied = client.get(f"{BASE}/runs")
+    wrong = client.get(f"{BASE}/runs", headers={"X-API-Key": "guess"})
+    allowed = client.post(f"{BASE}/runs/{run.pk}/cancel", headers={"X-API-Key": API_KEY})
+
+    assert (denied.status_code, wrong.status_code) == (401, 401)
+    assert allowed.status_code == 200  # no CSRF check: the key is not a cookie
+    assert AuditRecord.objects.get().actor == ""  # the key identifies no user
+    assert AuditRecord.objects.get().source == "api"
+    assert logged_in(operator).get(f"{BASE}/runs").status_code == 401  # sessions no longer work
+
+
+def test_custom_auth__a_list_tries_each_and_user_tokens_keep_permissions(
+    client, make_user, operator, settings
+):
+    settings.DURABLY_API_AUTH = [
+        "tests.api_hooks.UserToken",
+        "django_durably.access.DEFAULT_AUTH",
+    ]
+    make_user("reader", "view_run")
+    run = jobs.noop.trigger(None)
+    url = f"{BASE}/runs/{run.pk}/cancel"
+
+    as_reader = client.post(url, headers={"Authorization": "Bearer user:reader"})
+    as_operator = client.post(url, headers={"Authorization": "Bearer user:operator"})
+
+    assert as_reader.status_code == 403
+    assert as_operator.status_code == 200
+    assert AuditRecord.objects.get().actor == "operator"
+    assert logged_in(operator).get(f"{BASE}/runs").status_code == 200  # the session fallback
+
+
+def test_custom_auth__an_auth_class_object_is_instantiated(client, settings):
+    settings.DURABLY_API_AUTH = ApiKey
+
+    assert client.get(f"{BASE}/jobs", headers={"X-API-Key": API_KEY}).status_code == 200
+
+
+def test_custom_auth__at_mount_time_on_a_host_api():
+    host = NinjaAPI(urls_namespace="host-api-test")
+    host.add_router("/durably/", router, auth=ApiKey())
+    client = TestClient(host)
+
+    assert client.get("/durably/jobs").status_code == 401
+    assert client.get("/durably/jobs", headers={"X-API-Key": API_KEY}).status_code == 200
+
+
+def test_custom_auth__the_openapi_schema_documents_it(client, settings):
+    settings.DURABLY_API_AUTH = "tests.api_hooks.ApiKey"
+
+    schema = client.get(f"{BASE}/openapi.json").json()
+
+    assert schema["components"]["securitySchemes"] == {
+        "DurablyAuth": {"type": "apiKey", "in": "header", "name": "X-API-Key"}
+    }
+
+
+# -- OpenAPI and docs --------------------------------------------------------------------------
+
+
+def test_openapi__served_with_every_endpoint(client):
+    response = client.get(f"{BASE}/openapi.json")
+
+    assert response.status_code == 200
+    schema = response.json()
+    operations = {
+        (method.upper(), path.removeprefix(BASE)): spec["operationId"]
+        for path, methods in schema["paths"].items()
+        for method, spec in methods.items()
+    }
+    assert operations == {
+        ("GET", "/jobs"): "durably_list_jobs",
+        ("POST", "/jobs/{name}/runs"): "durably_trigger_run",
+        ("GET", "/runs"): "durably_list_runs",
+        ("GET", "/runs/{run_id}"): "durably_get_run",
+        ("DELETE", "/runs/{run_id}"): "durably_delete_run",
+        ("GET", "/runs/{run_id}/steps"): "durably_list_steps",
+        ("GET", "/runs/{run_id}/logs"): "durably_list_logs",
+        ("POST", "/runs/{run_id}/cancel"): "durably_cancel_run",
+        ("POST", "/runs/{run_id}/resume"): "durably_resume_run",
+        ("POST", "/runs/{run_id}/retrigger"): "durably_retrigger_run",
+        ("GET", "/runs/{run_id}/events"): "durably_run_events",
+    }
+    events = schema["paths"][f"{BASE}/runs/{{run_id}}/events"]["get"]["responses"]["200"]
+    assert "text/event-stream" in events["content"]
+    assert schema["components"]["securitySchemes"] == {
+        "DurablyAuth": {"type": "apiKey", "in": "cookie", "name": "sessionid"}
+    }
+    run_out = schema["components"]["schemas"]["RunOut"]["properties"]
+    assert "lease_owner" not in run_out
+    assert "lease" in run_out
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/nowhere", "/runs/a/b", "/runs/00000000-0000-4000-8000-000000000000/extra", "/jobs//runs"],
+)
+def test_urls__unknown_paths_under_the_api_404_in_json(operator, path):
+    response = logged_in(operator).get(BASE + path)
+
+    assert response.status_code == 404
+    assert response.json() == {"detail": "Not Found"}
+
+
+def test_urls__job_names_may_hold_any_character(operator):
+    response = trigger(logged_in(operator), job="team/odd%0Aname")
+
+    assert response.status_code == 404
+    assert response.json() == {
+        "detail": "No job is registered under the name 'team/odd\\nname'.",
+        "code": "job_not_found",
+    }
+
+
+def test_docs__served(client):
+    response = client.get(f"{BASE}/docs")
+
+    assert response.status_code == 200
+    assert b"openapi.json" in response.content
+
+
+# -- scoping -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tenants(settings, make_user):
+    """Two tenants' operators, each with every run permission, and a run of each tenant."""
+    from tests.conftest import RUN_PERMISSIONS
+
+    settings.DURABLY_API_SCOPE = "tests.api_hooks.TenantScope"
+    acme = make_user("acme-ops", *RUN_PERMISSIONS)
+    globex = make_user("globex-ops", *RUN_PERMISSIONS)
+    acme_run = jobs.noop.trigger("acme", labels={"tenant": "acme"})
+    globex_run = jobs.noop.trigger("globex", labels={"tenant": "globex"}, idempotency_key="g-1")
+    return logged_in(acme), logged_in(globex), acme_run, globex_run
+
+
+def test_scope__each_tenant_lists_only_its_runs(tenants):
+    acme, globex, acme_run, globex_run = tenants
+
+    assert [item["id"] for item in acme.get(f"{BASE}/runs").json()["items"]] == [str(acme_run.pk)]
+    assert [item["id"] for item in globex.get(f"{BASE}/runs").json()["items"]] == [
+        str(globex_run.pk)
+    ]
+    assert acme.get(f"{BASE}/runs?label.tenant=globex").json()["items"] == []
+
+
+def test_scope__label_filters_narrow_within_the_scope(tenants):
+    acme, *_ = tenants
+    prod = jobs.noop.trigger("prod", labels={"tenant": "acme", "env": "prod"})
+    jobs.noop.trigger("prod elsewhere", labels={"tenant": "globex", "env": "prod"})
+
+    response = acme.get(f"{BASE}/runs?label.env=prod")
+
+    assert [item["id"] for item in response.json()["items"]] == [str(prod.pk)]
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("get", "/runs/{id}"),
+        ("get", "/runs/{id}/steps"),
+        ("get", "/runs/{id}/logs"),
+        ("post", "/runs/{id}/cancel"),
+        ("post", "/runs/{id}/resume"),
+        ("post", "/runs/{id}/retrigger"),
+        ("delete", "/runs/{id}"),
+    ],
+)
+def test_scope__another_tenants_run_is_not_found(tenants, method, path):
+    acme, _, _, globex_run = tenants
+    for status in (RunStatus.PENDING, RunStatus.FAILED):
+        Run.objects.filter(pk=globex_run.pk).update(status=status)
+
+        response = getattr(acme, method)(BASE + path.format(id=globex_run.pk))
+
+        assert response.status_code == 404
+        assert response.json()["code"] == "run_not_found"
+        assert Run.objects.get(pk=globex_run.pk).status == status
+    assert Run.objects.count() == 2
+    assert not AuditRecord.objects.exists()
+
+
+def test_scope__own_runs_can_be_acted_on(tenants):
+    acme, _, acme_run, _ = tenants
+
+    assert acme.post(f"{BASE}/runs/{acme_run.pk}/cancel").status_code == 200
+    retriggered = acme.post(f"{BASE}/runs/{acme_run.pk}/retrigger")
+    assert retriggered.status_code == 201
+    assert retriggered.json()["run"]["labels"] == {"tenant": "acme"}
+
+
+def test_scope__triggered_runs_get_the_callers_labels(tenants):
+    acme, *_ = tenants
+
+    response = trigger(acme, labels={"env": "prod"})
+
+    assert response.status_code == 201
+    assert response.json()["labels"] == {"env": "prod", "tenant": "acme"}
+    assert acme.get(f"{BASE}/runs/{response.json()['id']}").status_code == 200
+
+
+def test_scope__triggering_with_another_tenants_label_403(tenants):
+    acme, *_ = tenants
+
+    response = trigger(acme, labels={"tenant": "globex"})
+
+    assert response.status_code == 403
+    assert response.json() == {
+        "detail": "Runs you trigger must have the label tenant=acme.",
+        "code": "permission_denied",
+    }
+    assert Run.objects.count() == 2
+
+
+def test_scope__an_idempotency_key_of_another_tenant_409_without_its_run(tenants):
+    acme, _, _, globex_run = tenants
+
+    response = trigger(acme, idempotency_key="g-1")
+
+    assert response.status_code == 409
+    assert response.json() == {
+        "detail": "The idempotency key is taken by a run you cannot see.",
+        "code": "conflict",
+    }
+    assert str(globex_run.pk) not in response.content.decode()
+
+
+def test_scope__a_concurrency_key_held_by_another_tenant_409_without_its_run(tenants):
+    acme, globex, *_ = tenants
+    theirs = trigger(globex, concurrency_key="shared").json()["id"]
+
+    coalesced = trigger(acme, concurrency_key="shared", coalesce="skip")
+    conflict = trigger(acme, concurrency_key="shared")
+
+    assert coalesced.status_code == 409
+    assert coalesced.json()["code"] == "conflict"
+    assert conflict.status_code == 409
+    assert conflict.json()["code"] == "pending_run_exists"
+    assert "run_id" not in conflict.json()
+    assert theirs not in coalesced.content.decode() + conflict.content.decode()
+
+
+def test_scope__callers_without_a_tenant_see_and_trigger_nothing(tenants, make_user):
+    nobody = logged_in(make_user("nobody", "view_run", "add_run"))
+
+    assert nobody.get(f"{BASE}/runs").json()["items"] == []
+    assert trigger(nobody).status_code == 403
+
+
+def test_scope__superusers_see_every_tenant(tenants, admin_user):
+    items = logged_in(admin_user).get(f"{BASE}/runs").json()["items"]
+
+    assert len(items) == 2
+
+
+def test_scope__retrigger_is_checked_like_a_trigger(tenants, settings):
+    acme, _, acme_run, _ = tenants
+    Run.objects.filter(pk=acme_run.pk).update(status=RunStatus.COMPLETED)
+    settings.DURABLY_API_SCOPE = "tests.api_hooks.ReadOnlyTenantScope"
+
+    response = acme.post(f"{BASE}/runs/{acme_run.pk}/retrigger")
+
+    assert response.status_code == 403
+    assert Run.objects.count() == 2

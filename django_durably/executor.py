@@ -82,7 +82,10 @@ def execute(run: Run, lease: LeaseHandle) -> RunOutcome:
     except LeaseLost:
         return _outcome(run, started, "lost")
     except (KeyboardInterrupt, SystemExit):
-        leases.release(run.pk, lease.generation)
+        try:
+            leases.release(run.pk, lease.generation)
+        except DatabaseError:  # the interrupt matters more; the lease will expire instead
+            logger.exception("Run %s: could not hand the run back.", run.pk)
         raise
     except Exception as exc:
         return _record_failure(run, lease, exc, started)

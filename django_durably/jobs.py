@@ -80,12 +80,9 @@ class Job(Generic[I, O]):
 
     def using(self, *, queue: str | None = None, priority: int | None = None) -> Job[I, O]:
         """A copy of this job that triggers onto another queue or priority by default."""
+        _check_defaults(self.name, queue, priority)
         changes: dict[str, Any] = {}
         if queue is not None:
-            if not isinstance(queue, str) or not queue or len(queue) > MAX_QUEUE_LENGTH:
-                raise ImproperlyConfiguredJob(
-                    f"Job {self.name!r}: queue must be a short non-empty string."
-                )
             changes["queue"] = queue
         if priority is not None:
             changes["priority"] = priority
@@ -221,17 +218,7 @@ class Job(Generic[I, O]):
                     ) from exc
             else:
                 key = self.concurrency_key
-        if key is None:
-            return None
-        if not isinstance(key, str) or not key or len(key) > MAX_KEY_LENGTH:
-            raise InvalidTrigger(
-                f"concurrency_key must be a non-empty string of at most {MAX_KEY_LENGTH} "
-                f"characters, got {key!r}.",
-                field="concurrency_key",
-            )
-        if (problem := unstorable_text(key)) is not None:
-            raise InvalidTrigger(f"concurrency_key {problem}.", field="concurrency_key")
-        return key
+        return None if key is None else check_key(key, "concurrency_key")
 
 
 def _summarise(exc: ValidationError) -> str:
@@ -319,17 +306,12 @@ def define_job(
     _validate_function(fn)
     qualified = f"{fn.__module__}.{fn.__qualname__}"
     job_name = name if name is not None else qualified
-    if not isinstance(job_name, str) or not job_name or len(job_name) > MAX_KEY_LENGTH:
+    if not is_short_text(job_name, MAX_KEY_LENGTH):
         raise ImproperlyConfiguredJob(
             f"Job name must be a non-empty string of at most {MAX_KEY_LENGTH} characters, "
             f"got {job_name!r}."
         )
-    if queue is not None and (
-        not isinstance(queue, str) or not queue or len(queue) > MAX_QUEUE_LENGTH
-    ):
-        raise ImproperlyConfiguredJob(f"Job {job_name!r}: queue must be a short non-empty string.")
-    if priority is not None and (not isinstance(priority, int) or isinstance(priority, bool)):
-        raise ImproperlyConfiguredJob(f"Job {job_name!r}: priority must be an int.")
+    _check_defaults(job_name, queue, priority)
     if concurrency_key is not None and not (
         isinstance(concurrency_key, str) or callable(concurrency_key)
     ):
@@ -352,6 +334,32 @@ def define_job(
         output_schema=output_schema or inferred_output,
         module=qualified,
     )
+
+
+def is_short_text(value: Any, max_length: int) -> bool:
+    """A non-empty string of at most ``max_length`` characters."""
+    return isinstance(value, str) and 0 < len(value) <= max_length
+
+
+def check_key(value: Any, field: str) -> str:
+    """An idempotency or concurrency key as given to a trigger, or :class:`InvalidTrigger`."""
+    if not is_short_text(value, MAX_KEY_LENGTH):
+        raise InvalidTrigger(
+            f"{field} must be a non-empty string of at most {MAX_KEY_LENGTH} characters, "
+            f"got {value!r}.",
+            field=field,
+        )
+    if (problem := unstorable_text(value)) is not None:
+        raise InvalidTrigger(f"{field} {problem}.", field=field)
+    return str(value)
+
+
+def _check_defaults(job_name: str, queue: Any, priority: Any) -> None:
+    """The queue and priority a job declares (``@job()`` or ``using()``)."""
+    if queue is not None and not is_short_text(queue, MAX_QUEUE_LENGTH):
+        raise ImproperlyConfiguredJob(f"Job {job_name!r}: queue must be a short non-empty string.")
+    if priority is not None and (not isinstance(priority, int) or isinstance(priority, bool)):
+        raise ImproperlyConfiguredJob(f"Job {job_name!r}: priority must be an int.")
 
 
 def _validate_function(fn: Any) -> None:

@@ -224,10 +224,6 @@ class Run(models.Model):
     def is_finished(self) -> bool:
         return self.status in TERMINAL_STATUSES
 
-    def refresh(self) -> Run:
-        """A fresh copy of this run from the database."""
-        return Run.objects.get(pk=self.pk)
-
 
 class Step(models.Model):
     """One attempt at a named step of a run: the checkpoint when completed."""

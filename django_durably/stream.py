@@ -31,7 +31,7 @@ from uuid import UUID
 from django.http import StreamingHttpResponse
 
 from django_durably.conf import durably_settings
-from django_durably.models import TERMINAL_STATUSES, Run, RunLog, RunQuerySet, Step
+from django_durably.models import TERMINAL_STATUSES, RunLog, RunQuerySet, Step
 
 RUN_FIELDS = (
     "id",
@@ -189,8 +189,3 @@ def event_stream_response(events: Iterator[str]) -> StreamingHttpResponse:
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
     return response
-
-
-def stream_for(run: Run) -> StreamingHttpResponse:
-    """The event stream of ``run`` over all runs (for hosts that do their own access checks)."""
-    return event_stream_response(run_events(Run.objects.all(), run.pk))

@@ -35,12 +35,13 @@ from django_durably.exceptions import (
     WaitTimeout,
 )
 from django_durably.jobs import (
-    MAX_KEY_LENGTH,
     MAX_QUEUE_LENGTH,
     PRIORITY_RANGE,
     Job,
     TriggerItem,
+    check_key,
     get_job,
+    is_short_text,
 )
 from django_durably.leases import db_alias
 from django_durably.models import Run, RunStatus
@@ -217,27 +218,17 @@ def validate_labels(labels: Any) -> dict[str, str]:
 
 
 def _idempotency_key(key: Any) -> str | None:
-    if key is None:
-        return None
-    if not isinstance(key, str) or not key or len(key) > MAX_KEY_LENGTH:
-        raise InvalidTrigger(
-            f"idempotency_key must be a non-empty string of at most {MAX_KEY_LENGTH} "
-            f"characters, got {key!r}.",
-            field="idempotency_key",
-        )
-    if (problem := unstorable_text(key)) is not None:
-        raise InvalidTrigger(f"idempotency_key {problem}.", field="idempotency_key")
-    return key
+    return None if key is None else check_key(key, "idempotency_key")
 
 
 def _queue(queue: Any) -> str:
-    if not isinstance(queue, str) or not queue or len(queue) > MAX_QUEUE_LENGTH:
+    if not is_short_text(queue, MAX_QUEUE_LENGTH):
         raise InvalidTrigger(
             f"queue must be a non-empty string of at most {MAX_QUEUE_LENGTH} characters, "
             f"got {queue!r}.",
             field="queue",
         )
-    return queue
+    return str(queue)
 
 
 def _priority(priority: Any) -> int:

@@ -67,10 +67,6 @@ class WorkerStats:
     outcomes: dict[str, int] = field(default_factory=dict)
     claim_errors: int = 0
 
-    @property
-    def processed(self) -> int:
-        return sum(self.outcomes.values())
-
 
 class Worker:
     """Claims and executes runs until stopped (or idle, or ``max_runs`` reached).

@@ -45,7 +45,7 @@ def ensure_database() -> None:
 def reset_runs() -> None:
     """Empty the durably tables (runs, steps, logs)."""
     with connection.cursor() as cursor:
-        cursor.execute("TRUNCATE durably_runlog, durably_step, durably_run")
+        cursor.execute("TRUNCATE durably_auditrecord, durably_runlog, durably_step, durably_run")
 
 
 def analyze_runs(*, vacuum: bool = False) -> None:

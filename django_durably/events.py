@@ -17,7 +17,12 @@ logger = logging.getLogger(__name__)
 
 def send_after_commit(signal: Signal, *, using: str, **kwargs: Any) -> None:
     """Send ``signal`` (sender: the ``Run`` model) once the current transaction on ``using`` commits;
-    at once in autocommit mode. Nothing is sent if the transaction rolls back."""
+    at once in autocommit mode. Nothing is sent if the transaction rolls back, nor queued when the
+    signal has no receiver (a worker sends several signals per run)."""
+    from django_durably.models import Run
+
+    if not signal.has_listeners(Run):
+        return
     transaction.on_commit(lambda: send_now(signal, **kwargs), using=using)
 
 

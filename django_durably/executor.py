@@ -12,6 +12,7 @@ import os
 import secrets
 import socket
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 from uuid import UUID
@@ -27,7 +28,7 @@ from django_durably.exceptions import JobCancelled, JobNotFound, LeaseLost
 from django_durably.jobs import get_job
 from django_durably.keeper import LeaseKeeper
 from django_durably.leases import LeaseHandle
-from django_durably.models import Run
+from django_durably.models import Run, RunStatus
 from django_durably.serialization import describe_exception
 from django_durably.triggering import ensure_outside_transaction
 from django_durably.types import JSON
@@ -58,11 +59,33 @@ def default_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
+@dataclass(frozen=True)
+class JobEnd:
+    """How a job function ended, before it is recorded: ``completed`` with ``output``, ``failed``
+    with ``error``, or stopped (``cancelled``, ``lost``) with nothing left to write."""
+
+    run: Run
+    lease: LeaseHandle
+    status: Literal["completed", "failed", "cancelled", "lost"]
+    started: float
+    output: JSON = None
+    error: dict[str, str] | None = None
+
+
 def execute(run: Run, lease: LeaseHandle) -> RunOutcome:
     """Execute a run this process has just claimed, and record the outcome with fenced writes.
 
     Never raises for anything the job does, except ``KeyboardInterrupt`` and ``SystemExit``: those
     hand the run back (so another worker can take it at once) and propagate.
+    """
+    return record([run_job(run, lease)])[0]
+
+
+def run_job(run: Run, lease: LeaseHandle) -> JobEnd:
+    """Call the run's job function (replaying checkpointed steps) and say how it ended; only its
+    steps are written. :func:`record` writes the end; a worker records the ends of its slots together.
+
+    ``KeyboardInterrupt`` and ``SystemExit`` hand the run back and propagate.
     """
     started = time.monotonic()
     try:
@@ -78,9 +101,9 @@ def execute(run: Run, lease: LeaseHandle) -> RunOutcome:
             result = job.fn(context, value)
         output = job.prepare_output(result)
     except JobCancelled:
-        return _outcome(run, started, "cancelled")
+        return JobEnd(run, lease, "cancelled", started)
     except LeaseLost:
-        return _outcome(run, started, "lost")
+        return JobEnd(run, lease, "lost", started)
     except (KeyboardInterrupt, SystemExit):
         try:
             leases.release(run.pk, lease.generation)
@@ -88,41 +111,74 @@ def execute(run: Run, lease: LeaseHandle) -> RunOutcome:
             logger.exception("Run %s: could not hand the run back.", run.pk)
         raise
     except Exception as exc:
-        return _record_failure(run, lease, exc, started)
-    return _record_completion(run, lease, output, started)
+        error = describe_exception(exc)
+        if isinstance(exc, JobNotFound):
+            error["traceback"] = ""
+        return JobEnd(run, lease, "failed", started, error=error)
+    return JobEnd(run, lease, "completed", started, output=output)
 
 
-def _record_completion(run: Run, lease: LeaseHandle, output: JSON, started: float) -> RunOutcome:
+def record(ends: Sequence[JobEnd]) -> list[RunOutcome]:
+    """Write the ends of completed and failed runs in one fenced statement, send their signals after
+    commit, and return each run's outcome, in order. A refused write reports ``cancelled`` or
+    ``lost``; a database error reports ``lost`` (the lease will expire and the run be retried)."""
+    writes = [
+        leases.Ending(
+            end.run.pk,
+            end.lease.generation,
+            RunStatus.COMPLETED if end.status == "completed" else RunStatus.FAILED,
+            end.output if end.status == "completed" else end.error,
+        )
+        for end in ends
+        if end.status in ("completed", "failed")
+    ]
     try:
-        won = leases.complete(run.pk, lease.generation, output)
+        won = leases.finish(writes)
+        written = True
     except DatabaseError:
-        logger.exception("Run %s: could not record completion; its lease will expire.", run.pk)
-        return _outcome(run, started, "lost")
-    if not won:
-        return _outcome(run, started, _refused_status(run.pk))
+        logger.exception(
+            "Could not record the end of %d run(s); their leases will expire.", len(writes)
+        )
+        won, written = set(), False
     alias = leases.db_alias()
-    send_after_commit(
-        signals.run_completed, using=alias, run_id=run.pk, job_name=run.job_name, output=output
-    )
-    return _outcome(run, started, "completed")
+    outcomes = []
+    for end in ends:
+        status: OutcomeStatus = end.status
+        if status in ("completed", "failed"):
+            if end.run.pk in won:
+                _send_end_signal(end, alias)
+            else:
+                status = _refused_status(end.run.pk) if written else "lost"
+        outcomes.append(
+            RunOutcome(
+                run_id=end.run.pk,
+                job_name=end.run.job_name,
+                attempt=end.run.attempt,
+                status=status,
+                duration=time.monotonic() - end.started,
+                error=end.error if status == "failed" else None,
+            )
+        )
+    return outcomes
 
 
-def _record_failure(run: Run, lease: LeaseHandle, exc: Exception, started: float) -> RunOutcome:
-    error = describe_exception(exc)
-    if isinstance(exc, JobNotFound):
-        error["traceback"] = ""
-    try:
-        won = leases.fail(run.pk, lease.generation, error)
-    except DatabaseError:
-        logger.exception("Run %s: could not record failure; its lease will expire.", run.pk)
-        return _outcome(run, started, "lost")
-    if not won:
-        return _outcome(run, started, _refused_status(run.pk))
-    alias = leases.db_alias()
-    send_after_commit(
-        signals.run_failed, using=alias, run_id=run.pk, job_name=run.job_name, error=error
-    )
-    return _outcome(run, started, "failed", error)
+def _send_end_signal(end: JobEnd, alias: str) -> None:
+    if end.status == "completed":
+        send_after_commit(
+            signals.run_completed,
+            using=alias,
+            run_id=end.run.pk,
+            job_name=end.run.job_name,
+            output=end.output,
+        )
+    else:
+        send_after_commit(
+            signals.run_failed,
+            using=alias,
+            run_id=end.run.pk,
+            job_name=end.run.job_name,
+            error=end.error,
+        )
 
 
 def _refused_status(run_id: UUID) -> OutcomeStatus:
@@ -130,19 +186,6 @@ def _refused_status(run_id: UUID) -> OutcomeStatus:
         return "cancelled" if isinstance(leases.refusal(run_id), JobCancelled) else "lost"
     except DatabaseError:
         return "lost"
-
-
-def _outcome(
-    run: Run, started: float, status: OutcomeStatus, error: dict[str, str] | None = None
-) -> RunOutcome:
-    return RunOutcome(
-        run_id=run.pk,
-        job_name=run.job_name,
-        attempt=run.attempt,
-        status=status,
-        duration=time.monotonic() - started,
-        error=error,
-    )
 
 
 # -- in-process entry points -------------------------------------------------------------------

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -80,8 +80,7 @@ def claim(
     seconds = durably_settings.LEASE_SECONDS if lease_seconds is None else lease_seconds
     alias = db_alias()
     if connections[alias].vendor == "postgresql":
-        claimed = _claim_unkeyed_prefix(alias, worker_id, queues, limit, seconds)
-        keyed_waiting = not claimed or any(getattr(run, "keyed_waiting", True) for run in claimed)
+        claimed, keyed_waiting = _claim_unkeyed_prefix(alias, worker_id, queues, limit, seconds)
         if len(claimed) < limit and keyed_waiting:
             more = _claim_locking(alias, worker_id, queues, limit - len(claimed), seconds)
             claimed += _fetch(alias, more)
@@ -149,19 +148,58 @@ UPDATE durably_run run SET
     updated_at = statement_timestamp()
 FROM picked
 WHERE run.id = picked.id
-RETURNING run.*, (SELECT position IS NOT NULL FROM first_keyed) AS keyed_waiting
+RETURNING {columns}, (SELECT position IS NOT NULL FROM first_keyed) AS keyed_waiting
 """
 
 
 def _claim_unkeyed_prefix(
     alias: str, worker_id: str, queues: list[str] | None, limit: int, seconds: float
-) -> list[Run]:
+) -> tuple[list[Run], bool]:
+    """The claimed runs, and whether a run with a concurrency key waits among the candidates."""
     sql = _UNKEYED_PREFIX_SQL.format(
-        limit=int(limit), queue_filter="AND queue = ANY(%s)" if queues else ""
+        limit=int(limit),
+        queue_filter="AND queue = ANY(%s)" if queues else "",
+        columns=", ".join(f"run.{column}" for column in _run_columns(alias)),
     )
     params: list[Any] = [list(queues), list(queues)] if queues else []
     params += [worker_id, float(seconds)]
-    return list(Run.objects.db_manager(alias).raw(sql, params))
+    with connections[alias].cursor() as cursor:
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+    if not rows:
+        return [], True
+    return [_run_from_row(alias, row[:-1]) for row in rows], bool(rows[0][-1])
+
+
+# Building ``Run`` instances from a hand-written statement's rows: the model's columns in field order,
+# converted the way the ORM converts them (``from_db_value``). Cheaper than a RawQuerySet, which
+# resolves columns, fields and converters again on every query; a claim runs for every batch.
+_COLUMNS: dict[str, list[str]] = {}
+_CONVERTERS: dict[str, list[tuple[int, list[Any], Any]]] = {}
+
+
+def _run_columns(alias: str) -> list[str]:
+    if alias not in _COLUMNS:
+        quote = connections[alias].ops.quote_name
+        _COLUMNS[alias] = [quote(field.column) for field in Run._meta.concrete_fields]
+    return _COLUMNS[alias]
+
+
+def _run_from_row(alias: str, row: tuple[Any, ...]) -> Run:
+    connection = connections[alias]
+    if alias not in _CONVERTERS:
+        converters = []
+        for position, field in enumerate(Run._meta.concrete_fields):
+            found = connection.ops.get_db_converters(field.cached_col)
+            found += field.get_db_converters(connection)
+            if found:
+                converters.append((position, found, field.cached_col))
+        _CONVERTERS[alias] = converters
+    values = list(row)
+    for position, found, column in _CONVERTERS[alias]:
+        for converter in found:
+            values[position] = converter(values[position], column, connection)
+    return Run.from_db(alias, None, values)
 
 
 def _busy_key() -> Exists:
@@ -374,14 +412,33 @@ def release(run_id: UUID, generation: int) -> bool:
 # -- finishing ---------------------------------------------------------------------------------
 
 
-# Finishing a run on PostgreSQL, hand-written because it runs once per run (the ORM's query
-# compilation costs more than the statement). Same guard as ``Run.objects.held_by``.
+@dataclass(frozen=True)
+class Ending:
+    """How a job ended, to be recorded under its lease: ``value`` is the output of a completed run or
+    the error of a failed one."""
+
+    run_id: UUID
+    generation: int
+    status: Literal[RunStatus.COMPLETED, RunStatus.FAILED]
+    value: JSON
+
+
+# Finishing runs on PostgreSQL: one statement for any number of runs (a worker records the runs its
+# slots finished together), hand-written because it runs for every batch. Same guard as
+# ``Run.objects.held_by``, row by row.
 _FINISH_SQL = """
-UPDATE durably_run SET
-    status = %s, {column} = %s::jsonb, completed_at = statement_timestamp(),
-    lease_expires_at = NULL, updated_at = statement_timestamp()
-WHERE id = %s AND status = 'leased' AND lease_generation = %s
+UPDATE durably_run run SET
+    status = ending.status,
+    output = CASE WHEN ending.status = 'completed' THEN ending.value ELSE run.output END,
+    error = CASE WHEN ending.status = 'failed' THEN ending.value ELSE run.error END,
+    completed_at = statement_timestamp(),
+    lease_expires_at = NULL,
+    updated_at = statement_timestamp()
+FROM (VALUES {rows}) AS ending (id, generation, status, value)
+WHERE run.id = ending.id AND run.status = 'leased' AND run.lease_generation = ending.generation
+RETURNING run.id
 """
+_FINISH_ROW = "(%s::uuid, %s::bigint, %s, %s::jsonb)"
 
 
 def _jsonb(value: Any) -> str | None:
@@ -389,33 +446,49 @@ def _jsonb(value: Any) -> str | None:
     return None if value is None else dump(value)
 
 
-def _finish(run_id: UUID, generation: int, status: RunStatus, column: str, value: Any) -> bool:
+def finish(endings: Sequence[Ending]) -> set[UUID]:
+    """Record each run's end (completed with its output, or failed with its error) if its lease still
+    holds the run, all in one transaction; return the ids of the runs recorded. A run left out was
+    cancelled, or its lease was lost (``refusal`` tells which)."""
+    if not endings:
+        return set()
     alias = db_alias()
     if connections[alias].vendor == "postgresql":
+        params: list[Any] = []
+        for ending in endings:
+            params += [ending.run_id, ending.generation, ending.status.value, _jsonb(ending.value)]
+        sql = _FINISH_SQL.format(rows=", ".join([_FINISH_ROW] * len(endings)))
         with connections[alias].cursor() as cursor:
-            cursor.execute(
-                _FINISH_SQL.format(column=column),
-                [status.value, _jsonb(value), run_id, generation],
-            )
-            return bool(cursor.rowcount == 1)
-    changes: dict[str, Any] = {column: value}
-    return bool(
-        Run.objects.using(alias)
-        .held_by(run_id, generation)
-        .update(
-            status=status, completed_at=Now(), lease_expires_at=None, updated_at=Now(), **changes
-        )
-    )
+            cursor.execute(sql, params)
+            return {row[0] for row in cursor.fetchall()}
+    won: set[UUID] = set()
+    with transaction.atomic(using=alias):
+        for ending in endings:
+            column = "output" if ending.status == RunStatus.COMPLETED else "error"
+            changes: dict[str, Any] = {column: ending.value}
+            if (
+                Run.objects.using(alias)
+                .held_by(ending.run_id, ending.generation)
+                .update(
+                    status=ending.status,
+                    completed_at=Now(),
+                    lease_expires_at=None,
+                    updated_at=Now(),
+                    **changes,
+                )
+            ):
+                won.add(ending.run_id)
+    return won
 
 
 def complete(run_id: UUID, generation: int, output: JSON) -> bool:
     """Mark the run completed with ``output``, if this lease still holds it."""
-    return _finish(run_id, generation, RunStatus.COMPLETED, "output", output)
+    return run_id in finish([Ending(run_id, generation, RunStatus.COMPLETED, output)])
 
 
 def fail(run_id: UUID, generation: int, error: dict[str, str]) -> bool:
     """Mark the run failed with ``error``, if this lease still holds it."""
-    return _finish(run_id, generation, RunStatus.FAILED, "error", error)
+    return run_id in finish([Ending(run_id, generation, RunStatus.FAILED, error)])
 
 
 # Persisting a completed step on PostgreSQL: the guarded counter update and the step's insert in one

@@ -26,7 +26,7 @@ from django.db import DatabaseError, connections
 
 from django_durably import leases
 from django_durably.conf import durably_settings
-from django_durably.executor import RunOutcome, default_worker_id, execute
+from django_durably.executor import JobEnd, RunOutcome, default_worker_id, record, run_job
 from django_durably.keeper import LeaseKeeper
 from django_durably.leases import LeaseHandle
 from django_durably.models import Run
@@ -112,7 +112,9 @@ class Worker:
         self._stop_requested_at: float | None = None
         self._next_retention = 0.0
         self._inbox: queue.Queue[tuple[Run, LeaseHandle] | None] = queue.Queue()
-        self._running: dict[UUID, LeaseHandle] = {}
+        self._running: dict[UUID, LeaseHandle] = {}  # every lease held: queued, running, ended
+        self._busy = 0  # runs handed to the slots whose job has not returned yet
+        self._ended: list[JobEnd] = []  # returned jobs whose end the claim loop has yet to record
         self._running_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self.started = threading.Event()
@@ -133,6 +135,8 @@ class Worker:
         return self._stopping.is_set()
 
     def in_flight(self) -> int:
+        """Runs this worker holds a lease on: queued for a slot, running, or ended but not yet
+        recorded."""
         with self._running_lock:
             return len(self._running)
 
@@ -189,7 +193,9 @@ class Worker:
         backoff = 0.0
         while not self._stopping.is_set():
             self._wake.clear()
-            free = self.concurrency - self.in_flight()
+            self._record_ended()
+            with self._running_lock:
+                free = self.concurrency - self._busy
             if self.max_runs is not None:
                 free = min(free, self.max_runs - self.stats.claimed)
             claimed: list[Run] = []
@@ -248,6 +254,7 @@ class Worker:
             handle = self.keeper.track(run, claimed_at=claimed_at)
             with self._running_lock:
                 self._running[run.pk] = handle
+                self._busy += 1
             self.stats.claimed += 1
             self._inbox.put((run, handle))
         return runs
@@ -258,7 +265,7 @@ class Worker:
         Without a stop request (``until_idle`` or ``max_runs``) it waits for every job; after a stop
         request it waits at most ``grace_period`` seconds from that request.
         """
-        while self.in_flight() and not self._hard_stop.is_set():
+        while not self._hard_stop.is_set() and (self._record_ended() or self.in_flight()):
             if self._stop_requested_at is not None:
                 remaining = self._stop_requested_at + self.grace_period - time.monotonic()
                 if remaining <= 0:
@@ -275,6 +282,7 @@ class Worker:
         self._hand_back()
 
     def _hand_back(self) -> None:
+        self._record_ended()  # runs that did end are recorded, not handed back
         with self._running_lock:
             running = list(self._running.values())
         for handle in running:
@@ -303,20 +311,23 @@ class Worker:
                 if item is None:
                     return
                 run, handle = item
-                try:
-                    self._execute(run, handle)
-                finally:
-                    self.keeper.untrack(handle)
-                    with self._running_lock:
+                end = self._run_job(run, handle)
+                with self._running_lock:
+                    self._busy -= 1
+                    if end is None:
                         self._running.pop(run.pk, None)
-                    self._wake.set()
+                    else:
+                        self._ended.append(end)
+                if end is None:
+                    self.keeper.untrack(handle)
+                self._wake.set()
         finally:
             connections.close_all()
 
-    def _execute(self, run: Run, handle: LeaseHandle) -> None:
+    def _run_job(self, run: Run, handle: LeaseHandle) -> JobEnd | None:
         recycle_connections()
         try:
-            outcome = execute(run, handle)
+            return run_job(run, handle)
         except BaseException:
             logger.exception(
                 "run=%s job=%s crashed the executor; its lease will expire",
@@ -325,16 +336,31 @@ class Worker:
                 extra={"action": "crashed", "run_id": str(run.pk), "job": run.job_name},
             )
             self._count("crashed")
-            return
-        self._log_outcome(outcome)
-        if outcome.status == "lost":
-            self._hand_back_lost(handle)
+            return None
+
+    # -- recording ends ------------------------------------------------------------------------
+
+    def _record_ended(self) -> int:
+        """Record the ends of the jobs the slots finished since the last call, in one statement
+        (group commit: a busy worker writes many completions per transaction); return how many."""
+        with self._running_lock:
+            ended, self._ended = self._ended, []
+        if not ended:
+            return 0
+        recycle_connections()
+        for end, outcome in zip(ended, record(ended), strict=True):
+            self._log_outcome(outcome)
+            if outcome.status == "lost":
+                self._hand_back_lost(end.lease)
+            self.keeper.untrack(end.lease)
+            with self._running_lock:
+                self._running.pop(end.run.pk, None)
+        return len(ended)
 
     def _hand_back_lost(self, handle: LeaseHandle) -> None:
         """A run stopped as lost may still be ours in the database (say its checkpoint failed during
         a database outage): end the lease now so it is retried at once, not after it expires.
         Guarded by the generation, so a run another worker owns now is left alone."""
-        recycle_connections()
         try:
             leases.release(handle.run_id, handle.generation)
         except DatabaseError:

@@ -142,6 +142,14 @@ def gated(step: StepContext, input: Any) -> str:
 
 
 @job()
+def n_steps(step: StepContext, input: dict[str, Any]) -> int:
+    """``input["steps"]`` trivial checkpointed steps (query counts per step)."""
+    for index in range(int(input["steps"])):
+        step.run(f"s{index}", count, "n_steps", index)
+    return int(input["steps"])
+
+
+@job()
 def logs_and_progress(step: StepContext, input: Any) -> None:
     step.log.warning("careful", weird={1, 2})
     step.progress(1, total=2)

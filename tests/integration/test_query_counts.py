@@ -1,0 +1,172 @@
+"""What a run and a step cost the database, pinned: statements per run do not grow with its steps
+(no N+1 queries), a step is one transaction (one statement on PostgreSQL), and a worker records
+the ends of several runs in one statement."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+from django.db import connections
+from django.test.utils import CaptureQueriesContext
+
+from django_durably import cancel_run, leases, process_one, resume_run
+from django_durably.executor import JobEnd, record
+from django_durably.leases import LeaseHandle
+from django_durably.models import Run
+from tests import jobs
+
+pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
+
+
+def statements(db_alias: str, fn: Any) -> list[str]:
+    """The SQL statements ``fn()`` sends on this thread's connection to ``db_alias``."""
+    with CaptureQueriesContext(connections[db_alias]) as captured:
+        fn()
+    return [query["sql"] for query in captured.captured_queries]
+
+
+def writes(sql: list[str]) -> list[str]:
+    return [s for s in sql if s.lstrip().upper().startswith(("UPDATE", "INSERT", "WITH"))]
+
+
+def transactions(sql: list[str]) -> int:
+    """Transactions among ``sql``: explicit ones (SQLite's ``BEGIN``), plus each write outside one
+    (autocommit)."""
+    count, explicit = 0, False
+    for statement in sql:
+        word = statement.lstrip().split(None, 1)[0].upper()
+        if word == "BEGIN":
+            count, explicit = count + 1, True
+        elif word in ("COMMIT", "ROLLBACK"):
+            explicit = False
+        elif not explicit and word in ("UPDATE", "INSERT", "WITH", "DELETE"):
+            count += 1
+    return count
+
+
+def is_postgres(db_alias: str) -> bool:
+    return connections[db_alias].vendor == "postgresql"
+
+
+def test_a_run_on_its_first_attempt__claim_and_finish_only(db_alias):
+    run = jobs.noop.trigger(None)
+
+    sql = statements(db_alias, process_one)
+
+    assert Run.objects.get(pk=run.pk).status == "completed"
+    assert transactions(sql) == 2, sql  # the claim and the finish
+    if is_postgres(db_alias):
+        assert len(sql) == 2, sql  # the claim (one statement, rows returned) and the finish
+    else:
+        # SQLite: the two candidate lists, the conditional claim, the claimed row, and the finish
+        # (BEGIN, UPDATE, COMMIT).
+        assert len(sql) == 7, sql
+
+
+@pytest.mark.parametrize("steps", [1, 5])
+def test_each_step__one_statement_on_postgresql_one_transaction_everywhere(db_alias, steps):
+    jobs.n_steps.trigger({"steps": 0})
+    jobs.n_steps.trigger({"steps": steps})
+
+    without = statements(db_alias, process_one)
+    with_steps = statements(db_alias, process_one)
+
+    per_step = (len(with_steps) - len(without)) / steps
+    # PostgreSQL: the step's insert and the run's counters in one statement. SQLite: the same two
+    # writes as two statements in one transaction (BEGIN, UPDATE, INSERT, COMMIT).
+    assert per_step == (1 if is_postgres(db_alias) else 4), with_steps
+    assert (transactions(with_steps) - transactions(without)) / steps == 1, with_steps
+    assert Run.objects.filter(status="completed").count() == 2
+
+
+def test_a_resumed_run__replays_its_steps_with_one_query(db_alias):
+    jobs.FLAGS["fail"] = "b"
+    run = jobs.three_steps.trigger({})
+    process_one()
+    assert Run.objects.get(pk=run.pk).status == "failed"
+    del jobs.FLAGS["fail"]
+    resume_run(run.pk)
+
+    sql = statements(db_alias, process_one)
+
+    reads = [s for s in sql if "durably_step" in s and s.lstrip().upper().startswith("SELECT")]
+    assert len(reads) == 1, sql
+    assert Run.objects.get(pk=run.pk).status == "completed"
+
+
+# -- recording several ends at once --------------------------------------------------------------
+
+
+def handle(run: Run) -> LeaseHandle:
+    return LeaseHandle(
+        run_id=run.pk, generation=run.lease_generation, deadline=time.monotonic() + 60
+    )
+
+
+def test_record__several_ends_in_one_statement_with_each_outcome(db_alias):
+    jobs.noop.trigger_many([1, 2, 3, 4])
+    done, failed, cancelled, stolen = leases.claim(worker_id="w", limit=4)
+    cancel_run(cancelled.pk)
+    Run.objects.filter(pk=stolen.pk).update(lease_generation=stolen.lease_generation + 1)
+    started = time.monotonic()
+    ends = [
+        JobEnd(done, handle(done), "completed", started, output={"n": 1}),
+        JobEnd(failed, handle(failed), "failed", started, error={"type": "E", "message": "m"}),
+        JobEnd(cancelled, handle(cancelled), "completed", started, output=3),
+        JobEnd(stolen, handle(stolen), "completed", started, output=4),
+    ]
+
+    sql: list[str] = []
+    with CaptureQueriesContext(connections[db_alias]) as captured:
+        outcomes = record(ends)
+    sql = [query["sql"] for query in captured.captured_queries]
+
+    assert [o.status for o in outcomes] == ["completed", "failed", "cancelled", "lost"]
+    assert [o.run_id for o in outcomes] == [done.pk, failed.pk, cancelled.pk, stolen.pk]
+    assert outcomes[1].error == {"type": "E", "message": "m"}
+    # One write for all four (PostgreSQL); one transaction of guarded UPDATEs on SQLite.
+    assert len(writes(sql)) == (1 if is_postgres(db_alias) else 4), sql
+    assert transactions(sql) == 1, sql
+    rows = {r.pk: r for r in Run.objects.all()}
+    assert (rows[done.pk].status, rows[done.pk].output) == ("completed", {"n": 1})
+    assert (rows[failed.pk].status, rows[failed.pk].error) == (
+        "failed",
+        {"type": "E", "message": "m"},
+    )
+    assert rows[cancelled.pk].status == "cancelled"
+    assert rows[cancelled.pk].output is None
+    assert rows[stolen.pk].status == "leased"
+    assert rows[stolen.pk].output is None
+
+
+def test_record__a_completion_keeps_an_earlier_error_and_a_failure_an_earlier_output(db_alias):
+    run = jobs.noop.trigger(None)
+    [claimed] = leases.claim(worker_id="w", limit=1)
+    Run.objects.filter(pk=run.pk).update(output={"old": True}, error={"type": "Old"})
+
+    [outcome] = record([JobEnd(claimed, handle(claimed), "failed", 0.0, error={"type": "New"})])
+
+    assert outcome.status == "failed"
+    row = Run.objects.get(pk=run.pk)
+    assert (row.output, row.error) == ({"old": True}, {"type": "New"})
+
+
+def test_record__stopped_runs_write_nothing(db_alias):
+    run = jobs.noop.trigger(None)
+    [claimed] = leases.claim(worker_id="w", limit=1)
+
+    sql: list[str] = []
+    with CaptureQueriesContext(connections[db_alias]) as captured:
+        outcomes = record(
+            [
+                JobEnd(claimed, handle(claimed), "lost", 0.0),
+                JobEnd(claimed, handle(claimed), "cancelled", 0.0),
+            ]
+        )
+    sql = [query["sql"] for query in captured.captured_queries]
+
+    assert [o.status for o in outcomes] == ["lost", "cancelled"]
+    assert writes(sql) == []
+    assert Run.objects.get(pk=run.pk).status == "leased"

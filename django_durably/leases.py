@@ -181,7 +181,7 @@ _CONVERTERS: dict[str, list[tuple[int, list[Any], Any]]] = {}
 def _run_columns(alias: str) -> list[str]:
     if alias not in _COLUMNS:
         quote = connections[alias].ops.quote_name
-        _COLUMNS[alias] = [quote(field.column) for field in Run._meta.concrete_fields]
+        _COLUMNS[alias] = [quote(str(field.column)) for field in Run._meta.concrete_fields]
     return _COLUMNS[alias]
 
 
@@ -199,7 +199,7 @@ def _run_from_row(alias: str, row: tuple[Any, ...]) -> Run:
     for position, found, column in _CONVERTERS[alias]:
         for converter in found:
             values[position] = converter(values[position], column, connection)
-    return Run.from_db(alias, None, values)
+    return Run.from_db(alias, (), values)  # every field, in order: no names needed
 
 
 def _busy_key() -> Exists:
@@ -420,7 +420,7 @@ class Ending:
     run_id: UUID
     generation: int
     status: Literal[RunStatus.COMPLETED, RunStatus.FAILED]
-    value: JSON
+    value: JSON | dict[str, str]
 
 
 # Finishing runs on PostgreSQL: one statement for any number of runs (a worker records the runs its

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -36,7 +37,7 @@ TINY = [
 
 
 @pytest.fixture
-def bench_database() -> str:
+def bench_database() -> Iterator[str]:
     if "postgres" not in settings.DATABASES:
         pytest.skip(settings.POSTGRES_SKIP_REASON or "PostgreSQL is not configured")
     name = f"durably_bench_smoke_{os.getpid()}"

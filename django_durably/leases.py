@@ -51,6 +51,12 @@ def db_alias() -> str:
     return router.db_for_write(Run)
 
 
+def _bound_cursor(alias: str) -> Any:
+    from django_durably.postgres import bound_cursor  # psycopg is only there with PostgreSQL
+
+    return bound_cursor(alias)
+
+
 def lease_expiry(seconds: float) -> ExpressionWrapper[CombinedExpression]:
     """``now + seconds`` by the database clock."""
     return ExpressionWrapper(
@@ -159,11 +165,11 @@ def _claim_unkeyed_prefix(
     sql = _UNKEYED_PREFIX_SQL.format(
         limit=int(limit),
         queue_filter="AND queue = ANY(%s)" if queues else "",
-        columns=", ".join(f"run.{column}" for column in _run_columns(alias)),
+        columns=_claimed_columns(alias),
     )
     params: list[Any] = [list(queues), list(queues)] if queues else []
     params += [worker_id, float(seconds)]
-    with connections[alias].cursor() as cursor:
+    with _bound_cursor(alias) as cursor:
         cursor.execute(sql, params)
         rows = cursor.fetchall()
     if not rows:
@@ -171,25 +177,40 @@ def _claim_unkeyed_prefix(
     return [_run_from_row(alias, row[:-1]) for row in rows], bool(rows[0][-1])
 
 
-# Building ``Run`` instances from a hand-written statement's rows: the model's columns in field order,
-# converted the way the ORM converts them (``from_db_value``). Cheaper than a RawQuerySet, which
-# resolves columns, fields and converters again on every query; a claim runs for every batch.
-_COLUMNS: dict[str, list[str]] = {}
+# Building ``Run`` instances from the claim's rows, the way the ORM would (``from_db_value``) but
+# without a RawQuerySet, which resolves columns, fields and converters again on every query. The
+# claim returns what executing a run needs; the rest (results, labels, bookkeeping times) is left
+# deferred, so reading it costs a query, as with ``QuerySet.only()``.
+_NOT_CLAIMED = frozenset(
+    {
+        "output",
+        "error",
+        "labels",
+        "progress",
+        "idempotency_key",
+        "created_at",
+        "updated_at",
+        "completed_at",
+    }
+)
+_CLAIMED_FIELDS = [field for field in Run._meta.concrete_fields if field.name not in _NOT_CLAIMED]
+_CLAIMED_NAMES = frozenset(str(field.attname) for field in _CLAIMED_FIELDS)
+_COLUMNS: dict[str, str] = {}
 _CONVERTERS: dict[str, list[tuple[int, list[Any], Any]]] = {}
 
 
-def _run_columns(alias: str) -> list[str]:
+def _claimed_columns(alias: str) -> str:
     if alias not in _COLUMNS:
         quote = connections[alias].ops.quote_name
-        _COLUMNS[alias] = [quote(str(field.column)) for field in Run._meta.concrete_fields]
+        _COLUMNS[alias] = ", ".join(f"run.{quote(str(field.column))}" for field in _CLAIMED_FIELDS)
     return _COLUMNS[alias]
 
 
-def _run_from_row(alias: str, row: tuple[Any, ...]) -> Run:
+def _run_from_row(alias: str, row: Sequence[Any]) -> Run:
     connection = connections[alias]
     if alias not in _CONVERTERS:
         converters = []
-        for position, field in enumerate(Run._meta.concrete_fields):
+        for position, field in enumerate(_CLAIMED_FIELDS):
             found = connection.ops.get_db_converters(field.cached_col)
             found += field.get_db_converters(connection)
             if found:
@@ -199,7 +220,7 @@ def _run_from_row(alias: str, row: tuple[Any, ...]) -> Run:
     for position, found, column in _CONVERTERS[alias]:
         for converter in found:
             values[position] = converter(values[position], column, connection)
-    return Run.from_db(alias, (), values)  # every field, in order: no names needed
+    return Run.from_db(alias, _CLAIMED_NAMES, values)
 
 
 def _busy_key() -> Exists:
@@ -458,7 +479,7 @@ def finish(endings: Sequence[Ending]) -> set[UUID]:
         for ending in endings:
             params += [ending.run_id, ending.generation, ending.status.value, _jsonb(ending.value)]
         sql = _FINISH_SQL.format(rows=", ".join([_FINISH_ROW] * len(endings)))
-        with connections[alias].cursor() as cursor:
+        with _bound_cursor(alias) as cursor:
             cursor.execute(sql, params)
             return {row[0] for row in cursor.fetchall()}
     won: set[UUID] = set()
@@ -525,7 +546,7 @@ def persist_completed_step(
     completed row."""
     alias = db_alias()
     if connections[alias].vendor == "postgresql":
-        with connections[alias].cursor() as cursor:
+        with _bound_cursor(alias) as cursor:
             cursor.execute(
                 _PERSIST_STEP_SQL,
                 [

@@ -1,4 +1,4 @@
-"""Signal handlers that django-durably connects itself: logging of run outcomes."""
+"""Signal handlers that django-durably connects itself: logging of failed runs."""
 
 from __future__ import annotations
 
@@ -25,17 +25,5 @@ def log_run_failed(
     )
 
 
-def log_run_completed(sender: Any, *, run_id: Any, job_name: str, **kwargs: Any) -> None:
-    logger.debug(
-        "Run %s of %s completed",
-        run_id,
-        job_name,
-        extra={"action": "completed", "run_id": str(run_id), "job": job_name},
-    )
-
-
 def connect() -> None:
     signals.run_failed.connect(log_run_failed, dispatch_uid="django_durably.log_run_failed")
-    signals.run_completed.connect(
-        log_run_completed, dispatch_uid="django_durably.log_run_completed"
-    )

@@ -19,7 +19,6 @@ import time
 from typing import Any
 
 from django.db import connection, transaction
-from django.test.utils import CaptureQueriesContext
 
 from bench.database import analyze_runs, close_django_connections, reset_runs, scalar
 from bench.procs import BenchError, CpuMeter, Processes, worker_command
@@ -77,16 +76,22 @@ def seed(finished: int, pending: int) -> dict[str, Any]:
 
 def explain_claim() -> dict[str, Any]:
     """EXPLAIN (ANALYZE, BUFFERS) the row-locking statements of one claim (rolled back)."""
-    with CaptureQueriesContext(connection) as captured:
+    executed: list[tuple[str, Any]] = []
+
+    def capture(execute: Any, sql: str, params: Any, many: Any, context: Any) -> Any:
+        executed.append((sql, params))
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(capture):
         claimed = leases.claim(worker_id="bench-explain", limit=1)
     _complete(claimed)
-    statements = [q["sql"] for q in captured.captured_queries]
+    statements = [sql for sql, _params in executed]
     # The row-locking candidate queries (a SELECT, or a CTE with an UPDATE), else the first one.
-    selects = [sql for sql in statements if "FOR UPDATE" in sql.upper()] or statements[:1]
+    selects = [(sql, p) for sql, p in executed if "FOR UPDATE" in sql.upper()] or executed[:1]
     plans = []
-    for sql in selects:
+    for sql, params in selects:
         with transaction.atomic(), connection.cursor() as cursor:
-            cursor.execute(f"EXPLAIN (ANALYZE, BUFFERS) {sql}")
+            cursor.execute(f"EXPLAIN (ANALYZE, BUFFERS) {sql}", params)
             plan = "\n".join(row[0] for row in cursor.fetchall())
             transaction.set_rollback(True)
         plans.append({"sql": sql, "plan": plan})

@@ -13,6 +13,8 @@ import re
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from django.conf import settings
@@ -43,42 +45,47 @@ def _connection_args() -> list[str]:
     return ["-h", str(db["HOST"]), "-p", str(db["PORT"]), "-U", str(db["USER"])]
 
 
-def measure(clients: list[int], seconds: int) -> list[dict[str, Any]]:
-    """Initialise the scratch database, then one timed run per client count."""
+@contextmanager
+def scratch() -> Iterator[Callable[[int, int], dict[str, Any]]]:
+    """Initialise the scratch database; yield ``run(clients, seconds)``, which times one pgbench run
+    on it; drop the database afterwards."""
     binary = pgbench_binary()
     create_database(DATABASE)
-    subprocess.run(
-        [binary, *_connection_args(), "-i", "-s", "1", "-q", DATABASE],
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
-    results = []
     with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as script:
         script.write(SCRIPT)
     try:
-        for count in clients:
-            threads = min(count, os.cpu_count() or 1)
-            command = [binary, *_connection_args(), "-n", "-f", script.name]
-            command += ["-c", str(count), "-j", str(threads), "-T", str(seconds), DATABASE]
-            done = subprocess.run(
-                command, check=True, capture_output=True, text=True, timeout=seconds + 60
-            )
-            tps = TPS.search(done.stdout)
-            latency = LATENCY.search(done.stdout)
-            if tps is None:
-                raise BenchError(f"could not read tps from pgbench output: {done.stdout[-500:]}")
-            results.append(
-                {
-                    "clients": count,
-                    "threads": threads,
-                    "seconds": seconds,
-                    "tps": round(float(tps.group(1)), 1),
-                    "latency_ms": float(latency.group(1)) if latency else None,
-                    "script": SCRIPT,
-                }
-            )
+        subprocess.run(
+            [binary, *_connection_args(), "-i", "-s", "1", "-q", DATABASE],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+        yield lambda clients, seconds: _run(binary, script.name, clients, seconds)
     finally:
         os.unlink(script.name)
         drop_database(DATABASE)
-    return results
+
+
+def measure(clients: list[int], seconds: int) -> list[dict[str, Any]]:
+    """One timed run per client count."""
+    with scratch() as run:
+        return [run(count, seconds) for count in clients]
+
+
+def _run(binary: str, script: str, clients: int, seconds: int) -> dict[str, Any]:
+    threads = min(clients, os.cpu_count() or 1)
+    command = [binary, *_connection_args(), "-n", "-f", script]
+    command += ["-c", str(clients), "-j", str(threads), "-T", str(seconds), DATABASE]
+    done = subprocess.run(command, check=True, capture_output=True, text=True, timeout=seconds + 60)
+    tps = TPS.search(done.stdout)
+    latency = LATENCY.search(done.stdout)
+    if tps is None:
+        raise BenchError(f"could not read tps from pgbench output: {done.stdout[-500:]}")
+    return {
+        "clients": clients,
+        "threads": threads,
+        "seconds": seconds,
+        "tps": round(float(tps.group(1)), 1),
+        "latency_ms": float(latency.group(1)) if latency else None,
+        "script": SCRIPT,
+    }

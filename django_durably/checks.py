@@ -150,6 +150,8 @@ def check_api_settings(
     app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
 ) -> list[CheckMessage]:
     """E006: DURABLY_API_AUTH names no usable auth; E007: DURABLY_API_SCOPE names no usable scope."""
+    if durably_settings.API_AUTH is None and durably_settings.API_SCOPE is None:
+        return []  # the defaults are valid; skip importing django-ninja (every command runs checks)
     from django_durably import access  # needs models (and django-ninja), so imported when checking
 
     errors: list[CheckMessage] = []

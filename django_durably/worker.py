@@ -265,7 +265,11 @@ class Worker:
         Without a stop request (``until_idle`` or ``max_runs``) it waits for every job; after a stop
         request it waits at most ``grace_period`` seconds from that request.
         """
-        while not self._hard_stop.is_set() and (self._record_ended() or self.in_flight()):
+        while not self._hard_stop.is_set():
+            self._wake.clear()  # before recording: an end that comes in after it wakes the wait
+            self._record_ended()
+            if not self.in_flight():
+                break
             if self._stop_requested_at is not None:
                 remaining = self._stop_requested_at + self.grace_period - time.monotonic()
                 if remaining <= 0:
@@ -276,9 +280,7 @@ class Worker:
                         extra={"action": "grace_over", "worker_id": self.worker_id},
                     )
                     break
-            self._wake.clear()
-            if self.in_flight():
-                self._wake.wait(0.5)
+            self._wake.wait(0.5)
         self._hand_back()
 
     def _hand_back(self) -> None:

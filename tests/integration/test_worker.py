@@ -127,3 +127,34 @@ def test_worker__hard_stop_hands_back_at_once():
     assert not thread.is_alive()
     assert Run.objects.ready().filter(pk=run.pk).exists()
     jobs.FLAGS["gate"].set()
+
+
+def test_worker__records_ends_that_come_in_together_in_one_write(monkeypatch):
+    """Group commit: a slot does not write its run's end; the claim loop writes every end that came
+    in since its last write in one ``record()`` (one statement on PostgreSQL, see
+    test_query_counts)."""
+    from django_durably import worker as worker_module
+
+    jobs.FLAGS["gate"] = threading.Event()
+    runs = [jobs.gated.trigger() for _ in range(3)]
+    worker = Worker(concurrency=3, until_idle=True, poll_interval=0.05)
+    batches: list[int] = []
+    real_record = worker_module.record
+
+    def held_record(ends):
+        if not batches:  # hold the first write until all three jobs have ended
+            wait_until(lambda: len(ends) + len(worker._ended) == 3, message="all three ends")
+        batches.append(len(ends))
+        return real_record(ends)
+
+    monkeypatch.setattr(worker_module, "record", held_record)
+    thread = start_worker(worker)
+    wait_until(lambda: jobs.CALLS["entered:gate"] == 3, message="three jobs at the gate")
+    jobs.FLAGS["gate"].set()
+    thread.join(20)
+
+    assert not thread.is_alive()
+    assert sum(batches) == 3
+    assert max(batches) >= 2, batches  # at least two ends in one write
+    assert worker.stats.outcomes == {"completed": 3}
+    assert Run.objects.filter(pk__in=[r.pk for r in runs], status="completed").count() == 3

@@ -193,7 +193,6 @@ class Worker:
         backoff = 0.0
         while not self._stopping.is_set():
             self._wake.clear()
-            self._record_ended()
             with self._running_lock:
                 free = self.concurrency - self._busy
             if self.max_runs is not None:
@@ -215,8 +214,11 @@ class Worker:
                         extra={"action": "claim_failed", "worker_id": self.worker_id},
                     )
                     connections[self.alias].close()
+                    self._record_ended()
                     self._stopping.wait(backoff)
                     continue
+            # Freed slots got their next runs first; now the ends that freed them are written.
+            self._record_ended()
             if self.max_runs is not None and self.stats.claimed >= self.max_runs:
                 return
             if free > 0 and not claimed and self.in_flight() == 0:

@@ -14,7 +14,7 @@ import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 from uuid import UUID
 
 from django.db import DatabaseError
@@ -163,22 +163,12 @@ def record(ends: Sequence[JobEnd]) -> list[RunOutcome]:
 
 
 def _send_end_signal(end: JobEnd, alias: str) -> None:
+    result: dict[str, Any]
     if end.status == "completed":
-        send_after_commit(
-            signals.run_completed,
-            using=alias,
-            run_id=end.run.pk,
-            job_name=end.run.job_name,
-            output=end.output,
-        )
+        signal, result = signals.run_completed, {"output": end.output}
     else:
-        send_after_commit(
-            signals.run_failed,
-            using=alias,
-            run_id=end.run.pk,
-            job_name=end.run.job_name,
-            error=end.error,
-        )
+        signal, result = signals.run_failed, {"error": end.error}
+    send_after_commit(signal, using=alias, run_id=end.run.pk, job_name=end.run.job_name, **result)
 
 
 def _refused_status(run_id: UUID) -> OutcomeStatus:

@@ -32,6 +32,10 @@ class LeaseKeeper:
         self.interval = interval
         self._handles: dict[UUID, LeaseHandle] = {}
         self._lock = threading.Lock()
+        # Held while renewing. Whoever writes several of these runs in one statement (a worker
+        # recording ends) holds it too: two multi-row UPDATEs of the same rows, running at once,
+        # could lock them in opposite orders and deadlock.
+        self.writing = threading.Lock()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -83,7 +87,8 @@ class LeaseKeeper:
         if not handles:
             return
         sent_at = time.monotonic()
-        states = leases.renew({h.run_id: h.generation for h in handles}, self.lease_seconds)
+        with self.writing:
+            states = leases.renew({h.run_id: h.generation for h in handles}, self.lease_seconds)
         for handle in handles:
             state = states.get(handle.run_id, "lost")
             if state == "held":

@@ -2,7 +2,9 @@
 
 One :class:`Worker` claims runs for its free slots (several in one claim), executes each on one of its
 ``concurrency`` threads (each with its own database connection), and keeps all their leases alive
-with one batched renewal per interval. When idle it waits for a PostgreSQL notification, or the poll
+with one batched renewal per interval. A slot hands its job's end to the claim loop and takes the next
+run; the claim loop claims for the freed slots, then writes every end that came in meanwhile in one
+fenced statement (group commit). When idle it waits for a PostgreSQL notification, or the poll
 interval, whichever comes first.
 
 Stopping: :meth:`Worker.stop` (first SIGTERM/SIGINT) stops claiming and lets running jobs finish
@@ -344,22 +346,23 @@ class Worker:
 
     # -- recording ends ------------------------------------------------------------------------
 
-    def _record_ended(self) -> int:
+    def _record_ended(self) -> None:
         """Record the ends of the jobs the slots finished since the last call, in one statement
-        (group commit: a busy worker writes many completions per transaction); return how many."""
+        (group commit: a busy worker writes many completions per transaction)."""
         with self._running_lock:
             ended, self._ended = self._ended, []
         if not ended:
-            return 0
+            return
         recycle_connections()
-        for end, outcome in zip(ended, record(ended), strict=True):
+        with self.keeper.writing:  # never beside the renewal, which updates the same rows
+            outcomes = record(ended)
+        for end, outcome in zip(ended, outcomes, strict=True):
             self._log_outcome(outcome)
             if outcome.status == "lost":
                 self._hand_back_lost(end.lease)
             self.keeper.untrack(end.lease)
             with self._running_lock:
                 self._running.pop(end.run.pk, None)
-        return len(ended)
 
     def _hand_back_lost(self, handle: LeaseHandle) -> None:
         """A run stopped as lost may still be ours in the database (say its checkpoint failed during

@@ -158,3 +158,26 @@ def test_worker__records_ends_that_come_in_together_in_one_write(monkeypatch):
     assert max(batches) >= 2, batches  # at least two ends in one write
     assert worker.stats.outcomes == {"completed": 3}
     assert Run.objects.filter(pk__in=[r.pk for r in runs], status="completed").count() == 3
+
+
+def test_worker__does_not_write_ends_while_its_keeper_renews():
+    """The renewal and the batched end write both update several of the worker's runs: they take
+    turns (two multi-row UPDATEs locking the same rows in opposite orders could deadlock)."""
+    run = jobs.counted.trigger({"n": 1})
+    worker = Worker(concurrency=1, poll_interval=0.05)
+    worker.keeper.writing.acquire()  # as if a renewal were in flight
+    holding = True
+    thread = start_worker(worker)
+    try:
+        wait_until(lambda: jobs.CALLS["counted:1"] == 1, message="the job ran")
+        wait_until(lambda: worker._busy == 0 and not worker._ended, message="its end taken up")
+        assert Run.objects.get(pk=run.pk).status == "leased"  # the write waits for the renewal
+        worker.keeper.writing.release()
+        holding = False
+        wait_until(lambda: Run.objects.get(pk=run.pk).status == "completed", message="written")
+    finally:
+        if holding:
+            worker.keeper.writing.release()
+        worker.stop()
+        thread.join(10)
+    assert not thread.is_alive()

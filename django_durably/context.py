@@ -24,7 +24,13 @@ from django_durably.exceptions import (
     InvalidProgress,
     InvalidStepName,
 )
-from django_durably.serialization import describe_exception, to_json, to_json_lenient
+from django_durably.serialization import (
+    describe_exception,
+    storable_text,
+    to_json,
+    to_json_lenient,
+    unstorable_text,
+)
 from django_durably.types import JSON, LogLevel
 
 P = ParamSpec("P")
@@ -203,6 +209,8 @@ class StepContext:
                 f"progress message must be a string of at most {MAX_PROGRESS_MESSAGE_LENGTH} "
                 "characters."
             )
+        if message is not None:
+            message = storable_text(message)  # a stray NUL must not fail the write (PostgreSQL)
         self.check()
         self._store.save_progress({"current": current, "total": total, "message": message})
 
@@ -221,12 +229,14 @@ class StepContext:
                 f"Step names must be non-empty strings of at most {MAX_STEP_NAME_LENGTH} "
                 f"characters, got {name!r}."
             )
+        if (problem := unstorable_text(name)) is not None:
+            raise InvalidStepName(f"Step name {name!r} {problem}, which databases cannot store.")
         if name in self._seen:
             raise DuplicateStepName(name)
         self._seen.add(name)
 
     def _log(self, level: LogLevel, message: str, data: dict[str, Any]) -> None:
-        text = str(message)
+        text = storable_text(str(message))
         stored = to_json_lenient(data)
         job_logger.log(
             logging.getLevelNamesMapping()[level.upper()],

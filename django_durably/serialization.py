@@ -52,6 +52,29 @@ def unstorable_text(text: str) -> str | None:
     return None
 
 
+def storable_text(text: str) -> str:
+    """``text`` with what databases cannot store replaced by U+FFFD (NUL) or ``?`` (a lone
+    surrogate): for text that is recorded rather than returned to the job, such as log lines and
+    exception messages, where losing a character beats losing the record."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\ufffd")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "replace").decode("utf-8")
+    return text
+
+
+def _storable(value: Any) -> Any:
+    if isinstance(value, str):
+        return storable_text(value)
+    if isinstance(value, dict):
+        return {storable_text(key): _storable(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_storable(item) for item in value]
+    return value
+
+
 def _check_value(value: Any, what: str, *, strings: bool) -> None:
     """``json.dumps`` silently turns ``1``, ``None`` or ``True`` keys into strings; refuse them, and
     with ``strings``, refuse strings that :func:`unstorable_text` rejects."""
@@ -86,7 +109,8 @@ def dump(value: Any) -> str:
 
 
 def to_json_lenient(value: Any) -> JSON:
-    """Like :func:`to_json` but replaces what JSON cannot hold with its ``repr`` (for log data)."""
+    """Like :func:`to_json` but replaces what JSON cannot hold with its ``repr``, and characters no
+    database stores with :func:`storable_text` (for log data)."""
     try:
         return to_json(value, what="value")
     except NotJSONSerializable:
@@ -94,15 +118,15 @@ def to_json_lenient(value: Any) -> JSON:
             text = json.dumps(value, default=repr, allow_nan=False, separators=(",", ":"))
         except (TypeError, ValueError):
             return repr(value)
-        loaded: JSON = json.loads(text)
-        return loaded
+        stored: JSON = _storable(json.loads(text))
+        return stored
 
 
 def describe_exception(exc: BaseException) -> dict[str, str]:
     """The stored form of an exception: its class path, message and traceback (never a pickle)."""
     cls = type(exc)
     return {
-        "type": f"{cls.__module__}.{cls.__qualname__}",
-        "message": str(exc),
-        "traceback": "".join(traceback.format_exception(exc)),
+        "type": storable_text(f"{cls.__module__}.{cls.__qualname__}"),
+        "message": storable_text(str(exc)),
+        "traceback": storable_text("".join(traceback.format_exception(exc))),
     }

@@ -150,6 +150,19 @@ def n_steps(step: StepContext, input: dict[str, Any]) -> int:
 
 
 @job()
+def unstorable_text(step: StepContext, input: dict[str, Any]) -> str:
+    """Puts NUL characters and a lone surrogate where the job cannot be told no: log lines, log
+    data, progress and (with ``input["raise"]``) its exception; or in a step name."""
+    if input.get("step_name"):
+        step.run("bad\x00name", count, "never")
+    step.log.warning("nul\x00here \ud800", detail="a\x00b", **{"k\x00": ["\x00"]})
+    step.progress(1, total=2, message="half\x00way")
+    if input.get("raise"):
+        raise ValueError("broken\x00value")
+    return "done"
+
+
+@job()
 def logs_and_progress(step: StepContext, input: Any) -> None:
     step.log.warning("careful", weird={1, 2})
     step.progress(1, total=2)

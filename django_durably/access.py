@@ -40,6 +40,7 @@ __all__ = [
     "check_trigger",
     "get_visible_run",
     "is_visible",
+    "permitted_run",
     "principal",
     "require_permission",
     "visible_runs",
@@ -246,6 +247,13 @@ def get_visible_run(request: HttpRequest, run_id: UUID | str) -> Run:
     if run is None:
         raise RunNotFound(run_id)
     return run
+
+
+def permitted_run(request: HttpRequest, run_id: UUID | str, codename: str) -> Run:
+    """The checks of every endpoint on one run, in order: the permission ``durably.<codename>``
+    (``PermissionDenied``), then the run's visibility (:class:`RunNotFound`)."""
+    require_permission(request, codename)
+    return get_visible_run(request, run_id)
 
 
 def is_visible(request: HttpRequest, run_id: UUID) -> bool:

@@ -505,8 +505,7 @@ def get_run(
 ) -> Status[Any]:
     """One run with its input, output and error."""
     try:
-        access.require_permission(request, "view_run")
-        run = access.get_visible_run(request, run_id)
+        run = access.permitted_run(request, run_id, "view_run")
     except (DurablyError, PermissionDenied) as exc:
         return _failure(request, exc)
     return Status(200, _with_lease(run, include))
@@ -532,8 +531,7 @@ def list_steps(
     """The run's step attempts in execution order: completed checkpoints, and failed or cancelled
     attempts."""
     try:
-        access.require_permission(request, "view_run")
-        run = access.get_visible_run(request, run_id)
+        run = access.permitted_run(request, run_id, "view_run")
     except (DurablyError, PermissionDenied) as exc:
         return _failure(request, exc)
     steps = Step.objects.using(db_alias()).filter(run_id=run.pk).order_by("index", "id")
@@ -559,8 +557,7 @@ def list_logs(
 ) -> Status[Any]:
     """Lines the job logged with `step.log`, oldest first."""
     try:
-        access.require_permission(request, "view_run")
-        run = access.get_visible_run(request, run_id)
+        run = access.permitted_run(request, run_id, "view_run")
     except (DurablyError, PermissionDenied) as exc:
         return _failure(request, exc)
     logs = RunLog.objects.using(db_alias()).filter(run_id=run.pk).order_by("id")
@@ -583,8 +580,7 @@ def cancel(request: HttpRequest, run_id: RunId) -> Status[Any]:
     """Cancel a pending or running run. A worker running it stops at its next step boundary.
     Cancelling a cancelled run is a no-op (`cancelled: false`); a finished run gives 409."""
     try:
-        access.require_permission(request, "cancel_run")
-        run = access.get_visible_run(request, run_id)
+        run = access.permitted_run(request, run_id, "cancel_run")
         result = cancel_run(run.pk, actor=access.actor(request), source=SOURCE)
         stored = _fresh(run.pk)
     except (DurablyError, PermissionDenied) as exc:
@@ -606,8 +602,7 @@ def resume(request: HttpRequest, run_id: RunId) -> Status[Any]:
     replayed, not run again. Any other status gives 409, as does another pending run holding
     the run's concurrency key."""
     try:
-        access.require_permission(request, "resume_run")
-        run = access.get_visible_run(request, run_id)
+        run = access.permitted_run(request, run_id, "resume_run")
         result = resume_run(run.pk, actor=access.actor(request), source=SOURCE)
         stored = _fresh(run.pk)
     except (DurablyError, PermissionDenied) as exc:
@@ -626,8 +621,7 @@ def retrigger(request: HttpRequest, run_id: RunId) -> Status[Any]:
     """Create a new pending run with the same input, labels and concurrency key as a finished
     run (201). A run that has not finished gives 409; a job that is no longer registered, 404."""
     try:
-        access.require_permission(request, "retrigger_run")
-        run = access.get_visible_run(request, run_id)
+        run = access.permitted_run(request, run_id, "retrigger_run")
         access.check_trigger(request, run.job_name, dict(run.labels))
         new_run = retrigger_run(run.pk, actor=access.actor(request), source=SOURCE)
         stored = _fresh(new_run.pk)
@@ -647,8 +641,7 @@ def delete(request: HttpRequest, run_id: RunId) -> Status[Any]:
     """Delete a finished run with its steps and logs (204). A run that has not finished gives 409.
     The audit record of the deletion is kept."""
     try:
-        access.require_permission(request, "delete_run")
-        run = access.get_visible_run(request, run_id)
+        run = access.permitted_run(request, run_id, "delete_run")
         delete_run(run.pk, actor=access.actor(request), source=SOURCE)
     except (DurablyError, PermissionDenied) as exc:
         return _failure(request, exc)
@@ -678,8 +671,7 @@ def run_events(request: HttpRequest, run_id: RunId) -> Any:
     ``log`` events as workers in any process write them, then ``end`` when the run is finished.
     See ``django_durably.stream`` for the event shapes."""
     try:
-        access.require_permission(request, "view_run")
-        run = access.get_visible_run(request, run_id)
+        run = access.permitted_run(request, run_id, "view_run")
     except (DurablyError, PermissionDenied) as exc:
         return _failure(request, exc)
     return stream.event_stream_response(stream.run_events(access.visible_runs(request), run.pk))

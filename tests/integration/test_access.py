@@ -111,6 +111,20 @@ def test_get_visible_run__unknown_malformed_and_out_of_scope_are_not_found(setti
             access.get_visible_run(request(user=caller), run_id)
 
 
+def test_permitted_run__permission_first_then_visibility(make_user):
+    run = jobs.noop.trigger(None)
+    allowed = request(user=make_user("allowed", "cancel_run"))
+    refused = request(user=make_user("refused"))
+
+    assert access.permitted_run(allowed, run.pk, "cancel_run") == run
+    with pytest.raises(RunNotFound):
+        access.permitted_run(allowed, "00000000-0000-4000-8000-000000000000", "cancel_run")
+    # Without the permission, even a run that does not exist gives PermissionDenied: nothing leaks.
+    for run_id in (run.pk, "00000000-0000-4000-8000-000000000000"):
+        with pytest.raises(PermissionDenied, match="durably.cancel_run"):
+            access.permitted_run(refused, run_id, "cancel_run")
+
+
 def test_label_scope__needs_labels_for():
     with pytest.raises(NotImplementedError):
         access.LabelScope().labels_for(request())

@@ -20,11 +20,16 @@ from tests import jobs
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
 
-def statements(db_alias: str, fn: Any) -> list[str]:
-    """The SQL statements ``fn()`` sends on this thread's connection to ``db_alias``."""
+def call_and_capture(db_alias: str, fn: Any) -> tuple[Any, list[str]]:
+    """What ``fn()`` returns, and the SQL statements it sends on this thread's connection to
+    ``db_alias``."""
     with CaptureQueriesContext(connections[db_alias]) as captured:
-        fn()
-    return [query["sql"] for query in captured.captured_queries]
+        result = fn()
+    return result, [query["sql"] for query in captured.captured_queries]
+
+
+def statements(db_alias: str, fn: Any) -> list[str]:
+    return call_and_capture(db_alias, fn)[1]
 
 
 def writes(sql: list[str]) -> list[str]:
@@ -118,10 +123,7 @@ def test_record__several_ends_in_one_statement_with_each_outcome(db_alias):
         JobEnd(stolen, handle(stolen), "completed", started, output=4),
     ]
 
-    sql: list[str] = []
-    with CaptureQueriesContext(connections[db_alias]) as captured:
-        outcomes = record(ends)
-    sql = [query["sql"] for query in captured.captured_queries]
+    outcomes, sql = call_and_capture(db_alias, lambda: record(ends))
 
     assert [o.status for o in outcomes] == ["completed", "failed", "cancelled", "lost"]
     assert [o.run_id for o in outcomes] == [done.pk, failed.pk, cancelled.pk, stolen.pk]
@@ -142,30 +144,33 @@ def test_record__several_ends_in_one_statement_with_each_outcome(db_alias):
 
 
 def test_record__a_completion_keeps_an_earlier_error_and_a_failure_an_earlier_output(db_alias):
-    run = jobs.noop.trigger(None)
-    [claimed] = leases.claim(worker_id="w", limit=1)
-    Run.objects.filter(pk=run.pk).update(output={"old": True}, error={"type": "Old"})
+    jobs.noop.trigger_many([1, 2])
+    completes, fails = leases.claim(worker_id="w", limit=2)
+    Run.objects.update(output={"old": True}, error={"type": "Old"})
 
-    [outcome] = record([JobEnd(claimed, handle(claimed), "failed", 0.0, error={"type": "New"})])
+    outcomes = record(
+        [
+            JobEnd(completes, handle(completes), "completed", 0.0, output={"new": True}),
+            JobEnd(fails, handle(fails), "failed", 0.0, error={"type": "New"}),
+        ]
+    )
 
-    assert outcome.status == "failed"
-    row = Run.objects.get(pk=run.pk)
-    assert (row.output, row.error) == ({"old": True}, {"type": "New"})
+    assert [o.status for o in outcomes] == ["completed", "failed"]
+    completed, failed = Run.objects.get(pk=completes.pk), Run.objects.get(pk=fails.pk)
+    assert (completed.output, completed.error) == ({"new": True}, {"type": "Old"})
+    assert (failed.output, failed.error) == ({"old": True}, {"type": "New"})
 
 
 def test_record__stopped_runs_write_nothing(db_alias):
     run = jobs.noop.trigger(None)
     [claimed] = leases.claim(worker_id="w", limit=1)
 
-    sql: list[str] = []
-    with CaptureQueriesContext(connections[db_alias]) as captured:
-        outcomes = record(
-            [
-                JobEnd(claimed, handle(claimed), "lost", 0.0),
-                JobEnd(claimed, handle(claimed), "cancelled", 0.0),
-            ]
-        )
-    sql = [query["sql"] for query in captured.captured_queries]
+    stopped = [
+        JobEnd(claimed, handle(claimed), "lost", 0.0),
+        JobEnd(claimed, handle(claimed), "cancelled", 0.0),
+    ]
+
+    outcomes, sql = call_and_capture(db_alias, lambda: record(stopped))
 
     assert [o.status for o in outcomes] == ["lost", "cancelled"]
     assert writes(sql) == []

@@ -111,6 +111,14 @@ def check_settings(
                 id="django_durably.E005",
             )
         )
+    prepare = durably_settings.raw("PREPARE_STATEMENTS")
+    if prepare is not None and not isinstance(prepare, bool):
+        errors.append(
+            Error(
+                f"DURABLY_PREPARE_STATEMENTS must be True or False, got {prepare!r}.",
+                id="django_durably.E004",
+            )
+        )
     low, high = PRIORITY_RANGE
     priority = durably_settings.raw("DEFAULT_PRIORITY")
     if isinstance(priority, int) and not isinstance(priority, bool) and not low <= priority <= high:

@@ -123,6 +123,11 @@ class DurablySettings:
         return self._get("API_SCOPE", None)
 
     @property
+    def PREPARE_STATEMENTS(self) -> bool:  # noqa: N802
+        """Whether the hot statements (claim, step checkpoint, finish) are prepared on PostgreSQL."""
+        return bool(self._get("PREPARE_STATEMENTS", default=True))
+
+    @property
     def API_MAX_BODY_BYTES(self) -> int:  # noqa: N802
         """Largest request body the HTTP API reads; larger bodies get 413."""
         return int(self._get("API_MAX_BODY_BYTES", DEFAULT_API_MAX_BODY_BYTES))

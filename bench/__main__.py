@@ -33,8 +33,8 @@ DEFAULTS: dict[str, tuple[Any, Any]] = {
     "workers": ("1,2,4", "1,4"),
     "concurrency": (4, 4),
     "steps": (1_000, 200),
-    "step_rounds": (5, 3),
-    "step_pgbench_seconds": (3, 1),
+    "step_rounds": (7, 3),
+    "step_pgbench_seconds": (2, 1),
     "pgbench_seconds": (10, 3),
     "enqueue_single": (2_000, 200),
     "enqueue_many": (20_000, 2_000),
@@ -61,11 +61,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--workers", help="drain: worker process counts, comma-separated (default 1,2,4)")
     add("--concurrency", type=int, help="drain: --concurrency of each worker (default 4)")
     add("--steps", type=int, help="steps: steps in the run (default 1,000)")
-    add("--step-rounds", type=int, help="steps: rounds of pgbench then steps (default 5)")
+    add("--step-rounds", type=int, help="steps: rounds of pgbench, steps, pgbench (default 7)")
     add(
         "--step-pgbench-seconds",
         type=int,
-        help="steps: seconds of pgbench (1 client) in each round (default 3)",
+        help="steps: seconds of each pgbench (1 client) of a round (default 2)",
     )
     add("--pgbench-seconds", type=int, help="pgbench: seconds per client count (default 10)")
     add("--enqueue-single", type=int, help="enqueue: trigger() calls (default 2,000)")
@@ -197,9 +197,10 @@ class Suite:
             extra=self.pgbench_ratios(result["steps_per_s"]),
         )
         self.notes.append(
-            "steps by round (pgbench 1c tx/s -> steps/s = ratio): "
+            "steps by round (pgbench 1c tx/s before and after -> steps/s = ratio to their mean): "
             + ", ".join(
-                f"{r['pgbench_1c_tps']:,.0f} -> {r['steps_per_s']:,.0f} = "
+                f"{r['pgbench_1c_tps_before']:,.0f}/{r['pgbench_1c_tps_after']:,.0f} -> "
+                f"{r['steps_per_s']:,.0f} = "
                 f"{r['ratio_to_pgbench_1c']:.2f}"
                 for r in result["rounds"]
             )

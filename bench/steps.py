@@ -2,8 +2,9 @@
 
 A step costs one commit, so its rate follows the disk's flush latency, which on a shared machine
 drifts by a factor of two within minutes. So the ratio to pgbench is measured in rounds: each round
-times pgbench with 1 client for a few seconds, then one run of the steps, back to back, and the
-figures reported are the medians over the rounds (each round's figures are in the JSON).
+times pgbench with 1 client for a few seconds just before and just after one run of the steps, and
+sets the steps against the mean of the two; the figures reported are the medians over the rounds
+(each round's figures are in the JSON).
 
 Besides steps per second it counts what a step costs the database: statements (captured on this
 thread's connection, which runs the job) and committed transactions (``pg_stat_database``, minus those
@@ -67,11 +68,15 @@ def measure(count: int, rounds: int, pgbench_seconds: int) -> dict[str, Any]:
     measured = []
     with pgbench.scratch() as run_pgbench:
         for _ in range(rounds):
-            tps = run_pgbench(1, pgbench_seconds)["tps"]
+            before = run_pgbench(1, pgbench_seconds)["tps"]
             seconds, transactions = _run_steps(count)
+            after = run_pgbench(1, pgbench_seconds)["tps"]
+            tps = (before + after) / 2
             measured.append(
                 {
-                    "pgbench_1c_tps": tps,
+                    "pgbench_1c_tps_before": before,
+                    "pgbench_1c_tps_after": after,
+                    "pgbench_1c_tps": round(tps, 1),
                     "seconds": round(seconds, 3),
                     "steps_per_s": round(count / seconds, 1),
                     "ratio_to_pgbench_1c": round(count / seconds / tps, 3),

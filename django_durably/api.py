@@ -27,7 +27,7 @@ from django.db.models.functions import Coalesce
 from django.db.models.query import QuerySet
 from django.http import HttpRequest, HttpResponseBase, JsonResponse
 from django.urls import register_converter
-from ninja import P, PathEx, Query, QueryEx, Router, Status
+from ninja import HeaderEx, P, PathEx, Query, QueryEx, Router, Status
 from pydantic import Field
 
 from django_durably import access, stream
@@ -48,7 +48,13 @@ from django_durably.exceptions import (
 from django_durably.jobs import Job, TriggerItem, get_job, registered_jobs
 from django_durably.leases import db_alias
 from django_durably.models import Run, RunLog, RunQuerySet, Step
-from django_durably.operations import cancel_run, delete_run, resume_run, retrigger_run
+from django_durably.operations import (
+    MAX_RETRIGGER_KEY_LENGTH,
+    cancel_run,
+    delete_run,
+    resume_run,
+    retrigger_run,
+)
 from django_durably.schemas import (
     DEFAULT_PAGE_SIZE,
     MAX_PAGE_SIZE,
@@ -612,22 +618,45 @@ def resume(request: HttpRequest, run_id: RunId) -> Status[Any]:
 
 @router.post(
     "/runs/{run_id}/retrigger",
-    response={201: RetriggerOut, **RUN_WRITE},
+    response={200: RetriggerOut, 201: RetriggerOut, **RUN_WRITE},
     operation_id="durably_retrigger_run",
     url_name="retrigger_run",
     summary="Retrigger a run",
 )
-def retrigger(request: HttpRequest, run_id: RunId) -> Status[Any]:
+def retrigger(
+    request: HttpRequest,
+    run_id: RunId,
+    idempotency_key: HeaderEx[
+        str | None,
+        P(
+            alias="Idempotency-Key",
+            min_length=1,
+            max_length=MAX_RETRIGGER_KEY_LENGTH,
+            description=(
+                "Makes a retry safe: a retrigger of the same run with a key already used "
+                "returns the run the first one created (200) and creates nothing."
+            ),
+        ),
+    ] = None,
+) -> Status[Any]:
     """Create a new pending run with the same input, labels and concurrency key as a finished
-    run (201). A run that has not finished gives 409; a job that is no longer registered, 404."""
+    run (201), or, with an `Idempotency-Key` already used for this run, return the run that key
+    created (200). A run that has not finished gives 409; a job that is no longer registered,
+    404."""
     try:
         run = access.permitted_run(request, run_id, "retrigger_run")
         access.check_trigger(request, run.job_name, dict(run.labels))
-        new_run = retrigger_run(run.pk, actor=access.actor(request), source=SOURCE)
+        new_run = retrigger_run(
+            run.pk,
+            actor=access.actor(request),
+            source=SOURCE,
+            idempotency_key=idempotency_key,
+        )
         stored = _fresh(new_run.pk)
     except (DurablyError, PermissionDenied) as exc:
         return _failure(request, exc, loc=("run",))
-    return Status(201, {"retriggered_from": run.pk, "run": stored})
+    created = new_run.disposition == "created"
+    return Status(201 if created else 200, {"retriggered_from": run.pk, "run": stored})
 
 
 @router.delete(

@@ -26,6 +26,7 @@ from django.utils import timezone
 from django_durably import signals
 from django_durably.events import send_after_commit
 from django_durably.exceptions import (
+    InvalidTrigger,
     PendingRunExists,
     RunNotCancellable,
     RunNotDeletable,
@@ -33,7 +34,7 @@ from django_durably.exceptions import (
     RunNotResumable,
     RunNotRetriggerable,
 )
-from django_durably.jobs import TriggerItem, get_job
+from django_durably.jobs import MAX_KEY_LENGTH, TriggerItem, check_key, get_job
 from django_durably.leases import db_alias, lock_oldest_finished
 from django_durably.models import (
     CANCELLABLE_STATUSES,
@@ -57,6 +58,7 @@ from django_durably.triggering import (
 __all__ = [
     "CancelResult",
     "DeleteResult",
+    "MAX_RETRIGGER_KEY_LENGTH",
     "ResumeResult",
     "cancel_run",
     "delete_run",
@@ -297,21 +299,36 @@ def _pending_conflict(alias: str, run_id: UUID) -> Exception:
 # -- retrigger ---------------------------------------------------------------------------------
 
 
-def retrigger_run(run_id: UUID | str, *, actor: Any = None, source: str = "python") -> Run:
+def retrigger_run(
+    run_id: UUID | str,
+    *,
+    actor: Any = None,
+    source: str = "python",
+    idempotency_key: str | None = None,
+) -> Run:
     """Create a new pending run from a finished one, with the same input, labels, concurrency key,
-    queue and priority, and return it.
+    queue and priority, and return it (``disposition="created"``).
 
     The input is validated against the job's *current* input schema (so a changed schema gives
     :class:`~django_durably.exceptions.InvalidInput`), and the new run never reuses the original's
     idempotency key. Raises :class:`RunNotRetriggerable` for a run that has not finished,
     :class:`~django_durably.exceptions.JobNotFound` when the job is no longer registered, and
     :class:`PendingRunExists` when a pending run already holds the concurrency key.
+
+    ``idempotency_key`` (at most :data:`MAX_RETRIGGER_KEY_LENGTH` characters) makes a repeated
+    request harmless, such as a double click or a client's retry: a retrigger of the same run with
+    a key already used returns the run that the first one created (``disposition="idempotent"``),
+    and creates, audits and signals nothing, whatever the original's status is by then. The new
+    run stores it as ``retrigger:<original id>:<key>``, so keys of different runs never meet.
     """
     run_id = run_pk(run_id)
+    key = None if idempotency_key is None else _retrigger_key(run_id, idempotency_key)
     alias = db_alias()
     original = Run.objects.using(alias).filter(pk=run_id).first()
     if original is None:
         raise RunNotFound(run_id)
+    if key is not None and (done := _retriggered_with(alias, original.job_name, key)):
+        return done
     if original.status not in TERMINAL_STATUSES:
         raise RunNotRetriggerable(run_id, original.status)
     job = get_job(original.job_name)
@@ -321,6 +338,7 @@ def retrigger_run(run_id: UUID | str, *, actor: Any = None, source: str = "pytho
         labels=original.labels,
         queue=original.queue,
         priority=original.priority,
+        idempotency_key=key,
     )
     with transaction.atomic(using=alias):
         # Re-check under the same transaction as the insert: the original must still be finished.
@@ -330,6 +348,8 @@ def retrigger_run(run_id: UUID | str, *, actor: Any = None, source: str = "pytho
         if from_status is None:
             raise RunNotRetriggerable(run_id, status)
         (new_run,) = trigger_runs(job, [item])
+        if new_run.disposition != "created":
+            return new_run  # the same request raced us and won: it did the audit and the signal
         _record(
             alias,
             signals.run_retriggered,
@@ -344,6 +364,29 @@ def retrigger_run(run_id: UUID | str, *, actor: Any = None, source: str = "pytho
             new_run_id=new_run.pk,
         )
     return new_run
+
+
+# ``retrigger:`` + a run id + ``:`` comes before the caller's key.
+MAX_RETRIGGER_KEY_LENGTH = MAX_KEY_LENGTH - len("retrigger::") - 36
+
+
+def _retrigger_key(run_id: UUID, idempotency_key: Any) -> str:
+    if isinstance(idempotency_key, str) and len(idempotency_key) > MAX_RETRIGGER_KEY_LENGTH:
+        raise InvalidTrigger(
+            f"idempotency_key of a retrigger must be at most {MAX_RETRIGGER_KEY_LENGTH} "
+            f"characters, got {len(idempotency_key)}.",
+            field="idempotency_key",
+        )
+    return f"retrigger:{run_id}:{check_key(idempotency_key, 'idempotency_key')}"
+
+
+def _retriggered_with(alias: str, job_name: str, idempotency_key: str) -> Run | None:
+    found = (
+        Run.objects.using(alias).filter(job_name=job_name, idempotency_key=idempotency_key).first()
+    )
+    if found is not None:
+        found.disposition = "idempotent"
+    return found
 
 
 # -- delete and purge --------------------------------------------------------------------------

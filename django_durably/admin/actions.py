@@ -311,6 +311,9 @@ class RunOperationsAdmin(_RunAdmin):
                     args=(quote(str(run.pk)),),
                     current_app=self.admin_site.name,
                 ),
+                # A retrigger creates a run: the page's own key makes a second click (or a
+                # resubmitted form) return the run the first one created.
+                "idempotency_key": uuid.uuid4().hex if action == "retrigger" else "",
             }
             for action, label, statuses, allowed in candidates
             if run.status in statuses and allowed(request, run)
@@ -382,14 +385,23 @@ class RunOperationsAdmin(_RunAdmin):
 
     def retrigger_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         def act(run: Run) -> HttpResponse:
-            new_run = operations.retrigger_run(run.pk, actor=request.user, source=SOURCE)
+            new_run = operations.retrigger_run(
+                run.pk,
+                actor=request.user,
+                source=SOURCE,
+                idempotency_key=request.POST.get("idempotency_key") or None,
+            )
+            if new_run.disposition == "idempotent":
+                text, level = gettext("This run was already retriggered from run"), messages.INFO
+            else:
+                text, level = gettext("This is a new run, retriggered from run"), messages.SUCCESS
             message = format_html(
                 '{} <a href="{}">{}</a>.',
-                gettext("This is a new run, retriggered from run"),
+                text,
                 run_url(run.pk, self.admin_site.name),
                 short_id(run.pk),
             )
-            self.message_user(request, message, messages.SUCCESS)
+            self.message_user(request, message, level)
             return HttpResponseRedirect(run_url(new_run.pk, self.admin_site.name))
 
         return self._button_view(request, object_id, self.has_retrigger_permission, act)

@@ -621,6 +621,37 @@ def test_resume_and_retrigger_buttons__on_a_run_that_failed_half_way(admin_clien
     ) == [("resume", "admin", "admin", run.pk), ("retrigger", "admin", "admin", run.pk)]
 
 
+def test_retrigger_button__a_second_click_shows_the_run_the_first_one_made(admin_client):
+    run = make_run("completed")
+    page = admin_client.get(change_url(run))
+    [button] = page.context["durably_buttons"]
+    form = {"idempotency_key": button["idempotency_key"]}
+    assert f'name="idempotency_key" value="{form["idempotency_key"]}"' in page.content.decode()
+
+    first = admin_client.post(button_url(run, "retrigger"), form, follow=True)
+    second = admin_client.post(button_url(run, "retrigger"), form, follow=True)
+
+    new_run = Run.objects.exclude(pk=run.pk).get()
+    assert first.redirect_chain == second.redirect_chain == [(change_url(new_run), 302)]
+    assert messages_of(first)[0][0] == "success"
+    level, text = messages_of(second)[0]
+    assert level == "info"
+    assert text.startswith("This run was already retriggered from run")
+    assert AuditRecord.objects.count() == 1
+
+
+def test_retrigger_button__each_page_load_gets_its_own_key(admin_client):
+    run = make_run("failed")
+
+    keys = {
+        admin_client.get(change_url(run)).context["durably_buttons"][-1]["idempotency_key"]
+        for _ in range(2)
+    }
+
+    assert len(keys) == 2
+    assert all(len(key) == 32 for key in keys)
+
+
 def test_resume_button__reports_a_blocking_pending_run(admin_client):
     failed = make_run("failed", concurrency_key="k")
     holder = make_run("pending", concurrency_key="k")

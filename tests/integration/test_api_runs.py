@@ -425,6 +425,36 @@ def test_retrigger__a_finished_run_gives_a_new_pending_run_201(api, operator, db
     assert audit(run.pk) == [("retrigger", "operator", "api", "completed")]
 
 
+def test_retrigger__the_same_idempotency_key_again_returns_the_first_new_run_200(
+    api, operator, db_alias
+):
+    run = jobs.noop.trigger({"x": 1})
+    set_status(run, RunStatus.FAILED)
+    headers = {"Idempotency-Key": "retry-7"}
+
+    first = api.post(f"/runs/{run.pk}/retrigger", user=operator, headers=headers)
+    again = api.post(f"/runs/{run.pk}/retrigger", user=operator, headers=headers)
+
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert again.json()["run"]["id"] == first.json()["run"]["id"]
+    assert again.json()["retriggered_from"] == str(run.pk)
+    assert Run.objects.using(db_alias).count() == 2
+    assert audit(run.pk) == [("retrigger", "operator", "api", "failed")]
+
+
+def test_retrigger__an_idempotency_key_too_long_422(api, operator, db_alias):
+    run = jobs.noop.trigger(None)
+    set_status(run, RunStatus.COMPLETED)
+
+    response = api.post(
+        f"/runs/{run.pk}/retrigger", user=operator, headers={"Idempotency-Key": "k" * 209}
+    )
+
+    assert response.status_code == 422
+    assert "Idempotency-Key" in str(response.json()["detail"])
+    assert Run.objects.using(db_alias).count() == 1
+
+
 def test_retrigger__a_running_run_409(api, operator):
     run = jobs.noop.trigger(None)
     set_status(run, RunStatus.LEASED)

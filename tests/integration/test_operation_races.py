@@ -401,3 +401,24 @@ def test_race__retrigger_against_retrigger():
             str(run.pk) for run in created
         )
         new_runs.update(status="cancelled", completed_at=Now())
+
+
+def test_race__retrigger_against_retrigger_with_the_same_idempotency_key():
+    """A double click: both requests return the one run that was created, and one audit record
+    names it."""
+    for i in range(ITERATIONS):
+        original = finished("failed", jobs.noop, {"i": i}, labels={"i": str(i)})
+
+        results = race(
+            lambda r=original.pk: retrigger_run(r, idempotency_key="click"),
+            lambda r=original.pk: retrigger_run(r, idempotency_key="click"),
+        )
+
+        assert all(isinstance(r, Run) for r in results), results
+        assert results[0].pk == results[1].pk
+        assert sorted(r.disposition for r in results) == ["created", "idempotent"]
+        new_runs = Run.objects.exclude(pk=original.pk).filter(labels__i=str(i))
+        assert list(new_runs.values_list("pk", flat=True)) == [results[0].pk]
+        records = AuditRecord.objects.filter(run_uuid=original.pk)
+        assert list(records.values_list("detail__new_run_id", flat=True)) == [str(results[0].pk)]
+        new_runs.update(status="cancelled", completed_at=Now())

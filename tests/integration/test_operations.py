@@ -21,6 +21,7 @@ import django_durably
 from django_durably import leases, operations, process_next, signals
 from django_durably.exceptions import (
     InvalidInput,
+    InvalidTrigger,
     JobNotFound,
     PendingRunExists,
     RunNotCancellable,
@@ -550,6 +551,70 @@ def test_retrigger__pending_run_holding_the_concurrency_key_raises_pending_run_e
 
     assert (raised.value.concurrency_key, raised.value.run_id) == ("user:3", waiting.pk)
     assert Run.objects.count() == 2
+    assert audit_trail(original.pk) == []
+
+
+def test_retrigger__with_an_idempotency_key_twice_creates_one_run():
+    original = make("failed")
+    announced: list[Any] = []
+
+    def receiver(sender: Any, **kwargs: Any) -> None:
+        announced.append(kwargs["new_run_id"])
+
+    signals.run_retriggered.connect(receiver, weak=False, dispatch_uid="ops:retriggered")
+    try:
+        first = retrigger_run(original.pk, idempotency_key="click-1")
+        second = retrigger_run(original.pk, idempotency_key="click-1")
+    finally:
+        signals.run_retriggered.disconnect(dispatch_uid="ops:retriggered")
+
+    assert (first.disposition, second.disposition) == ("created", "idempotent")
+    assert second.pk == first.pk
+    assert Run.objects.count() == 2
+    assert row(first)["idempotency_key"] == f"retrigger:{original.pk}:click-1"
+    assert audit_trail(original.pk) == [("retrigger", "failed", "failed", "", "python")]
+    assert announced == [first.pk]
+
+
+def test_retrigger__a_used_key_returns_its_run_whatever_the_original_became():
+    original = make("failed")
+    first = retrigger_run(original.pk, idempotency_key="k")
+    resume_run(original.pk)  # pending again: a fresh retrigger would be refused
+
+    again = retrigger_run(original.pk, idempotency_key="k")
+
+    assert (again.pk, again.disposition) == (first.pk, "idempotent")
+    with pytest.raises(RunNotRetriggerable):
+        retrigger_run(original.pk, idempotency_key="another")
+
+
+def test_retrigger__the_same_key_on_two_runs_makes_two_runs():
+    one, two = make("completed"), make("completed")
+
+    from_one = retrigger_run(one.pk, idempotency_key="k")
+    from_two = retrigger_run(two.pk, idempotency_key="k")
+
+    assert from_one.pk != from_two.pk
+    assert (from_one.disposition, from_two.disposition) == ("created", "created")
+
+
+@pytest.mark.parametrize(
+    ("key", "message"),
+    [
+        ("", "idempotency_key must be a non-empty string"),
+        ("x" * (operations.MAX_RETRIGGER_KEY_LENGTH + 1), "must be at most 208 characters"),
+        ("nul\x00", "idempotency_key contains a NUL character"),
+        (7, "idempotency_key must be a non-empty string"),
+    ],
+)
+def test_retrigger__a_bad_idempotency_key_is_an_invalid_trigger(key, message):
+    original = make("completed")
+
+    with pytest.raises(InvalidTrigger, match=message) as raised:
+        retrigger_run(original.pk, idempotency_key=key)
+
+    assert raised.value.field == "idempotency_key"
+    assert Run.objects.count() == 1
     assert audit_trail(original.pk) == []
 
 

@@ -13,14 +13,13 @@ from datetime import datetime
 from typing import Any
 
 from django.db import DatabaseError, IntegrityError, transaction
-from django.db.models.functions import Now
 from django.utils import timezone
 
 from django_durably import signals
 from django_durably.events import send_after_commit
 from django_durably.exceptions import LeaseLost, StepConflict
 from django_durably.leases import LeaseHandle, db_alias, persist_completed_step, refusal
-from django_durably.models import Run, RunLog, Step, StepStatus
+from django_durably.models import DatabaseNow, Run, RunLog, Step, StepStatus
 from django_durably.types import JSON, LogLevel
 
 
@@ -97,7 +96,7 @@ class ModelStepStore:
     ) -> None:
         with _database_errors_lose_the_lease(self.run_id):
             with transaction.atomic(using=self.alias):
-                held = self._held().update(updated_at=Now())
+                held = self._held().update(updated_at=DatabaseNow())
                 if held:
                     Step.objects.using(self.alias).create(
                         run_id=self.run_id,
@@ -115,14 +114,14 @@ class ModelStepStore:
 
     def save_progress(self, progress: dict[str, Any]) -> None:
         with _database_errors_lose_the_lease(self.run_id):
-            if not self._held().update(progress=progress, updated_at=Now()):
+            if not self._held().update(progress=progress, updated_at=DatabaseNow()):
                 raise refusal(self.run_id)
             self._after_commit(signals.run_progress, progress=progress)
 
     def save_log(self, *, level: LogLevel, message: str, data: JSON, step_name: str | None) -> None:
         with _database_errors_lose_the_lease(self.run_id):
             with transaction.atomic(using=self.alias):
-                held = self._held().update(updated_at=Now())
+                held = self._held().update(updated_at=DatabaseNow())
                 if held:
                     RunLog.objects.using(self.alias).create(
                         run_id=self.run_id,

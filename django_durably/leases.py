@@ -32,13 +32,13 @@ from django.db.models import (
     Value,
 )
 from django.db.models.expressions import CombinedExpression
-from django.db.models.functions import Coalesce, Now
+from django.db.models.functions import Coalesce
 
 from django_durably import signals
 from django_durably.conf import durably_settings
 from django_durably.events import send_after_commit
 from django_durably.exceptions import DurablyInterrupt, JobCancelled, LeaseLost
-from django_durably.models import Run, RunQuerySet, RunStatus, Step, StepStatus
+from django_durably.models import DatabaseNow, Run, RunQuerySet, RunStatus, Step, StepStatus
 from django_durably.notifications import notify_ready
 from django_durably.serialization import dump
 from django_durably.types import JSON
@@ -60,7 +60,7 @@ def _bound_cursor(alias: str) -> Any:
 def lease_expiry(seconds: float) -> ExpressionWrapper[CombinedExpression]:
     """``now + seconds`` by the database clock."""
     return ExpressionWrapper(
-        Now() + Value(timedelta(seconds=seconds)), output_field=DateTimeField()
+        DatabaseNow() + Value(timedelta(seconds=seconds)), output_field=DateTimeField()
     )
 
 
@@ -228,7 +228,7 @@ def _busy_key() -> Exists:
     return Exists(
         Run.objects.filter(
             status=RunStatus.LEASED,
-            lease_expires_at__gt=Now(),
+            lease_expires_at__gt=DatabaseNow(),
             concurrency_key=OuterRef("concurrency_key"),
         ).exclude(pk=OuterRef("pk"))
     )
@@ -250,7 +250,7 @@ def _candidates(
     """
     order = ("-priority", "run_after", "id")
     sources: list[RunQuerySet] = [
-        Run.objects.using(alias).pending().filter(run_after__lte=Now()),
+        Run.objects.using(alias).pending().filter(run_after__lte=DatabaseNow()),
         Run.objects.using(alias).expired(),
     ]
     found: list[Any] = []
@@ -276,8 +276,8 @@ def _lease_fields(worker_id: str, seconds: float) -> dict[str, Any]:
         "attempt": F("attempt") + 1,
         "lease_owner": worker_id,
         "lease_expires_at": lease_expiry(seconds),
-        "started_at": Coalesce(F("started_at"), Now()),
-        "updated_at": Now(),
+        "started_at": Coalesce(F("started_at"), DatabaseNow()),
+        "updated_at": DatabaseNow(),
     }
 
 
@@ -389,7 +389,7 @@ def renew(leases: dict[UUID, int], lease_seconds: float) -> dict[UUID, LeaseStat
         Run.objects.using(alias)
         .filter(held)
         .leased()
-        .update(lease_expires_at=lease_expiry(lease_seconds), updated_at=Now())
+        .update(lease_expires_at=lease_expiry(lease_seconds), updated_at=DatabaseNow())
     )
     if renewed == len(leases):
         return dict.fromkeys(leases, "held")
@@ -398,7 +398,9 @@ def renew(leases: dict[UUID, int], lease_seconds: float) -> dict[UUID, LeaseStat
         Run.objects.using(alias)
         .filter(pk__in=list(leases))
         .annotate(
-            valid=ExpressionWrapper(Q(lease_expires_at__gt=Now()), output_field=BooleanField())
+            valid=ExpressionWrapper(
+                Q(lease_expires_at__gt=DatabaseNow()), output_field=BooleanField()
+            )
         )
         .values_list("pk", "status", "lease_generation", "valid")
     )
@@ -422,7 +424,7 @@ def release(run_id: UUID, generation: int) -> bool:
         released = bool(
             Run.objects.using(alias)
             .held_by(run_id, generation)
-            .update(lease_expires_at=Now(), updated_at=Now())
+            .update(lease_expires_at=DatabaseNow(), updated_at=DatabaseNow())
         )
         if released:
             queue = Run.objects.using(alias).filter(pk=run_id).values_list("queue", flat=True)
@@ -492,9 +494,9 @@ def finish(endings: Sequence[Ending]) -> set[UUID]:
                 .held_by(ending.run_id, ending.generation)
                 .update(
                     status=ending.status,
-                    completed_at=Now(),
+                    completed_at=DatabaseNow(),
                     lease_expires_at=None,
-                    updated_at=Now(),
+                    updated_at=DatabaseNow(),
                     **changes,
                 )
             ):
@@ -569,7 +571,7 @@ def persist_completed_step(
             .update(
                 current_step_index=index + 1,
                 completed_step_count=F("completed_step_count") + 1,
-                updated_at=Now(),
+                updated_at=DatabaseNow(),
             )
         )
         if held:

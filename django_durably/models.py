@@ -18,6 +18,25 @@ from django.utils.translation import gettext_lazy as _
 from django_durably.conf import DEFAULT_PRIORITY, DEFAULT_QUEUE
 
 
+class DatabaseNow(Now):
+    """The database's clock, as Django's ``Now()``; on SQLite in the text format Django writes for
+    Python datetimes, six fractional digits (``2026-11-30 12:00:00.123000``) where SQLite's clock
+    gives three (``12:00:00.123``).
+
+    SQLite compares datetimes as text, so with the two formats mixed, a run created at
+    ``12:00:00.123`` was not ``>=`` the same instant read back and passed in as a parameter (a
+    ``created_after`` filter missed the run it was copied from).
+    """
+
+    def as_sqlite(self, compiler: Any, connection: Any, **extra_context: Any) -> Any:
+        return self.as_sql(
+            compiler,
+            connection,
+            template="(STRFTIME('%%%%Y-%%%%m-%%%%d %%%%H:%%%%M:%%%%f', 'NOW') || '000')",
+            **extra_context,
+        )
+
+
 class RunStatus(models.TextChoices):
     PENDING = "pending", _("Pending")
     """Waiting to be claimed by a worker (possibly not before ``run_after``)."""
@@ -66,17 +85,17 @@ class RunQuerySet(models.QuerySet["Run"]):
 
     def leased(self) -> RunQuerySet:
         """Runs whose lease is still valid by the database clock."""
-        return self.filter(status=RunStatus.LEASED, lease_expires_at__gt=Now())
+        return self.filter(status=RunStatus.LEASED, lease_expires_at__gt=DatabaseNow())
 
     def expired(self) -> RunQuerySet:
         """Leased runs whose lease ran out: their worker is gone or stalled; claimable again."""
-        return self.filter(status=RunStatus.LEASED, lease_expires_at__lte=Now())
+        return self.filter(status=RunStatus.LEASED, lease_expires_at__lte=DatabaseNow())
 
     def ready(self, queues: list[str] | None = None) -> RunQuerySet:
         """Claimable now: pending and due, or leased with an expired lease."""
         qs = self.filter(
-            Q(status=RunStatus.PENDING, run_after__lte=Now())
-            | Q(status=RunStatus.LEASED, lease_expires_at__lte=Now())
+            Q(status=RunStatus.PENDING, run_after__lte=DatabaseNow())
+            | Q(status=RunStatus.LEASED, lease_expires_at__lte=DatabaseNow())
         )
         if queues:
             qs = qs.filter(queue__in=queues)
@@ -138,15 +157,15 @@ class Run(models.Model):
     concurrency_key = models.CharField(_("concurrency key"), max_length=255, null=True, blank=True)  # noqa: DJ001
     labels = models.JSONField(_("labels"), default=dict, blank=True)
     progress = models.JSONField(_("progress"), null=True, blank=True)
-    run_after = models.DateTimeField(_("run after"), db_default=Now())
+    run_after = models.DateTimeField(_("run after"), db_default=DatabaseNow())
     attempt = models.PositiveIntegerField(_("attempt"), default=0)
     current_step_index = models.PositiveIntegerField(_("current step index"), default=0)
     completed_step_count = models.PositiveIntegerField(_("completed steps"), default=0)
     lease_owner = models.CharField(_("lease owner"), max_length=255, default="", blank=True)
     lease_expires_at = models.DateTimeField(_("lease expires at"), null=True, blank=True)
     lease_generation = models.PositiveBigIntegerField(_("lease generation"), default=0)
-    created_at = models.DateTimeField(_("created at"), db_default=Now())
-    updated_at = models.DateTimeField(_("updated at"), db_default=Now())
+    created_at = models.DateTimeField(_("created at"), db_default=DatabaseNow())
+    updated_at = models.DateTimeField(_("updated at"), db_default=DatabaseNow())
     started_at = models.DateTimeField(_("started at"), null=True, blank=True)
     completed_at = models.DateTimeField(_("finished at"), null=True, blank=True)
 
@@ -240,7 +259,7 @@ class Step(models.Model):
     output = models.JSONField(_("output"), null=True, blank=True)
     error = models.JSONField(_("error"), null=True, blank=True)
     started_at = models.DateTimeField(_("started at"))
-    completed_at = models.DateTimeField(_("finished at"), db_default=Now())
+    completed_at = models.DateTimeField(_("finished at"), db_default=DatabaseNow())
 
     class Meta:
         verbose_name = _("step")
@@ -276,7 +295,7 @@ class RunLog(models.Model):
     message = models.TextField(_("message"))
     data: Any = models.JSONField(_("data"), default=dict, blank=True)
     attempt = models.PositiveIntegerField(_("attempt"), default=1)
-    created_at = models.DateTimeField(_("created at"), db_default=Now())
+    created_at = models.DateTimeField(_("created at"), db_default=DatabaseNow())
 
     class Meta:
         verbose_name = _("log line")
@@ -318,7 +337,7 @@ class AuditRecord(models.Model):
     from_status = models.CharField(_("from status"), max_length=16, choices=RunStatus.choices)
     to_status = models.CharField(_("to status"), max_length=16, default="", blank=True)
     detail: Any = models.JSONField(_("detail"), default=dict, blank=True)
-    created_at = models.DateTimeField(_("at"), db_default=Now())
+    created_at = models.DateTimeField(_("at"), db_default=DatabaseNow())
 
     class Meta:
         verbose_name = _("audit record")

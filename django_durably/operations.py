@@ -19,7 +19,6 @@ from typing import Any
 from uuid import UUID
 
 from django.db import IntegrityError, transaction
-from django.db.models.functions import Now
 from django.dispatch import Signal
 from django.utils import timezone
 
@@ -42,6 +41,7 @@ from django_durably.models import (
     TERMINAL_STATUSES,
     AuditAction,
     AuditRecord,
+    DatabaseNow,
     Run,
     RunQuerySet,
     RunStatus,
@@ -205,9 +205,9 @@ def cancel_run(run_id: UUID | str, *, actor: Any = None, source: str = "python")
             run_id,
             CANCELLABLE_STATUSES,
             status=RunStatus.CANCELLED,
-            completed_at=Now(),
+            completed_at=DatabaseNow(),
             lease_expires_at=None,
-            updated_at=Now(),
+            updated_at=DatabaseNow(),
         )
         if from_status is None:
             if status == RunStatus.CANCELLED:
@@ -253,8 +253,8 @@ def resume_run(run_id: UUID | str, *, actor: Any = None, source: str = "python")
                 lease_owner="",
                 lease_expires_at=None,
                 completed_at=None,
-                run_after=Now(),
-                updated_at=Now(),
+                run_after=DatabaseNow(),
+                updated_at=DatabaseNow(),
             )
             if from_status is None:
                 raise RunNotResumable(run_id, status)
@@ -343,7 +343,7 @@ def retrigger_run(
     with transaction.atomic(using=alias):
         # Re-check under the same transaction as the insert: the original must still be finished.
         from_status, _job_name, status = _transition(
-            alias, run_id, TERMINAL_STATUSES, updated_at=Now()
+            alias, run_id, TERMINAL_STATUSES, updated_at=DatabaseNow()
         )
         if from_status is None:
             raise RunNotRetriggerable(run_id, status)
@@ -403,7 +403,7 @@ def delete_run(run_id: UUID | str, *, actor: Any = None, source: str = "python")
     alias = db_alias()
     with transaction.atomic(using=alias):
         from_status, job_name, status = _transition(
-            alias, run_id, TERMINAL_STATUSES, updated_at=Now()
+            alias, run_id, TERMINAL_STATUSES, updated_at=DatabaseNow()
         )
         if from_status is None:
             raise RunNotDeletable(run_id, status)

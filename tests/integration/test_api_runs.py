@@ -194,6 +194,17 @@ def test_list_runs__filters_by_creation_time(api, operator):
     assert ids(before) == [str(old.pk)]
 
 
+def test_list_runs__created_after_a_runs_own_time_includes_it(api, operator):
+    """The boundary is inclusive for created_after and exclusive for created_before, to the
+    microsecond as the API shows it (SQLite's clock once wrote a text that broke this)."""
+    run = jobs.noop.trigger(None)
+    shown = api.get(f"/runs/{run.pk}", user=operator).json()["created_at"]
+    query = shown.replace("+", "%2B")
+
+    assert ids(api.get(f"/runs?created_after={query}", user=operator)) == [str(run.pk)]
+    assert ids(api.get(f"/runs?created_before={query}", user=operator)) == []
+
+
 def test_list_runs__include_lease(api, operator):
     run = jobs.noop.trigger(None)
     set_status(run, RunStatus.LEASED, lease_owner="w-9", lease_generation=2)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from importlib import import_module
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from django.core.management import call_command
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connections, transaction
 from django.utils import timezone
 
 from django_durably.models import Run, RunLog, RunStatus, Step, StepStatus
@@ -199,3 +201,41 @@ def test_migrations__nothing_missing_for_any_app(db_alias):
 
 def test_check__manage_py_check_passes(db_alias):
     call_command("check", "--fail-level", "WARNING", verbosity=0)
+
+
+# -- the database clock: one text format on SQLite -------------------------------------------------
+
+
+def test_database_now__a_time_read_back_and_passed_in_finds_its_row(db_alias):
+    """SQLite compares datetimes as text: its clock must write what Django writes for Python
+    datetimes, or a run is not >= its own created_at."""
+    run = make_run()
+    created_at = Run.objects.using(db_alias).get(pk=run.pk).created_at
+    runs = Run.objects.using(db_alias)
+
+    assert runs.filter(created_at__gte=created_at).count() == 1
+    assert runs.filter(created_at__lte=created_at).count() == 1
+    assert runs.filter(created_at=created_at).count() == 1
+    assert runs.filter(created_at__lt=created_at).count() == 0
+    assert runs.filter(created_at__gt=created_at).count() == 0
+
+
+def test_migration_0002__makes_times_written_before_it_comparable(db_alias):
+    """On SQLite, the clock's old three-digit text gets padded, so a filter by the instant finds the
+    row; PostgreSQL stores timestamps, and the migration leaves them alone."""
+    connection = connections[db_alias]
+    migration = import_module("django_durably.migrations.0002_database_now_on_sqlite")
+    run = make_run()
+    with connection.cursor() as cursor:  # as the clock wrote it before the migration
+        cursor.execute(
+            "UPDATE durably_run SET created_at = '2026-11-01 10:00:00.123' WHERE id = %s",
+            [run.pk.hex if connection.vendor == "sqlite" else run.pk],
+        )
+    instant = datetime(2026, 11, 1, 10, 0, 0, 123000, tzinfo=UTC)
+
+    migration.pad_sqlite_milliseconds(None, SimpleNamespace(connection=connection))
+
+    runs = Run.objects.using(db_alias)
+    assert runs.filter(created_at=instant).count() == 1
+    assert runs.filter(created_at__gte=instant).count() == 1
+    assert runs.filter(created_at__lt=instant).count() == 0

@@ -4,7 +4,9 @@ Each configuration is seeded with SQL (``INSERT ... SELECT generate_series``): `
 runs of the past two days plus ``pending`` due runs, then ``VACUUM ANALYZE``. Then:
 
 * the candidate query of one claim is captured and shown with ``EXPLAIN (ANALYZE, BUFFERS)`` (in a
-  rolled-back transaction); the claim is index-driven when no plan scans ``durably_run`` sequentially;
+  rolled-back transaction), and with ``EXPLAIN`` of its generic plan (the statement is prepared, so
+  PostgreSQL may switch to that plan after five executions); the claim is index-driven when no plan
+  scans ``durably_run`` sequentially;
 * ``claims`` single claims (``leases.claim(limit=1)``) are timed one by one in this process (each
   claimed run is completed outside the timing);
 * ``drain`` of the pending runs are drained by 4 ``durably_worker`` processes (``--max-runs`` each);
@@ -94,13 +96,31 @@ def explain_claim() -> dict[str, Any]:
             cursor.execute(f"EXPLAIN (ANALYZE, BUFFERS) {sql}", params)
             plan = "\n".join(row[0] for row in cursor.fetchall())
             transaction.set_rollback(True)
-        plans.append({"sql": sql, "plan": plan})
-    index_driven = bool(plans) and all("Seq Scan on durably_run" not in p["plan"] for p in plans)
+        plans.append({"sql": sql, "plan": plan, "generic_plan": _generic_plan(sql, params)})
+    index_driven = bool(plans) and all(
+        "Seq Scan on durably_run" not in p["plan"] + p["generic_plan"] for p in plans
+    )
     return {
         "claim_statements": statements,
         "plans": plans,
         "index_driven": index_driven,
     }
+
+
+def _generic_plan(sql: str, params: Any) -> str:
+    """``EXPLAIN`` of the plan PostgreSQL may settle on for the prepared statement: the one made
+    without looking at the parameters (``plan_cache_mode = force_generic_plan``)."""
+    parts = sql.split("%s")
+    numbered = parts[0] + "".join(f"${n}{part}" for n, part in enumerate(parts[1:], 1))
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+        cursor.execute(f"PREPARE durably_bench_claim AS {numbered}")
+        arguments = ", ".join(["%s"] * len(params or []))
+        cursor.execute(f"EXPLAIN EXECUTE durably_bench_claim({arguments})", list(params or []))
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+        cursor.execute("DEALLOCATE durably_bench_claim")
+        transaction.set_rollback(True)
+    return plan
 
 
 def _complete(runs: list[Any]) -> None:

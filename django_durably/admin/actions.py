@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.contrib.admin.utils import quote, unquote
@@ -82,6 +83,18 @@ _GONE = gettext_noop("%(count)d already deleted")
 _BLOCKED = gettext_noop("%(count)d blocked by a pending run with the same concurrency key")
 _NO_JOB = gettext_noop("%(count)d whose job is no longer registered")
 _BAD_INPUT = gettext_noop("%(count)d whose input the job no longer accepts")
+_ALREADY_RETRIGGERED = gettext_noop("%(count)d already retriggered from this page")
+
+
+class RunActionForm(helpers.ActionForm):
+    """Django's action form, plus a key made for each page load: sending the same page twice (a
+    double click, a reload that resubmits) retriggers each run once."""
+
+    idempotency_key = forms.CharField(widget=forms.HiddenInput, required=False, label="")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fields["idempotency_key"].initial = uuid.uuid4().hex
 
 
 class Report:
@@ -125,6 +138,7 @@ class RunOperationsAdmin(_RunAdmin):
     """The actions and buttons of :class:`~django_durably.admin.runs.RunAdmin`."""
 
     actions = ["cancel_runs", "resume_runs", "retrigger_runs", "delete_runs"]
+    action_form = RunActionForm
 
     # -- permissions ---------------------------------------------------------------------------
 
@@ -218,8 +232,15 @@ class RunOperationsAdmin(_RunAdmin):
             _UNFINISHED_SKIPS,
         )
 
+        key = request.POST.get("idempotency_key") or None
+
         def act(run_id: uuid.UUID) -> bool:
-            operations.retrigger_run(run_id, actor=request.user, source=SOURCE)
+            new_run = operations.retrigger_run(
+                run_id, actor=request.user, source=SOURCE, idempotency_key=key
+            )
+            if new_run.disposition == "idempotent":
+                report.skip(_ALREADY_RETRIGGERED)
+                return False
             return True
 
         targets = as_run_queryset(queryset).finished()

@@ -414,6 +414,34 @@ def test_retrigger_action__reports_each_outcome(admin_client):
     assert Run.objects.count() == 7
 
 
+def test_retrigger_action__the_same_page_sent_twice_retriggers_once(admin_client):
+    targets = [make_run("completed"), make_run("failed")]
+    page = admin_client.get(CHANGELIST)
+    key = page.context["action_form"]["idempotency_key"].value()
+    assert f'name="idempotency_key" value="{key}"' in page.content.decode()
+
+    first = act(admin_client, "retrigger_runs", targets, idempotency_key=key)
+    second = act(admin_client, "retrigger_runs", targets, idempotency_key=key)
+    third = act(admin_client, "retrigger_runs", targets[:1])  # a page without a key
+
+    assert messages_of(first) == [("success", "2 runs retriggered.")]
+    assert messages_of(second) == [
+        ("warning", "0 runs retriggered; 2 already retriggered from this page.")
+    ]
+    assert messages_of(third) == [("success", "1 run retriggered.")]
+    assert Run.objects.count() == 5
+    assert AuditRecord.objects.count() == 3
+
+
+def test_retrigger_action__each_page_load_gets_its_own_key(admin_client):
+    keys = {
+        admin_client.get(CHANGELIST).context["action_form"]["idempotency_key"].value()
+        for _ in range(2)
+    }
+
+    assert len(keys) == 2
+
+
 def test_delete_action__confirms_then_deletes_only_finished_runs(admin_client):
     finished = [make_run("completed"), make_run("failed"), make_run("cancelled")]
     unfinished = [make_run("pending"), make_run("leased")]

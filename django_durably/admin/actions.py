@@ -155,8 +155,13 @@ class RunOperationsAdmin(_RunAdmin):
         """``durably.delete_run``, used by :meth:`delete_runs` only (Django's delete is off)."""
         return _user_may(request, "delete_run")
 
-    def get_actions(self, request: HttpRequest) -> dict[str, Any]:
-        actions = super().get_actions(request)
+    def get_actions(self, request: HttpRequest, action_location: Any = None) -> dict[str, Any]:
+        """The actions above, without Django's ``delete_selected`` (it would bypass the guarded
+        delete). ``action_location`` is passed on where Django has it (6.1 and later)."""
+        if action_location is None:
+            actions = super().get_actions(request)
+        else:
+            actions = super().get_actions(request, action_location=action_location)  # type: ignore[call-arg]
         actions.pop("delete_selected", None)
         return actions
 

@@ -37,13 +37,13 @@ def bound_cursor(alias: str) -> CursorWrapper:
     """A cursor for django-durably's hand-written statements, which run for every claim, step and
     finish: the parameters travel apart from the statement (server-side binding), and the statement
     is prepared, so PostgreSQL parses and plans it once per connection rather than on every call.
-    Planning is about half of what a step checkpoint costs the server.
+    Planning was nearly half of what a step checkpoint cost the server.
 
     ``DURABLY_PREPARE_STATEMENTS = False`` turns the preparing off, and so does query logging
-    (``DEBUG``, or a test capturing queries), whose log needs the SQL text; statements are then prepared only
-    if the database's ``OPTIONS`` set ``prepare_threshold``, as for Django's own cursors. If a pooler
-    loses a prepared statement anyway, the statement is run again unprepared (when no transaction
-    was open), a warning is logged, and this process stops preparing.
+    (``DEBUG``, or a test capturing queries), whose log needs the SQL text. Statements are then
+    prepared only if the database's ``OPTIONS`` set ``prepare_threshold``, as for Django's own
+    cursors. If a pooler loses a prepared statement anyway, the statement runs again unprepared
+    (when no transaction was open), a warning is logged, and this process stops preparing.
 
     The cursor is wrapped like any Django cursor: errors become ``django.db`` errors, and debug
     logging and ``execute_wrapper`` see it.

@@ -98,16 +98,11 @@ def deallocate_probes(alias: str) -> None:
     """What a pooler does when the next statement lands on another server connection: the named
     statement is gone, and psycopg does not know."""
     with connections[alias].cursor() as cursor:
-        for name in [
-            row for row in prepared_statements_by_name(alias) if "durably_probe" in row[1]
-        ]:
-            cursor.execute(f'DEALLOCATE "{name[0]}"')
-
-
-def prepared_statements_by_name(alias: str) -> list[tuple[str, str]]:
-    with connections[alias].cursor() as cursor:
-        cursor.execute("SELECT name, statement FROM pg_prepared_statements")
-        return list(cursor.fetchall())
+        cursor.execute(
+            "SELECT name FROM pg_prepared_statements WHERE statement LIKE %s", ["%durably_probe%"]
+        )
+        for (name,) in cursor.fetchall():
+            cursor.execute(f'DEALLOCATE "{name}"')
 
 
 def test_bound_cursor__a_lost_prepared_statement_runs_again_unprepared_and_preparing_stops(

@@ -112,14 +112,21 @@ def _generic_plan(sql: str, params: Any) -> str:
     without looking at the parameters (``plan_cache_mode = force_generic_plan``)."""
     parts = sql.split("%s")
     numbered = parts[0] + "".join(f"${n}{part}" for n, part in enumerate(parts[1:], 1))
-    with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute("SET LOCAL plan_cache_mode = force_generic_plan")
-        cursor.execute(f"PREPARE durably_bench_claim AS {numbered}")
-        arguments = ", ".join(["%s"] * len(params or []))
-        cursor.execute(f"EXPLAIN EXECUTE durably_bench_claim({arguments})", list(params or []))
-        plan = "\n".join(row[0] for row in cursor.fetchall())
-        cursor.execute("DEALLOCATE durably_bench_claim")
-        transaction.set_rollback(True)
+    arguments = ", ".join(["%s"] * len(params or []))
+    try:
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute("SET LOCAL plan_cache_mode = force_generic_plan")
+            cursor.execute(f"PREPARE durably_bench_claim AS {numbered}")
+            cursor.execute(f"EXPLAIN EXECUTE durably_bench_claim({arguments})", list(params or []))
+            plan = "\n".join(row[0] for row in cursor.fetchall())
+            transaction.set_rollback(True)
+    finally:  # a prepared statement outlives the transaction it was made in
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT 1 FROM pg_prepared_statements WHERE name = 'durably_bench_claim'"
+            )
+            if cursor.fetchone():
+                cursor.execute("DEALLOCATE durably_bench_claim")
     return plan
 
 

@@ -49,6 +49,7 @@ from django_durably.models import (
 from django_durably.notifications import notify_ready
 from django_durably.triggering import (
     ensure_outside_transaction,
+    run_of_idempotency_key,
     run_pk,
     trigger,
     trigger_runs,
@@ -327,7 +328,7 @@ def retrigger_run(
     original = Run.objects.using(alias).filter(pk=run_id).first()
     if original is None:
         raise RunNotFound(run_id)
-    if key is not None and (done := _retriggered_with(alias, original.job_name, key)):
+    if key is not None and (done := run_of_idempotency_key(original.job_name, key)):
         return done
     if original.status not in TERMINAL_STATUSES:
         raise RunNotRetriggerable(run_id, original.status)
@@ -378,15 +379,6 @@ def _retrigger_key(run_id: UUID, idempotency_key: Any) -> str:
             field="idempotency_key",
         )
     return f"retrigger:{run_id}:{check_key(idempotency_key, 'idempotency_key')}"
-
-
-def _retriggered_with(alias: str, job_name: str, idempotency_key: str) -> Run | None:
-    found = (
-        Run.objects.using(alias).filter(job_name=job_name, idempotency_key=idempotency_key).first()
-    )
-    if found is not None:
-        found.disposition = "idempotent"
-    return found
 
 
 # -- delete and purge --------------------------------------------------------------------------

@@ -140,6 +140,17 @@ def _insert(job_name: str, prepared: list[_Prepared], alias: str) -> tuple[list[
     return results, created
 
 
+def run_of_idempotency_key(job_name: str, idempotency_key: str) -> Run | None:
+    """The run that ``idempotency_key`` already made for the job, as a trigger with that key would
+    return it (``disposition="idempotent"``), or ``None``."""
+    found = (
+        Run.objects.using(db_alias())
+        .filter(job_name=job_name, idempotency_key=idempotency_key)
+        .first()
+    )
+    return None if found is None else _with_disposition(found, "idempotent")
+
+
 def _with_disposition(run: Run, disposition: str) -> Run:
     found = copy.copy(run)
     found.disposition = disposition

@@ -39,7 +39,7 @@ from django_durably.conf import durably_settings
 from django_durably.events import send_after_commit
 from django_durably.exceptions import DurablyInterrupt, JobCancelled, LeaseLost
 from django_durably.models import DatabaseNow, Run, RunQuerySet, RunStatus, Step, StepStatus
-from django_durably.notifications import notify_ready
+from django_durably.notifications import CHANNEL, notify_ready
 from django_durably.serialization import dump
 from django_durably.types import JSON
 
@@ -62,6 +62,85 @@ def lease_expiry(seconds: float) -> ExpressionWrapper[CombinedExpression]:
     return ExpressionWrapper(
         DatabaseNow() + Value(timedelta(seconds=seconds)), output_field=DateTimeField()
     )
+
+
+# -- inserting ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NewRun:
+    """A validated, unsaved pending run, and what inserting it needs besides the instance."""
+
+    run: Run
+    input_json: str | None
+    """``run.input`` as the JSON text to store (``None``: SQL NULL, as the ORM stores ``None``)."""
+    run_after: datetime | None
+    """The trigger's ``run_after``; ``None``: the database clock's now, as the column's default."""
+
+
+def insert_runs(alias: str, job_name: str, new_runs: Sequence[NewRun]) -> None:
+    """Insert pending runs of one job with one statement, whatever their number, and wake the
+    workers of their queues when it commits (PostgreSQL only; SQLite uses ``bulk_create``).
+
+    Each run gets the stored ``run_after``, ``created_at`` and ``updated_at`` and is marked saved,
+    as ``bulk_create`` would leave it.
+    """
+    runs = {new.run.pk: new.run for new in new_runs}
+    with _bound_cursor(alias) as cursor:
+        cursor.execute(
+            _INSERT_RUNS_SQL,
+            [
+                job_name,
+                [new.run.pk for new in new_runs],
+                [new.run.queue for new in new_runs],
+                [new.run.priority for new in new_runs],
+                [new.input_json for new in new_runs],
+                [new.run.idempotency_key for new in new_runs],
+                [new.run.concurrency_key for new in new_runs],
+                [dump(new.run.labels) for new in new_runs],
+                [new.run_after for new in new_runs],
+                CHANNEL,
+            ],
+        )
+        rows = cursor.fetchall()
+    if len(rows) != len(runs):  # pragma: no cover - INSERT ... SELECT inserts every row or raises
+        raise RuntimeError(f"Inserted {len(rows)} of {len(runs)} runs.")
+    for run_id, run_after, created_at, updated_at in rows:
+        run = runs[run_id]
+        run.run_after, run.created_at, run.updated_at = run_after, created_at, updated_at
+        run._state.adding = False
+        run._state.db = alias
+
+
+# Every column of ``durably_run`` but ``created_at`` and ``updated_at`` (their defaults, the
+# database clock), with the values a new pending run has; one row per element of the arrays. The
+# wake-up is sent from the same statement, once per queue, so it is one round trip and its own
+# transaction when the trigger is not inside one. ``run_after`` NULL means now, as its default.
+_INSERT_RUNS_SQL = """
+WITH created AS (
+    INSERT INTO durably_run (
+        id, job_name, queue, priority, status, input, output, error, idempotency_key,
+        concurrency_key, labels, progress, run_after, attempt, current_step_index,
+        completed_step_count, lease_owner, lease_expires_at, lease_generation, started_at,
+        completed_at
+    )
+    SELECT
+        item.id, %s, item.queue, item.priority, 'pending', item.input::jsonb, NULL, NULL,
+        item.idempotency_key, item.concurrency_key, item.labels::jsonb, NULL,
+        COALESCE(item.run_after, STATEMENT_TIMESTAMP()), 0, 0, 0, '', NULL, 0, NULL, NULL
+    FROM unnest(
+        %s::uuid[], %s::text[], %s::integer[], %s::text[], %s::text[], %s::text[], %s::text[],
+        %s::timestamptz[]
+    ) AS item(id, queue, priority, input, idempotency_key, concurrency_key, labels, run_after)
+    RETURNING id, run_after, created_at, updated_at, queue
+)
+SELECT id, run_after, created_at, updated_at FROM created
+WHERE (
+    SELECT count(*) FROM (
+        SELECT pg_notify(%s, queue) FROM (SELECT DISTINCT queue FROM created) AS queues
+    ) AS woken
+) >= 0
+"""
 
 
 # -- claiming ----------------------------------------------------------------------------------

@@ -55,6 +55,50 @@ def is_postgres(db_alias: str) -> bool:
     return connections[db_alias].vendor == "postgresql"
 
 
+def test_a_trigger_without_keys__one_statement_on_postgresql(db_alias):
+    sql = statements(db_alias, lambda: jobs.noop.trigger(None))
+
+    assert transactions(sql) == 1, sql
+    if is_postgres(db_alias):
+        # The insert and the workers' wake-up, in autocommit: one round trip.
+        assert len(sql) == 1, sql
+    else:
+        assert [s.split(None, 1)[0].upper() for s in sql] == ["BEGIN", "INSERT", "COMMIT"], sql
+
+
+@pytest.mark.parametrize("batch", [1, 10, 1000])
+def test_a_batch__one_statement_on_postgresql_whatever_its_size(db_alias, batch):
+    sql = statements(db_alias, lambda: jobs.noop.trigger_many(list(range(batch))))
+
+    assert Run.objects.count() == batch
+    assert transactions(sql) == 1, sql
+    if is_postgres(db_alias):
+        assert len(sql) == 1, sql  # one row per element of each array parameter
+    else:
+        # Django's bulk_create splits the INSERT to stay within SQLite's parameters per statement.
+        assert [s.split(None, 1)[0].upper() for s in sql if not s.startswith("INSERT")] == [
+            "BEGIN",
+            "COMMIT",
+        ], sql
+
+
+def test_a_trigger_with_keys__looks_them_up_and_inserts_in_one_transaction(db_alias):
+    sql = statements(
+        db_alias, lambda: jobs.noop.trigger(None, idempotency_key="i", concurrency_key="c")
+    )
+
+    assert transactions(sql) == 1, sql
+    # BEGIN, the run of the idempotency key, the pending run of the concurrency key, the insert
+    # (with the wake-up on PostgreSQL), COMMIT.
+    assert [s.lstrip().split(None, 1)[0].upper() for s in sql] == [
+        "BEGIN",
+        "SELECT",
+        "SELECT",
+        "WITH" if is_postgres(db_alias) else "INSERT",
+        "COMMIT",
+    ], sql
+
+
 def test_a_run_on_its_first_attempt__claim_and_finish_only(db_alias):
     run = jobs.noop.trigger(None)
 

@@ -77,6 +77,38 @@ def test_trigger__returns_a_pending_created_run(db_alias):
     assert Run.objects.using(db_alias).filter(pk=run.pk).exists()
 
 
+@pytest.mark.parametrize("how", ["trigger", "trigger_many"])
+def test_trigger__stores_every_column_as_a_new_model_instance_would(db_alias, how):
+    # PostgreSQL inserts runs with a hand-written statement, not the ORM: a column it forgot, or a
+    # model default it got wrong, shows up here as a field that differs from an unsaved Run's.
+    options = {"queue": "q", "priority": 3, "labels": {"team": "a"}, "idempotency_key": "k"}
+    if how == "trigger":
+        run = jobs.noop.trigger({"x": [1, "two"]}, **options)
+    else:
+        [run] = jobs.noop.trigger_many([TriggerItem(input={"x": [1, "two"]}, **options)])
+    stored = Run.objects.get(pk=run.pk)
+    expected = Run(
+        pk=run.pk,
+        job_name="tests.jobs.noop",
+        input={"x": [1, "two"]},
+        queue="q",
+        priority=3,
+        labels={"team": "a"},
+        idempotency_key="k",
+    )
+
+    database_clock = {"run_after", "created_at", "updated_at"}
+    for field in Run._meta.concrete_fields:
+        if field.name in database_clock:
+            assert getattr(stored, field.attname) == getattr(run, field.attname), field.name
+            assert getattr(stored, field.attname) == stored.created_at, field.name
+        else:
+            assert getattr(stored, field.attname) == getattr(expected, field.attname), field.name
+            assert getattr(run, field.attname) == getattr(expected, field.attname), field.name
+    assert run._state.adding is False
+    assert run._state.db == db_alias
+
+
 def test_trigger__defaults_for_queue_and_priority(db_alias):
     run = jobs.noop.trigger()
     stored = Run.objects.get(pk=run.pk)

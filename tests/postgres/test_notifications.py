@@ -19,6 +19,7 @@ from django.db import connections, transaction
 
 from django_durably import cancel_run, resume_run
 from django_durably.jobs import TriggerItem
+from django_durably.models import Run
 from django_durably.notifications import CHANNEL, Listener
 from tests import jobs, routers
 
@@ -134,3 +135,32 @@ def test_the_workers_listener_is_woken_by_a_trigger(alias):
         assert wake.wait(DEADLINE)
     finally:
         listener.stop()
+
+
+@pytest.fixture
+def preparing_restored() -> Iterator[None]:
+    from django_durably import postgres
+
+    yield
+    postgres._Preparing.works = True
+
+
+def test_a_trigger_whose_prepared_insert_a_pooler_lost_still_creates_and_wakes(
+    listening, alias, preparing_restored, caplog
+):
+    jobs.noop.trigger(None, queue="mail")  # prepares the insert on this connection
+    assert received_until(listening, "mail") == ["mail"]
+    with connections[alias].cursor() as cursor:
+        cursor.execute(
+            "SELECT name FROM pg_prepared_statements WHERE statement LIKE %s",
+            ["%INSERT INTO durably_run%"],
+        )
+        [(name,)] = cursor.fetchall()
+        cursor.execute(f'DEALLOCATE "{name}"')  # as a pooler switching server connections would
+
+    with caplog.at_level("WARNING", logger="django_durably.postgres"):
+        run = jobs.noop.trigger(None, queue="mail")
+
+    assert received_until(listening, "mail") == ["mail"]
+    assert Run.objects.using(alias).get(pk=run.pk).status == "pending"
+    assert "DURABLY_PREPARE_STATEMENTS = False" in caplog.text

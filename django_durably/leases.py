@@ -116,6 +116,8 @@ def insert_runs(alias: str, job_name: str, new_runs: Sequence[NewRun]) -> None:
 # database clock), with the values a new pending run has; one row per element of the arrays. The
 # wake-up is sent from the same statement, once per queue, so it is one round trip and its own
 # transaction when the trigger is not inside one. ``run_after`` NULL means now, as its default.
+# The always-true WHERE is what runs the notifications, once (PostgreSQL skips a plain CTE that
+# nothing reads, and keeps a volatile call such as ``pg_notify`` in a subquery).
 _INSERT_RUNS_SQL = """
 WITH created AS (
     INSERT INTO durably_run (

@@ -7,18 +7,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from django.conf import settings
 from django.db import DatabaseError, connections, transaction
 from django.test.utils import CaptureQueriesContext
 
+from tests.postgres.statements import deallocate
+
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
-
-
-@pytest.fixture
-def alias() -> str:
-    if "postgres" not in settings.DATABASES:
-        pytest.skip(settings.POSTGRES_SKIP_REASON or "PostgreSQL is not configured")
-    return "postgres"
 
 
 @pytest.fixture
@@ -51,15 +45,6 @@ def run_ten_times(alias: str) -> None:
 
 def probes(alias: str) -> list[str]:
     return [s for s in prepared_statements(alias) if "durably_probe" in s]
-
-
-@pytest.fixture
-def preparing_restored() -> Iterator[None]:
-    """Undo the process-wide switch-off that a lost prepared statement causes."""
-    from django_durably import postgres
-
-    yield
-    postgres._Preparing.works = True
 
 
 def test_bound_cursor__prepares_its_statements_once_by_default(alias):
@@ -95,14 +80,7 @@ def test_bound_cursor__switched_off_follows_the_options_prepare_threshold(
 
 
 def deallocate_probes(alias: str) -> None:
-    """What a pooler does when the next statement lands on another server connection: the named
-    statement is gone, and psycopg does not know."""
-    with connections[alias].cursor() as cursor:
-        cursor.execute(
-            "SELECT name FROM pg_prepared_statements WHERE statement LIKE %s", ["%durably_probe%"]
-        )
-        for (name,) in cursor.fetchall():
-            cursor.execute(f'DEALLOCATE "{name}"')
+    assert deallocate(alias, "%durably_probe%") == 1
 
 
 def test_bound_cursor__a_lost_prepared_statement_runs_again_unprepared_and_preparing_stops(

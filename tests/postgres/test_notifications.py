@@ -14,7 +14,6 @@ from typing import Any
 
 import psycopg
 import pytest
-from django.conf import settings
 from django.db import connections, transaction
 
 from django_durably import cancel_run, resume_run
@@ -22,18 +21,18 @@ from django_durably.jobs import TriggerItem
 from django_durably.models import Run
 from django_durably.notifications import CHANNEL, Listener
 from tests import jobs, routers
+from tests.concurrency import start
+from tests.postgres.statements import deallocate
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
 DEADLINE = 10.0
 
 
-@pytest.fixture
-def alias() -> Iterator[str]:
-    if "postgres" not in settings.DATABASES:
-        pytest.skip(settings.POSTGRES_SKIP_REASON or "PostgreSQL is not configured")
-    routers.use("postgres")
-    yield "postgres"
+@pytest.fixture(autouse=True)
+def _runs_on_postgres(alias: str) -> Iterator[None]:
+    routers.use(alias)
+    yield
     routers.use("default")
 
 
@@ -97,7 +96,9 @@ def test_an_idempotent_hit_wakes_nobody(listening):
 def test_a_trigger_inside_a_transaction_wakes_on_commit(listening, alias):
     with transaction.atomic(using=alias):
         jobs.noop.trigger(None, queue="mail")
-        assert list(listening.notifies(timeout=0, stop_after=1)) == []
+        # Another connection's trigger commits first and is heard first: "mail" has not been sent.
+        start(jobs.noop.trigger, None, queue="marker").outcome()
+        assert received_until(listening, "marker") == ["marker"]
 
     assert received_until(listening, "mail") == ["mail"]
 
@@ -137,26 +138,12 @@ def test_the_workers_listener_is_woken_by_a_trigger(alias):
         listener.stop()
 
 
-@pytest.fixture
-def preparing_restored() -> Iterator[None]:
-    from django_durably import postgres
-
-    yield
-    postgres._Preparing.works = True
-
-
 def test_a_trigger_whose_prepared_insert_a_pooler_lost_still_creates_and_wakes(
     listening, alias, preparing_restored, caplog
 ):
     jobs.noop.trigger(None, queue="mail")  # prepares the insert on this connection
     assert received_until(listening, "mail") == ["mail"]
-    with connections[alias].cursor() as cursor:
-        cursor.execute(
-            "SELECT name FROM pg_prepared_statements WHERE statement LIKE %s",
-            ["%INSERT INTO durably_run%"],
-        )
-        [(name,)] = cursor.fetchall()
-        cursor.execute(f'DEALLOCATE "{name}"')  # as a pooler switching server connections would
+    assert deallocate(alias, "%INSERT INTO durably_run%") == 1
 
     with caplog.at_level("WARNING", logger="django_durably.postgres"):
         run = jobs.noop.trigger(None, queue="mail")

@@ -1,0 +1,66 @@
+"""Model-bakery factories: the one place tests build rows directly, bypassing ``trigger()`` and the
+worker (say, a run in a status no trigger creates, or history rows to list).
+
+Each factory fills what a realistic row needs and takes any field as a keyword argument. A run is
+saved on the database the ``durably`` app is routed to (the ``db_alias`` fixture picks it).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from model_bakery import baker
+
+from django_durably.leases import db_alias
+from django_durably.models import AuditRecord, Run, RunLog, Step, StepStatus
+
+DEFAULT_JOB = "tests.noop"
+
+
+def make_run(**fields: Any) -> Run:
+    """A run of ``tests.noop`` (pending unless ``status=`` says otherwise), with no keys."""
+    fields.setdefault("job_name", DEFAULT_JOB)
+    fields.setdefault("input", {})
+    fields.setdefault("labels", {})
+    fields.setdefault("idempotency_key", None)
+    fields.setdefault("concurrency_key", None)
+    run: Run = baker.make(Run, _using=db_alias(), **fields)
+    return run
+
+
+def make_step(run: Run, **fields: Any) -> Step:
+    """A completed step of ``run`` named ``s<index>`` (index 0 unless given)."""
+    fields.setdefault("index", 0)
+    fields.setdefault("name", f"s{fields['index']}")
+    fields.setdefault("status", StepStatus.COMPLETED)
+    fields.setdefault("output", None)
+    fields.setdefault("error", None)
+    step: Step = baker.make(Step, _using=db_alias(), run=run, **fields)
+    return step
+
+
+def make_log(run: Run, **fields: Any) -> RunLog:
+    """An info line logged by ``run``."""
+    fields.setdefault("level", "info")
+    fields.setdefault("message", "a line")
+    fields.setdefault("data", {})
+    line: RunLog = baker.make(RunLog, _using=db_alias(), run=run, **fields)
+    return line
+
+
+def make_audit_record(run: Run, **fields: Any) -> AuditRecord:
+    """A cancel of ``run`` by ``ops``."""
+    fields.setdefault("action", "cancel")
+    fields.setdefault("actor", "ops")
+    fields.setdefault("from_status", "pending")
+    fields.setdefault("to_status", "cancelled")
+    fields.setdefault("detail", {})
+    record: AuditRecord = baker.make(
+        AuditRecord,
+        _using=db_alias(),
+        run=run,
+        run_uuid=run.pk,
+        job_name=run.job_name,
+        **fields,
+    )
+    return record

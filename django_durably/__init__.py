@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from django_durably.context import StepContext, current_context
 from django_durably.exceptions import (
+    DatabaseNotMigrated,
     DuplicateStepName,
     DurablyError,
     DurablyInterrupt,
@@ -99,6 +100,7 @@ def __getattr__(name: str) -> Any:
 __all__ = [
     "AuditRecord",
     "CancelResult",
+    "DatabaseNotMigrated",
     "DeleteResult",
     "DuplicateStepName",
     "DurablyError",

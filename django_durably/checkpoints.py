@@ -1,12 +1,20 @@
 """The model-backed :class:`~django_durably.context.StepStore`: fenced writes of a lease holder.
 
 Every write is guarded by ``status='leased' AND lease_generation=g`` (``Run.objects.held_by``). A
-refused write stores nothing and raises ``JobCancelled`` when the run was cancelled, ``LeaseLost``
-otherwise. Signals are sent after the write they describe has committed.
+refused write stores nothing and raises ``JobCancelled`` when the run was cancelled under this lease,
+``LeaseLost`` otherwise. Signals are sent after the write they describe has committed.
+
+The step boundary (:meth:`ModelStepStore.check`) costs no query while the worker's listener delivers
+cancels (PostgreSQL). Otherwise (SQLite, ``process_one``, a listener that reconnected since the lease
+was last confirmed) it reads the run, unless a fenced write found the lease held a moment ago
+(:data:`~django_durably.leases.FRESH_CONFIRMATION`): steps that follow each other closely cost no
+read, and a cancel acknowledged before a step starts stops it.
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
@@ -18,9 +26,18 @@ from django.utils import timezone
 from django_durably import signals
 from django_durably.events import send_after_commit
 from django_durably.exceptions import LeaseLost, StepConflict
-from django_durably.leases import LeaseHandle, db_alias, persist_completed_step, refusal
+from django_durably.leases import (
+    LeaseHandle,
+    db_alias,
+    persist_completed_step,
+    probe,
+    record_cancelled_step,
+    refusal,
+)
 from django_durably.models import DatabaseNow, Run, RunLog, Step, StepStatus
 from django_durably.types import JSON, LogLevel
+
+logger = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -63,13 +80,27 @@ class ModelStepStore:
         with _database_errors_lose_the_lease(self.run_id):
             return dict(rows.values_list("name", "output"))
 
+    def _refused(self) -> BaseException:
+        return refusal(self.run_id, self.lease.generation)
+
     def check(self) -> None:
+        self.lease.check()
+        if not self.lease.needs_probe():
+            return
+        sent_at = time.monotonic()
+        with _database_errors_lose_the_lease(self.run_id):
+            state = probe(self.run_id, self.lease.generation)
+        if state == "held":
+            self.lease.confirm(sent_at)
+            return
+        self.lease.state = "cancelled" if state == "cancelled" else "lost"
         self.lease.check()
 
     def step_started(self, *, index: int, name: str) -> None:
         self._after_commit(signals.step_started, step_name=name, index=index, attempt=self.attempt)
 
     def save_completed(self, *, index: int, name: str, output: JSON, started_at: datetime) -> None:
+        sent_at = time.monotonic()
         with _database_errors_lose_the_lease(self.run_id):
             try:
                 held = persist_completed_step(
@@ -88,12 +119,14 @@ class ModelStepStore:
                     f"Step {name!r} of run {self.run_id} was already completed by another execution."
                 ) from exc
             if not held:
-                raise refusal(self.run_id)
-            self._after_commit(signals.step_completed, step_name=name, index=index, output=output)
+                raise self._refused()
+        self.lease.confirm(sent_at)
+        self._after_commit(signals.step_completed, step_name=name, index=index, output=output)
 
     def save_failed(
         self, *, index: int, name: str, error: dict[str, str], started_at: datetime
     ) -> None:
+        sent_at = time.monotonic()
         with _database_errors_lose_the_lease(self.run_id):
             with transaction.atomic(using=self.alias):
                 held = self._held().update(updated_at=DatabaseNow())
@@ -109,16 +142,46 @@ class ModelStepStore:
                         completed_at=timezone.now(),
                     )
             if not held:
-                raise refusal(self.run_id)
-            self._after_commit(signals.step_failed, step_name=name, index=index, error=error)
+                raise self._refused()
+        self.lease.confirm(sent_at)
+        self._after_commit(signals.step_failed, step_name=name, index=index, error=error)
+
+    def save_cancelled(self, *, index: int, name: str, started_at: datetime) -> None:
+        try:
+            recorded = record_cancelled_step(
+                self.run_id,
+                self.lease.generation,
+                index=index,
+                name=name,
+                attempt=self.attempt,
+                started_at=started_at,
+                completed_at=timezone.now(),
+            )
+        except DatabaseError:
+            # A record of what happened, not a checkpoint: the cancel stands without it.
+            logger.warning(
+                "Run %s: could not record step %r as cancelled.",
+                self.run_id,
+                name,
+                exc_info=True,
+                extra={"action": "step_cancel_unrecorded", "run_id": str(self.run_id)},
+            )
+            return
+        if recorded:
+            self._after_commit(
+                signals.step_cancelled, step_name=name, index=index, attempt=self.attempt
+            )
 
     def save_progress(self, progress: dict[str, Any]) -> None:
+        sent_at = time.monotonic()
         with _database_errors_lose_the_lease(self.run_id):
             if not self._held().update(progress=progress, updated_at=DatabaseNow()):
-                raise refusal(self.run_id)
-            self._after_commit(signals.run_progress, progress=progress)
+                raise self._refused()
+        self.lease.confirm(sent_at)
+        self._after_commit(signals.run_progress, progress=progress)
 
     def save_log(self, *, level: LogLevel, message: str, data: JSON, step_name: str | None) -> None:
+        sent_at = time.monotonic()
         with _database_errors_lose_the_lease(self.run_id):
             with transaction.atomic(using=self.alias):
                 held = self._held().update(updated_at=DatabaseNow())
@@ -132,7 +195,8 @@ class ModelStepStore:
                         attempt=self.attempt,
                     )
             if not held:
-                raise refusal(self.run_id)
-            self._after_commit(
-                signals.run_log, step_name=step_name, level=level, message=message, data=data
-            )
+                raise self._refused()
+        self.lease.confirm(sent_at)
+        self._after_commit(
+            signals.run_log, step_name=step_name, level=level, message=message, data=data
+        )

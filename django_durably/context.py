@@ -23,6 +23,7 @@ from django_durably.exceptions import (
     DurablyInterrupt,
     InvalidProgress,
     InvalidStepName,
+    JobCancelled,
 )
 from django_durably.serialization import (
     describe_exception,
@@ -54,7 +55,8 @@ class StepStore(Protocol):
         """Outputs of the run's completed steps, by step name."""
 
     def check(self) -> None:
-        """Raise an interrupt if the run was cancelled or the lease is known to be lost."""
+        """Raise an interrupt if the run was cancelled or the lease is lost. Called before every
+        new step: a cancel acknowledged before the step would start must stop the job there."""
 
     def step_started(self, *, index: int, name: str) -> None:
         """A new (not replayed) step is about to call its function."""
@@ -66,6 +68,10 @@ class StepStore(Protocol):
         self, *, index: int, name: str, error: dict[str, str], started_at: datetime
     ) -> None:
         """Persist a failed step."""
+
+    def save_cancelled(self, *, index: int, name: str, started_at: datetime) -> None:
+        """Record that the run was cancelled while this step ran (not fenced: the run is no longer
+        leased; never raises for a refused or failed write)."""
 
     def save_progress(self, progress: dict[str, Any]) -> None:
         """Store the run's progress."""
@@ -158,7 +164,8 @@ class StepContext:
     def check(self) -> None:
         """Raise ``JobCancelled`` or ``LeaseLost`` if this execution must stop.
 
-        Called automatically before every new step; call it inside long loops too.
+        Called automatically before every new step; call it inside long loops too (it costs no
+        query in a PostgreSQL worker, and at most a read every few milliseconds elsewhere).
         """
         self._store.check()
 
@@ -177,6 +184,25 @@ class StepContext:
         self.check()
         started_at = timezone.now()
         self._store.step_started(index=index, name=name)
+        try:
+            output = self._call_step(index, name, started_at, fn, *args, **kwargs)
+        except JobCancelled:
+            # Cancelled while the step ran: its work is not checkpointed; say so in its history.
+            self._store.save_cancelled(index=index, name=name, started_at=started_at)
+            raise
+        return output  # type: ignore[return-value]
+
+    def _call_step(
+        self,
+        index: int,
+        name: str,
+        started_at: datetime,
+        fn: Callable[P, R],
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> JSON:
+        """Call a step's function, checkpoint its outcome and return its output as stored."""
         self._current_step = name
         try:
             result = fn(*args, **kwargs)
@@ -192,7 +218,7 @@ class StepContext:
             self._current_step = None
         self._store.save_completed(index=index, name=name, output=output, started_at=started_at)
         self._completed[name] = output
-        return output  # type: ignore[return-value]
+        return output
 
     def progress(
         self, current: float, total: float | None = None, message: str | None = None

@@ -7,7 +7,8 @@ signals are sent with ``send_robust`` and a receiver's exception is logged, not 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Literal
+from uuid import UUID
 
 from django.db import transaction
 from django.dispatch import Signal
@@ -24,6 +25,33 @@ def send_after_commit(signal: Signal, *, using: str, **kwargs: Any) -> None:
     if not signal.has_listeners(Run):
         return
     transaction.on_commit(lambda: send_now(signal, **kwargs), using=using)
+
+
+WorkerErrorContext = Literal[
+    "claim", "lease_renewal", "run_completion", "run_failure", "hand_back", "maintenance"
+]
+
+
+def send_worker_error(
+    error: BaseException | str,
+    *,
+    context: WorkerErrorContext,
+    worker_id: str = "",
+    run_id: UUID | None = None,
+) -> None:
+    """Send ``worker_error`` now (it reports a failure, so there is no write to wait for)."""
+    from django_durably import signals
+    from django_durably.models import Run
+
+    if not signals.worker_error.has_listeners(Run):
+        return
+    if isinstance(error, BaseException):
+        described = {"type": type(error).__qualname__, "message": str(error)}
+    else:
+        described = {"type": "", "message": error}
+    send_now(
+        signals.worker_error, context=context, worker_id=worker_id, run_id=run_id, error=described
+    )
 
 
 def send_now(signal: Signal, **kwargs: Any) -> None:

@@ -13,6 +13,7 @@ Two families:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
 
@@ -28,6 +29,29 @@ class DurablyError(Exception):
 
 class ImproperlyConfiguredJob(DurablyError, ImproperlyConfigured):
     """A job was declared in a way django-durably cannot run."""
+
+
+class DatabaseNotMigrated(DurablyError, ImproperlyConfigured):
+    """django-durably's migrations are not applied to the database that stores runs."""
+
+    def __init__(
+        self, alias: str, unapplied_migrations: Sequence[str] = (), *, table: str | None = None
+    ) -> None:
+        self.alias = alias
+        self.unapplied_migrations = tuple(unapplied_migrations)
+        self.table = table
+        command = "python manage.py migrate" + (
+            "" if alias == "default" else f" --database {alias}"
+        )
+        if self.unapplied_migrations:
+            what = f"migrations {', '.join(self.unapplied_migrations)} are not applied"
+        elif table is not None:
+            what = f"it has no table {table}"
+        else:
+            what = "its tables are missing"
+        super().__init__(
+            f"Database {alias!r} is not migrated for django-durably: {what}. Run `{command}`."
+        )
 
 
 class JobNotFound(DurablyError, LookupError):

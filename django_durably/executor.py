@@ -23,7 +23,7 @@ from django_durably import leases, signals
 from django_durably.checkpoints import ModelStepStore
 from django_durably.conf import durably_settings
 from django_durably.context import StepContext
-from django_durably.events import send_after_commit
+from django_durably.events import send_after_commit, send_worker_error
 from django_durably.exceptions import JobCancelled, JobNotFound, LeaseLost
 from django_durably.jobs import get_job
 from django_durably.keeper import LeaseKeeper
@@ -118,10 +118,11 @@ def run_job(run: Run, lease: LeaseHandle) -> JobEnd:
     return JobEnd(run, lease, "completed", started, output=output)
 
 
-def record(ends: Sequence[JobEnd]) -> list[RunOutcome]:
+def record(ends: Sequence[JobEnd], *, worker_id: str = "") -> list[RunOutcome]:
     """Write the ends of completed and failed runs in one fenced statement, send their signals after
     commit, and return each run's outcome, in order. A refused write reports ``cancelled`` or
-    ``lost``; a database error reports ``lost`` (the lease will expire and the run be retried)."""
+    ``lost``; a database error reports ``lost`` (the lease will expire and the run be retried).
+    Both a database error and a lost lease send ``worker_error``."""
     writes = [
         leases.Ending(
             end.run.pk,
@@ -132,14 +133,14 @@ def record(ends: Sequence[JobEnd]) -> list[RunOutcome]:
         for end in ends
         if end.status in ("completed", "failed")
     ]
+    failure: BaseException | None = None
     try:
         won = leases.finish(writes)
-        written = True
-    except DatabaseError:
+    except DatabaseError as exc:
         logger.exception(
             "Could not record the end of %d run(s); their leases will expire.", len(writes)
         )
-        won, written = set(), False
+        won, failure = set(), exc
     alias = leases.db_alias()
     outcomes = []
     for end in ends:
@@ -148,7 +149,14 @@ def record(ends: Sequence[JobEnd]) -> list[RunOutcome]:
             if end.run.pk in won:
                 _send_end_signal(end, alias)
             else:
-                status = _refused_status(end.run.pk) if written else "lost"
+                status = _refused_status(end) if failure is None else "lost"
+                if status == "lost":
+                    send_worker_error(
+                        failure or LeaseLost(end.run.pk),
+                        context="run_completion" if end.status == "completed" else "run_failure",
+                        worker_id=worker_id,
+                        run_id=end.run.pk,
+                    )
         outcomes.append(
             RunOutcome(
                 run_id=end.run.pk,
@@ -171,11 +179,12 @@ def _send_end_signal(end: JobEnd, alias: str) -> None:
     send_after_commit(signal, using=alias, run_id=end.run.pk, job_name=end.run.job_name, **result)
 
 
-def _refused_status(run_id: UUID) -> OutcomeStatus:
+def _refused_status(end: JobEnd) -> OutcomeStatus:
     try:
-        return "cancelled" if isinstance(leases.refusal(run_id), JobCancelled) else "lost"
+        refused = leases.refusal(end.run.pk, end.lease.generation)
     except DatabaseError:
         return "lost"
+    return "cancelled" if isinstance(refused, JobCancelled) else "lost"
 
 
 # -- in-process entry points -------------------------------------------------------------------

@@ -1,10 +1,16 @@
-"""Keeps the leases of running jobs alive from a background thread.
+"""Keeps the leases of running jobs alive from a background thread, and applies cancels to them.
 
 One :class:`LeaseKeeper` serves all the runs of one process (or worker): every renewal interval it
-renews all of their leases in one UPDATE and records, on each run's :class:`LeaseHandle`, whether the
-run was cancelled or the lease lost. The job notices at its next step boundary. If renewals keep
+renews all of their leases in one UPDATE and records, on each attempt's :class:`LeaseHandle`, whether
+the run was cancelled or the lease lost. The job notices at its next step boundary. If renewals keep
 failing (say the database is down), each handle's local deadline passes before the lease does in the
 database, and the job stops as lost before another worker could have reclaimed it.
+
+A worker's notification listener hands cancels to :meth:`LeaseKeeper.cancel` as they are committed,
+so a cancelled attempt stops before its next step starts instead of at the next renewal.
+
+Attempts are keyed by ``(run_id, generation)``: one process may hold an old attempt of a run that has
+not noticed its loss yet beside a new claim of the same run.
 """
 
 from __future__ import annotations
@@ -18,7 +24,8 @@ from uuid import UUID
 from django.db import close_old_connections, connections
 
 from django_durably import leases
-from django_durably.leases import LeaseHandle
+from django_durably.events import send_worker_error
+from django_durably.leases import CancelFeed, LeaseHandle
 from django_durably.models import Run
 
 logger = logging.getLogger(__name__)
@@ -27,10 +34,24 @@ logger = logging.getLogger(__name__)
 class LeaseKeeper:
     """Renews tracked leases every ``interval`` seconds until :meth:`stop`."""
 
-    def __init__(self, *, lease_seconds: float, interval: float) -> None:
+    # How long a cancel for an attempt not tracked yet is remembered: it can arrive between the
+    # claim's commit and :meth:`track`.
+    EARLY_CANCEL_SECONDS = 60.0
+
+    def __init__(
+        self,
+        *,
+        lease_seconds: float,
+        interval: float,
+        feed: CancelFeed | None = None,
+        worker_id: str = "",
+    ) -> None:
         self.lease_seconds = lease_seconds
         self.interval = interval
-        self._handles: dict[UUID, LeaseHandle] = {}
+        self.feed = feed
+        self.worker_id = worker_id
+        self._handles: dict[tuple[UUID, int], LeaseHandle] = {}
+        self._early_cancels: dict[tuple[UUID, int], float] = {}
         self._lock = threading.Lock()
         # Held while renewing. Whoever writes several of these runs in one statement (a worker
         # recording ends) holds it too: two multi-row UPDATEs of the same rows, running at once,
@@ -40,20 +61,55 @@ class LeaseKeeper:
         self._thread: threading.Thread | None = None
 
     def track(self, run: Run, *, claimed_at: float) -> LeaseHandle:
-        """Start keeping ``run``'s lease; ``claimed_at`` is ``time.monotonic()`` before the claim."""
+        """Start keeping the lease ``run`` was just claimed with; ``claimed_at`` is
+        ``time.monotonic()`` before the claim was sent."""
         handle = LeaseHandle(
             run_id=run.pk,
             generation=run.lease_generation,
             deadline=claimed_at + self.lease_seconds,
+            confirmed_at=claimed_at,
+            feed=self.feed,
         )
+        handle.confirm(claimed_at)
         with self._lock:
-            self._handles[run.pk] = handle
+            if self._early_cancels.pop(handle.key, None) is not None:
+                handle.state = "cancelled"
+            self._handles[handle.key] = handle
         return handle
 
     def untrack(self, handle: LeaseHandle) -> None:
         with self._lock:
-            if self._handles.get(handle.run_id) is handle:
-                del self._handles[handle.run_id]
+            if self._handles.get(handle.key) is handle:
+                del self._handles[handle.key]
+
+    def tracked(self) -> list[LeaseHandle]:
+        with self._lock:
+            return list(self._handles.values())
+
+    def cancel(self, run_id: UUID, generation: int) -> None:
+        """The run was cancelled under lease ``generation``: its attempt stops at its next step
+        boundary (or :meth:`~django_durably.context.StepContext.check`). Called by the listener."""
+        key = (run_id, generation)
+        now = time.monotonic()
+        with self._lock:
+            handle = self._handles.get(key)
+            if handle is None:
+                # Not tracked yet (or already ended): remember it for a moment, for a claim that
+                # committed before the cancel but is not tracked yet.
+                self._early_cancels = {
+                    early: at
+                    for early, at in self._early_cancels.items()
+                    if now - at < self.EARLY_CANCEL_SECONDS
+                }
+                self._early_cancels[key] = now
+                return
+            if handle.state == "held":
+                handle.state = "cancelled"
+        logger.info(
+            "Run %s: cancelled; stopping before its next step.",
+            run_id,
+            extra={"action": "cancel_noticed", "run_id": str(run_id)},
+        )
 
     def start(self) -> LeaseKeeper:
         if self._thread is None:
@@ -88,11 +144,12 @@ class LeaseKeeper:
             return
         sent_at = time.monotonic()
         with self.writing:
-            states = leases.renew({h.run_id: h.generation for h in handles}, self.lease_seconds)
+            states = leases.renew([h.key for h in handles], self.lease_seconds)
         for handle in handles:
-            state = states.get(handle.run_id, "lost")
+            state = states.get(handle.key, "lost")
             if state == "held":
                 handle.deadline = sent_at + self.lease_seconds
+                handle.confirm(sent_at)
             elif state == "finished":
                 continue  # the run ended under this lease while we renewed: nothing to stop
             else:
@@ -110,12 +167,13 @@ class LeaseKeeper:
             while not self._stopping.wait(self.interval):
                 try:
                     self.renew_now()
-                except Exception:
+                except Exception as exc:
                     logger.exception(
                         "Lease renewal failed; retrying in %.1fs.",
                         self.interval,
                         extra={"action": "renew_failed"},
                     )
+                    send_worker_error(exc, context="lease_renewal", worker_id=self.worker_id)
                     # A connection the server dropped stays broken: close it, so the next renewal
                     # reconnects instead of failing until the process restarts.
                     close_old_connections()

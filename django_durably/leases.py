@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Iterator, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 from uuid import UUID
 
 from django.db import connections, router, transaction
@@ -161,6 +161,11 @@ def claim(
     later write of this worker must present), ``attempt`` incremented, ``lease_owner`` set and
     ``lease_expires_at`` = database now + ``lease_seconds``. ``started_at`` is kept when a run is
     reclaimed. Runs are never returned to two holders under the same generation.
+
+    The lease returned (generation, owner, expiry) is the one this claim wrote, read from the
+    claiming ``UPDATE ... RETURNING`` itself (on SQLite, in the claiming transaction), never
+    re-read after the claim committed: by then a cancel, a resume and another worker's claim may
+    have moved the run to a later generation.
     """
     if limit < 1:
         return []
@@ -169,10 +174,9 @@ def claim(
     if connections[alias].vendor == "postgresql":
         claimed, keyed_waiting = _claim_unkeyed_prefix(alias, worker_id, queues, limit, seconds)
         if len(claimed) < limit and keyed_waiting:
-            more = _claim_locking(alias, worker_id, queues, limit - len(claimed), seconds)
-            claimed += _fetch(alias, more)
+            claimed += _claim_locking(alias, worker_id, queues, limit - len(claimed), seconds)
     else:
-        claimed = _fetch(alias, _claim_conditional(alias, worker_id, queues, limit, seconds))
+        claimed = _claim_conditional(alias, worker_id, queues, limit, seconds)
     claimed.sort(key=lambda run: (-run.priority, run.run_after, run.pk))
     for run in claimed:
         send_after_commit(
@@ -186,9 +190,19 @@ def claim(
     return claimed
 
 
-def _fetch(alias: str, ids: list[UUID]) -> list[Run]:
-    return list(Run.objects.using(alias).filter(pk__in=ids)) if ids else []
-
+# What a claim writes, in the hand-written PostgreSQL statements (parameters: the owner, the lease in
+# seconds); ``_lease_fields`` is the same for the ORM (SQLite). Both claiming statements return the
+# row they wrote (``RETURNING``), so the fencing token a worker holds is the one its claim wrote: a
+# worker paused after its claim commits must not pick up a generation written by a later claim.
+_LEASE_SET_SQL = """
+    status = 'leased',
+    lease_generation = run.lease_generation + 1,
+    attempt = run.attempt + 1,
+    lease_owner = %s,
+    lease_expires_at = statement_timestamp() + make_interval(secs => %s),
+    started_at = COALESCE(run.started_at, statement_timestamp()),
+    updated_at = statement_timestamp()
+"""
 
 # The common case on PostgreSQL, in one statement and one round trip: lease the ready runs that come
 # before the first run with a concurrency key, in claim order. Runs with a key need an advisory lock
@@ -225,14 +239,7 @@ WITH pending AS (
     WHERE position <= {limit}
       AND position < COALESCE((SELECT position FROM first_keyed), {limit} + 1)
 )
-UPDATE durably_run run SET
-    status = 'leased',
-    lease_generation = run.lease_generation + 1,
-    attempt = run.attempt + 1,
-    lease_owner = %s,
-    lease_expires_at = statement_timestamp() + make_interval(secs => %s),
-    started_at = COALESCE(run.started_at, statement_timestamp()),
-    updated_at = statement_timestamp()
+UPDATE durably_run run SET {lease_set}
 FROM picked
 WHERE run.id = picked.id
 RETURNING {columns}, (SELECT position IS NOT NULL FROM first_keyed) AS keyed_waiting
@@ -247,6 +254,7 @@ def _claim_unkeyed_prefix(
         limit=int(limit),
         queue_filter="AND queue = ANY(%s)" if queues else "",
         columns=_claimed_columns(alias),
+        lease_set=_LEASE_SET_SQL,
     )
     params: list[Any] = [list(queues), list(queues)] if queues else []
     params += [worker_id, float(seconds)]
@@ -389,24 +397,34 @@ def _each_candidate(
             yield run_id, key
 
 
+# Leasing the runs ``_claim_locking`` chose and locked, returning what the claim wrote.
+_LEASE_CHOSEN_SQL = """
+UPDATE durably_run run SET {lease_set}
+WHERE run.id = ANY(%s)
+RETURNING {columns}
+"""
+
+
 def _claim_locking(
     alias: str, worker_id: str, queues: list[str] | None, limit: int, seconds: float
-) -> list[UUID]:
+) -> list[Run]:
     chosen: list[UUID] = []
-    with transaction.atomic(using=alias), connections[alias].cursor() as cursor:
-        for run_id, key in _each_candidate(alias, queues, limit, chosen, lock=True):
-            if key is not None:
-                if not _try_key_lock(cursor, key):
-                    continue
-                # Fresh re-check now that the key is ours for this transaction.
-                if Run.objects.using(alias).leased().filter(concurrency_key=key).exists():
-                    continue
-            chosen.append(run_id)
-        if chosen:
-            Run.objects.using(alias).filter(pk__in=chosen).update(
-                **_lease_fields(worker_id, seconds)
-            )
-    return chosen
+    with transaction.atomic(using=alias):
+        with connections[alias].cursor() as cursor:
+            for run_id, key in _each_candidate(alias, queues, limit, chosen, lock=True):
+                if key is not None:
+                    if not _try_key_lock(cursor, key):
+                        continue
+                    # Fresh re-check now that the key is ours for this transaction.
+                    if Run.objects.using(alias).leased().filter(concurrency_key=key).exists():
+                        continue
+                chosen.append(run_id)
+        if not chosen:
+            return []
+        sql = _LEASE_CHOSEN_SQL.format(lease_set=_LEASE_SET_SQL, columns=_claimed_columns(alias))
+        with _bound_cursor(alias) as cursor:
+            cursor.execute(sql, [worker_id, float(seconds), chosen])
+            return [_run_from_row(alias, row) for row in cursor.fetchall()]
 
 
 def _try_key_lock(cursor: Any, key: str) -> bool:
@@ -422,21 +440,25 @@ def _key_lock_id(key: str) -> int:
 
 def _claim_conditional(
     alias: str, worker_id: str, queues: list[str] | None, limit: int, seconds: float
-) -> list[UUID]:
+) -> list[Run]:
     chosen: list[UUID] = []
+    claimed: list[Run] = []
     for run_id, _key in _each_candidate(alias, queues, limit, chosen, lock=False):
         # One statement: still ready, and no other valid lease on the key, checked under the
-        # database's write lock together with the update itself.
-        won = (
-            Run.objects.using(alias)
-            .ready(queues)
-            .filter(pk=run_id)
-            .exclude(_busy_key())
-            .update(**_lease_fields(worker_id, seconds))
-        )
-        if won:
-            chosen.append(run_id)
-    return chosen
+        # database's write lock together with the update itself. The row is read back in the same
+        # transaction, under that lock, so the lease returned is the one this UPDATE wrote.
+        with transaction.atomic(using=alias):
+            runs = Run.objects.using(alias)
+            won = (
+                runs.ready(queues)
+                .filter(pk=run_id)
+                .exclude(_busy_key())
+                .update(**_lease_fields(worker_id, seconds))
+            )
+            if won:
+                chosen.append(run_id)
+                claimed.append(runs.get(pk=run_id))
+    return claimed
 
 
 def lock_oldest_finished(runs: RunQuerySet, limit: int) -> list[UUID]:
@@ -452,19 +474,25 @@ def lock_oldest_finished(runs: RunQuerySet, limit: int) -> list[UUID]:
 # -- while running -----------------------------------------------------------------------------
 
 
-def renew(leases: dict[UUID, int], lease_seconds: float) -> dict[UUID, LeaseState]:
-    """Extend every lease in ``{run_id: generation}`` in one UPDATE; report each one's state.
+def renew(
+    leases: Collection[tuple[UUID, int]], lease_seconds: float
+) -> dict[tuple[UUID, int], LeaseState]:
+    """Extend every lease in ``leases`` (``(run_id, generation)`` pairs) in one UPDATE; report each
+    one's state, keyed by its pair.
 
     A lease is renewed only while the run is leased under that generation and the lease has not
     expired. ``cancelled`` means an operator cancelled the run; ``finished`` that this lease
     completed or failed it meanwhile (a renewal racing the run's own end); ``lost`` that the lease
-    expired or another worker holds it now.
+    expired or another worker holds it now. One process may hold two attempts of one run (an old
+    one that has not noticed its loss yet, and a new claim), so leases are told apart by their
+    generation, not by run id.
     """
-    if not leases:
+    pairs = set(leases)
+    if not pairs:
         return {}
     alias = db_alias()
     held = Q()
-    for run_id, generation in leases.items():
+    for run_id, generation in pairs:
         held |= Q(pk=run_id, lease_generation=generation)
     renewed = (
         Run.objects.using(alias)
@@ -472,12 +500,12 @@ def renew(leases: dict[UUID, int], lease_seconds: float) -> dict[UUID, LeaseStat
         .leased()
         .update(lease_expires_at=lease_expiry(lease_seconds), updated_at=DatabaseNow())
     )
-    if renewed == len(leases):
-        return dict.fromkeys(leases, "held")
-    states: dict[UUID, LeaseState] = dict.fromkeys(leases, "lost")
+    if renewed == len(pairs):
+        return dict.fromkeys(pairs, "held")
+    states: dict[tuple[UUID, int], LeaseState] = dict.fromkeys(pairs, "lost")
     rows = (
         Run.objects.using(alias)
-        .filter(pk__in=list(leases))
+        .filter(pk__in={run_id for run_id, _generation in pairs})
         .annotate(
             valid=ExpressionWrapper(
                 Q(lease_expires_at__gt=DatabaseNow()), output_field=BooleanField()
@@ -486,12 +514,15 @@ def renew(leases: dict[UUID, int], lease_seconds: float) -> dict[UUID, LeaseStat
         .values_list("pk", "status", "lease_generation", "valid")
     )
     for run_id, status, generation, valid in rows:
+        pair = (run_id, generation)
+        if pair not in pairs:
+            continue  # the run moved on to another lease: every one of ours is lost
         if status == RunStatus.CANCELLED:
-            states[run_id] = "cancelled"
-        elif generation == leases[run_id] and status in (RunStatus.COMPLETED, RunStatus.FAILED):
-            states[run_id] = "finished"
-        elif status == RunStatus.LEASED and generation == leases[run_id] and valid:
-            states[run_id] = "held"
+            states[pair] = "cancelled"
+        elif status in (RunStatus.COMPLETED, RunStatus.FAILED):
+            states[pair] = "finished"
+        elif status == RunStatus.LEASED and valid:
+            states[pair] = "held"
     return states
 
 
@@ -669,33 +700,135 @@ def persist_completed_step(
     return bool(held)
 
 
-def refusal(run_id: UUID) -> DurablyInterrupt:
-    """Why a fenced write was refused: the run was cancelled, or the lease was lost."""
-    status = (
-        Run.objects.using(db_alias()).filter(pk=run_id).values_list("status", flat=True).first()
+def refusal(run_id: UUID, generation: int) -> DurablyInterrupt:
+    """Why a fenced write of lease ``generation`` was refused: the run was cancelled under that
+    lease (``JobCancelled``), or the lease was lost (``LeaseLost``)."""
+    return JobCancelled(run_id) if probe(run_id, generation) == "cancelled" else LeaseLost(run_id)
+
+
+def probe(run_id: UUID, generation: int) -> LeaseState:
+    """The state of lease ``generation`` of a run, read from the database (one indexed read).
+
+    ``held`` means the run is leased under that generation (its expiry is the holder's local
+    deadline's business); ``cancelled`` that it was cancelled under it; ``finished`` that it ended
+    under it; ``lost`` anything else (another claim, a resume, a deleted run).
+    """
+    row = (
+        Run.objects.using(db_alias())
+        .filter(pk=run_id)
+        .values_list("status", "lease_generation")
+        .first()
     )
+    if row is None or row[1] != generation:
+        return "lost"
+    status = row[0]
+    if status == RunStatus.LEASED:
+        return "held"
     if status == RunStatus.CANCELLED:
-        return JobCancelled(run_id)
-    return LeaseLost(run_id)
+        return "cancelled"
+    if status in (RunStatus.COMPLETED, RunStatus.FAILED):
+        return "finished"
+    return "lost"
+
+
+def record_cancelled_step(
+    run_id: UUID,
+    generation: int,
+    *,
+    index: int,
+    name: str,
+    attempt: int,
+    started_at: datetime,
+    completed_at: datetime,
+) -> bool:
+    """Record that step ``name`` was running when the run was cancelled under lease ``generation``
+    (a ``cancelled`` step row); return whether it was recorded. Nothing is written unless the run is
+    still cancelled under that lease: once it was resumed and claimed again, it is not this
+    lease's to write."""
+    alias = db_alias()
+    with transaction.atomic(using=alias):
+        cancelled = (
+            Run.objects.using(alias)
+            .filter(pk=run_id, status=RunStatus.CANCELLED, lease_generation=generation)
+            .select_for_update()
+            .exists()
+        )
+        if cancelled:
+            Step.objects.using(alias).create(
+                run_id=run_id,
+                index=index,
+                name=name,
+                status=StepStatus.CANCELLED,
+                attempt=attempt,
+                started_at=started_at,
+                completed_at=completed_at,
+            )
+    return cancelled
+
+
+# A lease found held this recently (seconds since the answer of a fenced write, a renewal, the claim
+# or a read) is taken as still held at a step boundary without asking the database again, where no
+# listener delivers cancels: steps that follow each other closely cost no read. A cancel committed
+# within this moment (plus that statement's round trip) before a step starts can let the step start;
+# its checkpoint is then refused and the step recorded as cancelled.
+FRESH_CONFIRMATION = 0.005
+
+
+class CancelFeed(Protocol):
+    """Cancels delivered to this process as they happen (PostgreSQL notifications).
+
+    ``live_since`` is the ``time.monotonic()`` since which the feed has been listening without a
+    break (``None`` while it is not): a cancel committed after that is delivered.
+    """
+
+    @property
+    def live_since(self) -> float | None: ...
 
 
 @dataclass
 class LeaseHandle:
-    """What a running job knows about its lease: the fencing token and a local deadline.
+    """What a running job knows about its lease: the fencing token, a local deadline, and whether a
+    cancel could have slipped past it.
 
     The deadline is measured on this machine's monotonic clock from *before* the claim or renewal
-    was sent, so it always passes no later than the lease does in the database.
+    was sent, so it always passes no later than the lease does in the database. ``confirmed_at``
+    is the monotonic time before the last statement that found the lease held (the claim, a
+    renewal, a fenced write, a probe). A cancel committed after that is known at once when a live
+    :class:`CancelFeed` has been listening since before it; otherwise the step boundary asks the
+    database, unless the confirmation is fresh (:meth:`needs_probe`).
     """
 
     run_id: UUID
     generation: int
     deadline: float
     state: LeaseState = "held"
+    confirmed_at: float = field(default_factory=time.monotonic)
+    fresh_until: float = 0.0
+    feed: CancelFeed | None = None
+
+    @property
+    def key(self) -> tuple[UUID, int]:
+        """``(run_id, generation)``: one attempt of a run. A process may hold two of one run."""
+        return (self.run_id, self.generation)
 
     def check(self) -> None:
-        """Raise :class:`JobCancelled` or :class:`LeaseLost` if the run must stop."""
+        """Raise :class:`JobCancelled` or :class:`LeaseLost` if the run must stop, as far as this
+        process knows (no database access)."""
         if self.state == "cancelled":
             raise JobCancelled(self.run_id)
         if self.state == "lost" or time.monotonic() >= self.deadline:
             self.state = "lost"
             raise LeaseLost(self.run_id)
+
+    def confirm(self, sent_at: float) -> None:
+        """A statement sent at ``sent_at`` found the lease held (and has just returned)."""
+        self.confirmed_at = max(self.confirmed_at, sent_at)
+        self.fresh_until = time.monotonic() + FRESH_CONFIRMATION
+
+    def needs_probe(self) -> bool:
+        """Whether the database must be asked if the run was cancelled: no live feed has been
+        listening since the last confirmation, and that confirmation is not fresh."""
+        since = None if self.feed is None else self.feed.live_since
+        if since is not None and since <= self.confirmed_at:
+            return False  # a cancel committed since then is delivered to this process
+        return time.monotonic() > self.fresh_until

@@ -11,11 +11,12 @@ Triggering and waiting live in ``triggering`` and are re-exported here.
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 from uuid import UUID
 
 from django.db import IntegrityError, transaction
@@ -23,6 +24,7 @@ from django.dispatch import Signal
 from django.utils import timezone
 
 from django_durably import signals
+from django_durably.database import retry_if_locked
 from django_durably.events import send_after_commit
 from django_durably.exceptions import (
     InvalidTrigger,
@@ -77,6 +79,22 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_PURGE_LIMIT = 1000
 TRANSITION_ROUNDS = 3
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def _retried_when_locked(operation: Callable[P, T]) -> Callable[P, T]:
+    """Run the whole operation again when SQLite answers "database is locked" (a deferred
+    transaction that read, then met a concurrent write): its transaction was rolled back, so
+    nothing of it happened. Inside a caller's transaction the error is raised as it is. See
+    :func:`django_durably.database.retry_if_locked`."""
+
+    @functools.wraps(operation)
+    def retried(*args: P.args, **kwargs: P.kwargs) -> T:
+        return retry_if_locked(db_alias(), operation, *args, **kwargs)
+
+    return retried
 
 
 @dataclass(frozen=True)
@@ -231,6 +249,7 @@ def cancel_run(run_id: UUID | str, *, actor: Any = None, source: str = "python")
 # -- resume ------------------------------------------------------------------------------------
 
 
+@_retried_when_locked
 def resume_run(run_id: UUID | str, *, actor: Any = None, source: str = "python") -> ResumeResult:
     """Put a failed or cancelled run back to pending, on the same run id.
 
@@ -300,6 +319,7 @@ def _pending_conflict(alias: str, run_id: UUID) -> Exception:
 # -- retrigger ---------------------------------------------------------------------------------
 
 
+@_retried_when_locked
 def retrigger_run(
     run_id: UUID | str,
     *,
@@ -384,6 +404,7 @@ def _retrigger_key(run_id: UUID, idempotency_key: Any) -> str:
 # -- delete and purge --------------------------------------------------------------------------
 
 
+@_retried_when_locked
 def delete_run(run_id: UUID | str, *, actor: Any = None, source: str = "python") -> DeleteResult:
     """Delete a finished run with its steps and logs; raises :class:`RunNotDeletable` otherwise.
 
@@ -434,6 +455,7 @@ def purgeable_runs(
     return Run.objects.using(db_alias()).filter(status__in=statuses, completed_at__lt=cutoff)
 
 
+@_retried_when_locked
 def purge_runs(
     older_than: timedelta | datetime,
     limit: int = DEFAULT_PURGE_LIMIT,

@@ -10,6 +10,8 @@ so a receiver that reads the database sees the change. Keyword arguments:
 signal                      kwargs
 ==========================  ==========================================================================
 ``run_triggered``           ``run``
+``run_coalesced``           ``run`` (the pending run a trigger was merged into), ``job_name``,
+                            ``concurrency_key``
 ``run_leased``              ``run_id``, ``job_name``, ``attempt``, ``lease_owner``
 ``run_completed``           ``run_id``, ``job_name``, ``output``
 ``run_failed``              ``run_id``, ``job_name``, ``error`` (dict: type, message, traceback)
@@ -20,14 +22,24 @@ signal                      kwargs
 ``step_started``            ``run_id``, ``step_name``, ``index``, ``attempt``
 ``step_completed``          ``run_id``, ``step_name``, ``index``, ``output``
 ``step_failed``             ``run_id``, ``step_name``, ``index``, ``error``
+``step_cancelled``          ``run_id``, ``step_name``, ``index``, ``attempt`` (the run was cancelled
+                            while the step ran; the step's work is not checkpointed)
 ``run_progress``            ``run_id``, ``progress`` (dict: current, total, message)
 ``run_log``                 ``run_id``, ``step_name``, ``level``, ``message``, ``data``
+``worker_error``            ``context`` (``claim``, ``lease_renewal``, ``run_completion``,
+                            ``run_failure``, ``hand_back`` or ``maintenance``), ``worker_id``,
+                            ``run_id`` (or ``None``), ``error`` (dict: type, message)
 ==========================  ==========================================================================
+
+``worker_error`` is sent at once, from the thread that met the error (there is no write to wait for):
+a database error while claiming, renewing leases, recording a run's end or purging old runs, or the
+end of a run refused because its lease was lost meanwhile.
 """
 
 from django.dispatch import Signal
 
 run_triggered = Signal()
+run_coalesced = Signal()
 run_leased = Signal()
 run_completed = Signal()
 run_failed = Signal()
@@ -38,5 +50,7 @@ run_deleted = Signal()
 step_started = Signal()
 step_completed = Signal()
 step_failed = Signal()
+step_cancelled = Signal()
 run_progress = Signal()
 run_log = Signal()
+worker_error = Signal()

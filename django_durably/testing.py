@@ -93,6 +93,9 @@ class InMemoryStepStore:
         self.check()
         self.steps.append(StoredStep(index=index, name=name, status="failed", error=error))
 
+    def save_cancelled(self, *, index: int, name: str, started_at: datetime) -> None:
+        self.steps.append(StoredStep(index=index, name=name, status="cancelled"))
+
     def save_progress(self, progress: dict[str, Any]) -> None:
         self.check()
         self.progress.append(progress)

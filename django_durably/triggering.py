@@ -26,6 +26,7 @@ from django.db import IntegrityError, connections, transaction
 
 from django_durably import signals
 from django_durably.conf import durably_settings
+from django_durably.database import missing_tables_as_not_migrated, retry_if_locked
 from django_durably.events import send_after_commit
 from django_durably.exceptions import (
     DurablyError,
@@ -91,19 +92,35 @@ def trigger_runs(job: Job[Any, Any], items: Sequence[TriggerItem]) -> list[Run]:
     # statement, atomic by itself (and on PostgreSQL, one round trip: no BEGIN and COMMIT around it).
     has_keys = any(p.run.idempotency_key or p.run.concurrency_key for p in prepared)
     single_statement = not has_keys and connections[alias].vendor == "postgresql"
-    for attempt in range(TRIGGER_RETRIES):
-        try:
-            with contextlib.nullcontext() if single_statement else transaction.atomic(using=alias):
-                results, created = _insert(job.name, prepared, alias)
-            break
-        except IntegrityError:
-            # A concurrent trigger took an idempotency key or a pending concurrency key between
-            # our read and our insert. Nothing of ours was written; look again.
-            if attempt == TRIGGER_RETRIES - 1:
-                raise
+    with missing_tables_as_not_migrated(alias):
+        for attempt in range(TRIGGER_RETRIES):
+            try:
+                # On SQLite, a deferred transaction whose insert follows a concurrent commit is
+                # refused at once ("database is locked"); nothing was written, so start again.
+                results, created = retry_if_locked(
+                    alias,
+                    _insert_in_transaction,
+                    job.name,
+                    prepared,
+                    alias,
+                    single_statement=single_statement,
+                )
+                break
+            except IntegrityError:
+                # A concurrent trigger took an idempotency key or a pending concurrency key
+                # between our read and our insert. Nothing of ours was written; look again.
+                if attempt == TRIGGER_RETRIES - 1:
+                    raise
     for run in created:
         send_after_commit(signals.run_triggered, using=alias, run=run)
     return results
+
+
+def _insert_in_transaction(
+    job_name: str, prepared: list[_Prepared], alias: str, *, single_statement: bool
+) -> tuple[list[Run], list[Run]]:
+    with contextlib.nullcontext() if single_statement else transaction.atomic(using=alias):
+        return _insert(job_name, prepared, alias)
 
 
 def _insert(job_name: str, prepared: list[_Prepared], alias: str) -> tuple[list[Run], list[Run]]:

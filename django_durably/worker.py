@@ -28,6 +28,7 @@ from django.db import DatabaseError, connections
 
 from django_durably import leases
 from django_durably.conf import durably_settings
+from django_durably.events import send_worker_error
 from django_durably.executor import JobEnd, RunOutcome, default_worker_id, record, run_job
 from django_durably.keeper import LeaseKeeper
 from django_durably.leases import LeaseHandle
@@ -104,7 +105,9 @@ class Worker:
         self.listen = listen
         interval = renew_interval or durably_settings.RENEW_INTERVAL
         self.keeper = LeaseKeeper(
-            lease_seconds=self.lease_seconds, interval=min(interval, self.lease_seconds / 3)
+            lease_seconds=self.lease_seconds,
+            interval=min(interval, self.lease_seconds / 3),
+            worker_id=self.worker_id,
         )
         self.stats = WorkerStats()
         self.alias = leases.db_alias()
@@ -114,7 +117,10 @@ class Worker:
         self._stop_requested_at: float | None = None
         self._next_retention = 0.0
         self._inbox: queue.Queue[tuple[Run, LeaseHandle] | None] = queue.Queue()
-        self._running: dict[UUID, LeaseHandle] = {}  # every lease held: queued, running, ended
+        # Every attempt holding a lease: queued, running, or ended but not recorded. Keyed by
+        # ``(run_id, generation)``: after a cancel and a resume (or a pause past the lease) this
+        # worker may claim a run whose earlier attempt is still running in another slot.
+        self._running: dict[tuple[UUID, int], LeaseHandle] = {}
         self._busy = 0  # runs handed to the slots whose job has not returned yet
         self._ended: list[JobEnd] = []  # returned jobs whose end the claim loop has yet to record
         self._running_lock = threading.Lock()
@@ -189,7 +195,9 @@ class Worker:
     def _start_listener(self) -> Listener | None:
         if not self.listen or not Listener.supported(self.alias):
             return None
-        return Listener(self.alias, self._wake).start()
+        listener = Listener(self.alias, self._wake, on_cancel=self.keeper.cancel)
+        self.keeper.feed = listener  # cancels reach running attempts at once
+        return listener.start()
 
     def _claim_loop(self) -> None:
         backoff = 0.0
@@ -206,6 +214,7 @@ class Worker:
                     backoff = 0.0
                 except DatabaseError as exc:
                     self.stats.claim_errors += 1
+                    send_worker_error(exc, context="claim", worker_id=self.worker_id)
                     backoff = min(max(backoff * 2, 0.5), MAX_CLAIM_BACKOFF)
                     logger.warning(
                         "Claim failed (%s); retrying in %.1fs.",
@@ -241,8 +250,9 @@ class Worker:
         self._next_retention = time.monotonic() + interval * random.uniform(0.9, 1.1)  # noqa: S311
         try:
             purge_runs(retention)
-        except DatabaseError:
+        except DatabaseError as exc:
             logger.exception("Retention purge failed; retrying in %.0fs.", interval)
+            send_worker_error(exc, context="maintenance", worker_id=self.worker_id)
             connections[self.alias].close()
 
     def _claim(self, limit: int) -> list[Run]:
@@ -257,7 +267,7 @@ class Worker:
         for run in runs:
             handle = self.keeper.track(run, claimed_at=claimed_at)
             with self._running_lock:
-                self._running[run.pk] = handle
+                self._running[handle.key] = handle
                 self._busy += 1
             self.stats.claimed += 1
             self._inbox.put((run, handle))
@@ -295,9 +305,12 @@ class Worker:
             handle.state = "lost"  # the job stops at its next step boundary and writes nothing
             try:
                 released = leases.release(handle.run_id, handle.generation)
-            except DatabaseError:
+            except DatabaseError as exc:
                 logger.exception(
                     "Could not hand back run %s; its lease will expire.", handle.run_id
+                )
+                send_worker_error(
+                    exc, context="hand_back", worker_id=self.worker_id, run_id=handle.run_id
                 )
                 continue
             logger.info(
@@ -321,7 +334,7 @@ class Worker:
                 with self._running_lock:
                     self._busy -= 1
                     if end is None:
-                        self._running.pop(run.pk, None)
+                        self._running.pop(handle.key, None)
                     else:
                         self._ended.append(end)
                 if end is None:
@@ -355,14 +368,14 @@ class Worker:
             return
         recycle_connections()
         with self.keeper.writing:  # never beside the renewal, which updates the same rows
-            outcomes = record(ended)
+            outcomes = record(ended, worker_id=self.worker_id)
         for end, outcome in zip(ended, outcomes, strict=True):
             self._log_outcome(outcome)
             if outcome.status == "lost":
                 self._hand_back_lost(end.lease)
             self.keeper.untrack(end.lease)
             with self._running_lock:
-                self._running.pop(end.run.pk, None)
+                self._running.pop(end.lease.key, None)
 
     def _hand_back_lost(self, handle: LeaseHandle) -> None:
         """A run stopped as lost may still be ours in the database (say its checkpoint failed during

@@ -142,6 +142,16 @@ def gated(step: StepContext, input: Any) -> str:
 
 
 @job()
+def gated_per_attempt(step: StepContext, input: Any) -> str:
+    """Like ``gated``, but each attempt waits at its own gate ``attempt-<n>``, so a test can hold one
+    attempt of a run while another goes on."""
+    step.run("first", count, "gated:first")
+    step.run("gate", wait_for_gate, f"attempt-{step.attempt}")
+    step.run("last", count, "gated:last")
+    return "done"
+
+
+@job()
 def n_steps(step: StepContext, input: dict[str, Any]) -> int:
     """``input["steps"]`` trivial checkpointed steps (query counts per step)."""
     for index in range(int(input["steps"])):

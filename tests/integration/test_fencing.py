@@ -52,6 +52,11 @@ def store_for(run: Run, generation: int | None = None) -> ModelStepStore:
     return ModelStepStore(run, handle)
 
 
+def key(run: Run) -> tuple[Any, int]:
+    """The ``(run_id, generation)`` of the lease ``run`` was claimed with."""
+    return (run.pk, run.lease_generation)
+
+
 def snapshot(run: Run) -> dict[str, Any]:
     return dict(Run.objects.filter(pk=run.pk).values().get())
 
@@ -372,7 +377,7 @@ def test_renew__held_lease_is_extended():
     run = claim_one(lease_seconds=5)
     _, before = db_now_and_expiry(run)
 
-    assert leases.renew({run.pk: run.lease_generation}, 120) == {run.pk: "held"}
+    assert leases.renew([key(run)], 120) == {key(run): "held"}
 
     db_now, after = db_now_and_expiry(run)
     assert after > before
@@ -388,15 +393,13 @@ def test_renew__reports_held_cancelled_and_lost_in_one_call():
     expire(expired)
     _, expired_at = db_now_and_expiry(expired)
 
-    states = leases.renew(
-        {run.pk: run.lease_generation for run in (held, cancelled, stolen, expired)}, 60
-    )
+    states = leases.renew([key(run) for run in (held, cancelled, stolen, expired)], 60)
 
     assert states == {
-        held.pk: "held",
-        cancelled.pk: "cancelled",
-        stolen.pk: "lost",
-        expired.pk: "lost",
+        key(held): "held",
+        key(cancelled): "cancelled",
+        key(stolen): "lost",
+        key(expired): "lost",
     }
     assert db_now_and_expiry(expired)[1] == expired_at  # an expired lease is not revived
     assert Run.objects.get(pk=cancelled.pk).status == "cancelled"
@@ -412,13 +415,13 @@ def test_renew__a_run_finished_under_this_lease_is_finished_not_lost():
     Run.objects.filter(pk=stolen.pk).update(lease_generation=F("lease_generation") + 1)
     assert leases.complete(stolen.pk, stolen.lease_generation + 1, "by the new owner")
 
-    states = leases.renew({run.pk: run.lease_generation for run in (completed, failed, stolen)}, 60)
+    states = leases.renew([key(run) for run in (completed, failed, stolen)], 60)
 
-    assert states == {completed.pk: "finished", failed.pk: "finished", stolen.pk: "lost"}
+    assert states == {key(completed): "finished", key(failed): "finished", key(stolen): "lost"}
 
 
 def test_renew__nothing_to_renew():
-    assert leases.renew({}, 60) == {}
+    assert leases.renew([], 60) == {}
 
 
 def test_release__run_is_claimable_at_once():

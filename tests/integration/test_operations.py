@@ -246,7 +246,7 @@ def test_cancel__leased_run_fences_the_lease_holder_out():
     assert after["completed_at"] is not None
     # Every write of the former lease holder is refused, and none overwrites "cancelled".
     generation = leased.lease_generation
-    assert leases.renew({leased.pk: generation}, 60) == {leased.pk: "cancelled"}
+    assert leases.renew([(leased.pk, generation)], 60) == {(leased.pk, generation): "cancelled"}
     assert leases.complete(leased.pk, generation, "out") is False
     assert leases.fail(leased.pk, generation, ERROR) is False
     assert leases.release(leased.pk, generation) is False
@@ -386,7 +386,7 @@ def test_resume__a_stale_lease_holder_stays_fenced_out():
     resume_run(leased.pk)
 
     assert leases.complete(leased.pk, generation, "stale") is False
-    assert leases.renew({leased.pk: generation}, 60) == {leased.pk: "lost"}
+    assert leases.renew([(leased.pk, generation)], 60) == {(leased.pk, generation): "lost"}
     [reclaimed] = leases.claim(worker_id="next", limit=1)
     assert reclaimed.lease_generation == generation + 1
     assert leases.complete(leased.pk, generation, "stale") is False

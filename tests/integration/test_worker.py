@@ -141,11 +141,11 @@ def test_worker__records_ends_that_come_in_together_in_one_write(monkeypatch):
     batches: list[int] = []
     real_record = worker_module.record
 
-    def held_record(ends):
+    def held_record(ends, **kwargs):
         if not batches:  # hold the first write until all three jobs have ended
             wait_until(lambda: len(ends) + len(worker._ended) == 3, message="all three ends")
         batches.append(len(ends))
-        return real_record(ends)
+        return real_record(ends, **kwargs)
 
     monkeypatch.setattr(worker_module, "record", held_record)
     thread = start_worker(worker)

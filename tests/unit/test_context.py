@@ -40,6 +40,7 @@ class MemoryStore:
     started: list[tuple[int, str]] = field(default_factory=list)
     saved: list[tuple[int, str, JSON]] = field(default_factory=list)
     failed: list[tuple[int, str, dict[str, str]]] = field(default_factory=list)
+    cancelled: list[tuple[int, str]] = field(default_factory=list)
     progress: list[dict[str, Any]] = field(default_factory=list)
     logs: list[dict[str, Any]] = field(default_factory=list)
 
@@ -63,6 +64,10 @@ class MemoryStore:
         self, *, index: int, name: str, error: dict[str, str], started_at: datetime
     ) -> None:
         self.failed.append((index, name, error))
+
+    def save_cancelled(self, *, index: int, name: str, started_at: datetime) -> None:
+        assert started_at.tzinfo is not None
+        self.cancelled.append((index, name))
 
     def save_progress(self, progress: dict[str, Any]) -> None:
         self.progress.append(progress)
@@ -211,6 +216,29 @@ def test_run__interrupt_from_fn_propagates_without_save_failed(interrupt):
 
     assert store.failed == []
     assert store.saved == []
+    # A cancel is recorded against the step it interrupted; a lost lease writes nothing more.
+    assert store.cancelled == ([(0, "s")] if interrupt is JobCancelled else [])
+
+
+@pytest.mark.parametrize("refused", ["save_completed", "save_failed"])
+def test_run__checkpoint_refused_by_a_cancel_records_the_step_cancelled(refused):
+    store = MemoryStore()
+    step = make_context(store)
+
+    def refuse(**kwargs: Any) -> None:
+        raise JobCancelled(store.run_id)
+
+    setattr(store, refused, refuse)
+
+    def work() -> str:
+        if refused == "save_failed":
+            raise ValueError("boom")
+        return "done"
+
+    with pytest.raises(JobCancelled):
+        step.run("s", work)
+
+    assert store.cancelled == [(0, "s")]
 
 
 def test_run__interrupt_is_not_an_exception():

@@ -9,9 +9,13 @@ import sys
 from types import FrameType
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import DatabaseError
 
 from django_durably.conf import durably_settings
+from django_durably.database import ensure_migrated
+from django_durably.exceptions import DatabaseNotMigrated
+from django_durably.leases import db_alias
 from django_durably.worker import DEFAULT_GRACE_PERIOD, Worker
 
 VERBOSITY_LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG, 3: logging.DEBUG}
@@ -120,6 +124,7 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         self._configure_logging(options["verbosity"])
+        self._check_migrated(db_alias())
         worker = Worker(
             queues=options["queues"],
             concurrency=options["concurrency"],
@@ -132,13 +137,32 @@ class Command(BaseCommand):
             listen=options["listen"],
         )
         self._install_signal_handlers(worker)
-        stats = worker.run()
+        try:
+            stats = worker.run()
+        except DatabaseNotMigrated as exc:  # the tables went away while it ran
+            raise CommandError(str(exc)) from exc
         if options["verbosity"] >= 1:
             self.stdout.write(
                 f"Worker {worker.worker_id} exiting: {stats.claimed} claimed, "
                 + ", ".join(f"{n} {status}" for status, n in sorted(stats.outcomes.items()))
             )
         sys.stdout.flush()
+
+    def _check_migrated(self, alias: str) -> None:
+        """Exit at once, with one line saying to run ``migrate``, when durably's migrations are
+        not applied: a worker would otherwise retry its claims forever."""
+        try:
+            ensure_migrated(alias)
+        except DatabaseNotMigrated as exc:
+            raise CommandError(str(exc)) from exc
+        except DatabaseError as exc:
+            # The database is unreachable (maybe still starting): the worker's claims retry until
+            # it answers, as they do during an outage.
+            logging.getLogger("django_durably.worker").warning(
+                "Could not check the migrations of database %r (%s); starting anyway.",
+                alias,
+                str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__,
+            )
 
     def _configure_logging(self, verbosity: int) -> None:
         level = VERBOSITY_LEVELS.get(verbosity, logging.DEBUG)

@@ -1,5 +1,5 @@
 """System checks: duplicate job names, settings that cannot work (including the HTTP API's auth
-and scope), unsupported databases.
+and scope), unsupported databases, and SQLite settings that make writers fail instead of waiting.
 
 Every id is listed in docs/reference/checks.md.
 """
@@ -207,3 +207,50 @@ def check_database(
             id="django_durably.W001",
         )
     ]
+
+
+IMMEDIATE_MODES = ("IMMEDIATE", "EXCLUSIVE")  # both take the write lock at BEGIN
+
+
+@register(Tags.database)
+def check_sqlite_locking(
+    app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """W002: the SQLite database holding runs begins deferred transactions; W003: its busy timeout
+    is not positive. Either makes concurrent writers fail with "database is locked"."""
+    from django_durably.models import Run
+
+    alias = router.db_for_write(Run)
+    if connections[alias].vendor != "sqlite":
+        return []
+    options = connections[alias].settings_dict.get("OPTIONS") or {}
+    warnings: list[CheckMessage] = []
+    mode = options.get("transaction_mode")
+    if not isinstance(mode, str) or mode.upper() not in IMMEDIATE_MODES:
+        warnings.append(
+            CheckWarning(
+                f"django-durably stores runs in SQLite database {alias!r}, which begins "
+                "transactions in deferred mode: a transaction that reads, then writes fails at "
+                'once with "database is locked" when another connection wrote meanwhile, '
+                "whatever the busy timeout.",
+                hint=f'Add "transaction_mode": "IMMEDIATE" to DATABASES["{alias}"]["OPTIONS"]: '
+                "a transaction then takes the write lock when it begins, waiting on the busy "
+                "timeout for it.",
+                id="django_durably.W002",
+            )
+        )
+    timeout = options.get("timeout")
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0
+    ):
+        warnings.append(
+            CheckWarning(
+                f"django-durably stores runs in SQLite database {alias!r}, whose busy timeout "
+                f'is {timeout!r}: a writer fails at once with "database is locked" instead of '
+                "waiting for the lock.",
+                hint=f'Set "timeout" in DATABASES["{alias}"]["OPTIONS"] to some seconds, such '
+                "as 20, or remove it for the default of 5.",
+                id="django_durably.W003",
+            )
+        )
+    return warnings

@@ -1,4 +1,5 @@
-"""System checks: exact messages for settings that cannot work, and the database vendor."""
+"""System checks: exact messages for settings that cannot work, the database vendor, and SQLite
+settings that make writers fail."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import math
 import pytest
 from django.core import checks as django_checks
 from django.core.management import call_command
+from django.db import connections
 
 from django_durably import checks
 
@@ -243,3 +245,81 @@ def test_check_api_settings__e007_a_class_needing_arguments(settings):
 
     assert check_id == "django_durably.E007"
     assert message.startswith("DURABLY_API_SCOPE names the class UUID, which cannot be")
+
+
+# -- SQLite locking (W002, W003) ---------------------------------------------------------------
+
+
+@pytest.fixture
+def sqlite_options(db_alias, monkeypatch):
+    """Set the OPTIONS of the SQLite database holding runs for the test."""
+    if db_alias != "default":
+        pytest.skip("SQLite only")
+    settings_dict = connections[db_alias].settings_dict
+
+    def set_options(**options):
+        monkeypatch.setitem(settings_dict, "OPTIONS", options)
+
+    return set_options
+
+
+W002 = (
+    "django_durably.W002",
+    "django-durably stores runs in SQLite database 'default', which begins transactions in "
+    'deferred mode: a transaction that reads, then writes fails at once with "database is '
+    'locked" when another connection wrote meanwhile, whatever the busy timeout.',
+    'Add "transaction_mode": "IMMEDIATE" to DATABASES["default"]["OPTIONS"]: a transaction '
+    "then takes the write lock when it begins, waiting on the busy timeout for it.",
+)
+
+
+def test_check_sqlite_locking__clean_with_the_test_settings(db_alias):
+    assert checks.check_sqlite_locking() == []
+
+
+@pytest.mark.parametrize("mode", ["IMMEDIATE", "immediate", "EXCLUSIVE"])
+def test_check_sqlite_locking__w002_not_raised_when_transactions_take_the_write_lock(
+    sqlite_options, mode
+):
+    sqlite_options(transaction_mode=mode)
+
+    assert checks.check_sqlite_locking() == []
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        pytest.param({}, id="no-options"),
+        pytest.param({"timeout": 20, "init_command": "PRAGMA journal_mode=WAL;"}, id="quickstart"),
+        pytest.param({"transaction_mode": "DEFERRED"}, id="deferred"),
+        pytest.param({"transaction_mode": None}, id="none"),
+    ],
+)
+def test_check_sqlite_locking__w002_deferred_transactions(sqlite_options, options):
+    sqlite_options(**options)
+
+    assert summary(checks.check_sqlite_locking()) == [W002]
+
+
+@pytest.mark.parametrize(("timeout", "shown"), [(0, "0"), (-1, "-1"), ("20", "'20'")])
+def test_check_sqlite_locking__w003_busy_timeout_not_positive(sqlite_options, timeout, shown):
+    sqlite_options(transaction_mode="IMMEDIATE", timeout=timeout)
+
+    assert summary(checks.check_sqlite_locking()) == [
+        (
+            "django_durably.W003",
+            f"django-durably stores runs in SQLite database 'default', whose busy timeout is "
+            f'{shown}: a writer fails at once with "database is locked" instead of waiting for '
+            "the lock.",
+            'Set "timeout" in DATABASES["default"]["OPTIONS"] to some seconds, such as 20, or '
+            "remove it for the default of 5.",
+        )
+    ]
+
+
+def test_check_sqlite_locking__is_registered_with_the_database_tag(sqlite_options):
+    sqlite_options()
+
+    assert "django_durably.W002" in [
+        message.id for message in django_checks.run_checks(tags=[django_checks.Tags.database])
+    ]

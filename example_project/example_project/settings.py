@@ -58,9 +58,12 @@ DATABASES = {
         "ENGINE": "django.db.backends.sqlite3",
         "NAME": BASE_DIR / "db.sqlite3",
         "OPTIONS": {
-            # Wait for the write lock instead of failing at once: the lease-renewal thread and the
-            # job share the file. WAL lets readers (the admin) work while a job writes.
+            # Writers wait for each other instead of failing with "database is locked": a
+            # transaction takes the write lock when it begins (IMMEDIATE) and waits up to 20 s for
+            # it. The default (deferred) would fail at once when it read before another connection
+            # wrote, whatever the timeout. WAL lets readers (the admin) work while a job writes.
             "timeout": 20,
+            "transaction_mode": "IMMEDIATE",
             "init_command": "PRAGMA journal_mode=WAL;",
         },
     }

@@ -747,11 +747,12 @@ def record_cancelled_step(
     lease's to write."""
     alias = db_alias()
     with transaction.atomic(using=alias):
+        # A guarded write first, like every lease-holder write: it locks the run (so no resume and
+        # claim can slip in before the insert) and, on SQLite, takes the write lock at once.
         cancelled = (
             Run.objects.using(alias)
             .filter(pk=run_id, status=RunStatus.CANCELLED, lease_generation=generation)
-            .select_for_update()
-            .exists()
+            .update(updated_at=DatabaseNow())
         )
         if cancelled:
             Step.objects.using(alias).create(
@@ -763,7 +764,7 @@ def record_cancelled_step(
                 started_at=started_at,
                 completed_at=completed_at,
             )
-    return cancelled
+    return bool(cancelled)
 
 
 # A lease found held this recently (seconds since the answer of a fenced write, a renewal, the claim

@@ -113,6 +113,15 @@ def trigger_runs(job: Job[Any, Any], items: Sequence[TriggerItem]) -> list[Run]:
                     raise
     for run in created:
         send_after_commit(signals.run_triggered, using=alias, run=run)
+    for run in results:
+        if run.disposition == "coalesced":
+            send_after_commit(
+                signals.run_coalesced,
+                using=alias,
+                run=run,
+                job_name=run.job_name,
+                concurrency_key=run.concurrency_key,
+            )
     return results
 
 

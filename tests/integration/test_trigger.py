@@ -301,12 +301,27 @@ def test_trigger_concurrency__after_completion_a_new_run_is_created(db_alias):
 
 
 @transactional
-def test_trigger_concurrency__coalesced_sends_no_signal(db_alias, triggered):
-    first = jobs.singleton.trigger()
-    jobs.singleton.trigger(coalesce="skip")
-    with pytest.raises(PendingRunExists):
-        jobs.singleton.trigger()
+def test_trigger_concurrency__coalesced_sends_run_coalesced_not_run_triggered(db_alias, triggered):
+    coalesced: list[dict[str, Any]] = []
+
+    def receiver(sender: Any, **kwargs: Any) -> None:
+        assert sender is Run
+        coalesced.append(kwargs)
+
+    signals.run_coalesced.connect(receiver, dispatch_uid="test_trigger.coalesced")
+    try:
+        first = jobs.singleton.trigger()
+        again = jobs.singleton.trigger(coalesce="skip")
+        with pytest.raises(PendingRunExists):
+            jobs.singleton.trigger()
+    finally:
+        signals.run_coalesced.disconnect(dispatch_uid="test_trigger.coalesced")
+
     assert [r.pk for r in triggered] == [first.pk]
+    assert again.pk == first.pk
+    assert [
+        (c["run"].pk, c["run"].disposition, c["job_name"], c["concurrency_key"]) for c in coalesced
+    ] == [(first.pk, "coalesced", jobs.singleton.name, "singleton")]
 
 
 # -- trigger_many --------------------------------------------------------------------------------

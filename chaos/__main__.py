@@ -15,6 +15,7 @@ chaos/results/<time>/.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import random
 import subprocess
@@ -89,6 +90,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--idempotent-share", type=float, default=0.1, help="runs with an idempotency key (0.1)")
     add("--idempotent-triggers", type=int, default=4, help="concurrent triggers per key (4)")
     add("--step-seconds", type=_pair, default=(0.02, 0.3), help="a step's duration (0.02,0.3)")
+    add("--long-steps", type=float, default=0.02, help="share of long steps (default 0.02)")
+    add("--long-step-seconds", type=_pair, default=(2.0, 5.0), help="a long step's (2,5)")
+    add(
+        "--pause-seconds",
+        type=_pair,
+        default=(0.0, 0.1),
+        help="work outside steps before each step (default 0,0.1)",
+    )
     add("--stop-seconds", type=_pair, help="SIGSTOP length (default 1.5x-4x the lease: 3,8)")
     add("--settle-seconds", type=float, default=300.0, help="wait for runs to end (default 300)")
     add("--recovery-deadline", type=float, default=30.0, help="rule 7's deadline (default 30)")
@@ -122,6 +131,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _code_version() -> str:
+    """The commit under test (and whether django_durably/ differs from it), and a fingerprint of
+    the django_durably/ sources the workers run, which also tells apart two uncommitted states."""
+    digest = hashlib.sha1(usedforsecurity=False)
+    for path in sorted((REPO_ROOT / "django_durably").rglob("*.py")):
+        digest.update(str(path.relative_to(REPO_ROOT)).encode() + b"\0" + path.read_bytes())
+    sources = f"django_durably sources {digest.hexdigest()[:12]}"
     try:
         head = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"],
@@ -138,8 +153,8 @@ def _code_version() -> str:
             check=True,
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return f"{head}{' + uncommitted changes in django_durably/' if dirty else ''}"
+        return f"not a git checkout; {sources}"
+    return f"{head}{' + uncommitted changes in django_durably/' if dirty else ''}; {sources}"
 
 
 class Clock:
@@ -193,6 +208,9 @@ def main(argv: list[str] | None = None) -> int:
         "runs_cap": args.runs,
         "backlog": args.backlog,
         "step_seconds": list(args.step_seconds),
+        "long_steps": args.long_steps,
+        "long_step_seconds": list(args.long_step_seconds),
+        "pause_seconds": list(args.pause_seconds),
         "stop_seconds": list(args.stop_seconds),
         "resume_share": args.resume_share,
         "keyed_share": args.keyed_share,

@@ -372,6 +372,7 @@ def figures(index: _Index) -> dict[str, Any]:
         "workers_started": len(evidence.workers),
         "worker_ends": _worker_ends(evidence.workers),
         "concurrency_key_overlaps": key_overlaps(index),
+        "attempts_overlapping_in_one_worker": attempts_overlapping_in_one_worker(index),
     }
 
 
@@ -453,6 +454,25 @@ def restart_figures(index: _Index) -> list[dict[str, Any]]:
         times = list(figure["recovered_s"].values())
         figure["max_recovery_s"] = max(times) if times else None
     return list(by_restart.values())
+
+
+def attempts_overlapping_in_one_worker(index: _Index) -> int:
+    """Pairs of attempts of one run that one worker process executed at overlapping times: it claimed
+    the run again (after a cancel and resume, or after a pause past its lease) while a thread of
+    its own was still in the earlier attempt. Legal (the earlier attempt is fenced out), but the
+    situation in which a worker that tracks its runs by id loses track of one (issue 12, item 2)."""
+    spans: dict[tuple[str, int, int], list[float]] = {}
+    for event in index.evidence.journal:
+        span = spans.setdefault((event.run_id, event.pid, event.attempt), [event.at, event.at])
+        span[0], span[1] = min(span[0], event.at), max(span[1], event.at)
+    by_worker: dict[tuple[str, int], list[list[float]]] = defaultdict(list)
+    for (run_id, pid, _attempt), span in spans.items():
+        by_worker[(run_id, pid)].append(span)
+    overlaps = 0
+    for items in by_worker.values():
+        items.sort()
+        overlaps += sum(1 for a, b in zip(items, items[1:], strict=False) if b[0] < a[1])
+    return overlaps
 
 
 def key_overlaps(index: _Index) -> int:

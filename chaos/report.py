@@ -69,6 +69,10 @@ def show(document: dict[str, Any]) -> None:
     _line("  of which ended, checkpoint refused", f"{figures['starts_ended_not_checkpointed']:,}")
     _line("failed step rows", figures["failed_step_rows"])
     _line("concurrency-key overlaps (legal)", figures["concurrency_key_overlaps"])
+    _line(
+        "attempts overlapping in one worker (legal)",
+        figures["attempts_overlapping_in_one_worker"],
+    )
     print("faults")
     for kind, count in document["faults"].items():
         _line(kind, count)

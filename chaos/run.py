@@ -82,7 +82,12 @@ class ChaosRun:
             runs_per_key=args.runs_per_key,
             idempotent_share=args.idempotent_share,
             idempotent_triggers=args.idempotent_triggers,
-            step_seconds=args.step_seconds,
+            timing={
+                "step": list(args.step_seconds),
+                "long": list(args.long_step_seconds),
+                "long_share": args.long_steps,
+                "pause": list(args.pause_seconds),
+            },
         )
         operator = Operator(
             random.Random(self.rng.random()),

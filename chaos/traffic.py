@@ -81,7 +81,7 @@ class Feeder(threading.Thread):
         runs_per_key: int,
         idempotent_share: float,
         idempotent_triggers: int,
-        step_seconds: tuple[float, float],
+        timing: dict[str, Any],
     ) -> None:
         super().__init__(name="chaos-feeder", daemon=True)
         self.rng = rng
@@ -91,7 +91,7 @@ class Feeder(threading.Thread):
         self.runs_per_key = runs_per_key
         self.idempotent_share = idempotent_share
         self.idempotent_triggers = idempotent_triggers
-        self.step_seconds = step_seconds
+        self.timing = timing
         self.stopping = threading.Event()
         self.triggered = 0
         self.keyed = 0
@@ -127,8 +127,7 @@ class Feeder(threading.Thread):
         self._bursts.shutdown(wait=True)
 
     def _input(self) -> dict[str, Any]:
-        low, high = self.step_seconds
-        return {"n": self.triggered, "low": low, "high": high}
+        return {"n": self.triggered, "timing": self.timing}
 
     def _trigger_one(self) -> None:
         draw = self.rng.random()

@@ -6,9 +6,8 @@ refused write stores nothing and raises ``JobCancelled`` when the run was cancel
 
 The step boundary (:meth:`ModelStepStore.check`) costs no query while the worker's listener delivers
 cancels (PostgreSQL). Otherwise (SQLite, ``process_one``, a listener that reconnected since the lease
-was last confirmed) it reads the run, unless a fenced write found the lease held a moment ago
-(:data:`~django_durably.leases.FRESH_CONFIRMATION`): steps that follow each other closely cost no
-read, and a cancel acknowledged before a step starts stops it.
+was last confirmed) it reads the run (one indexed read; prepared on PostgreSQL), so a cancel
+acknowledged before a step starts stops it there.
 """
 
 from __future__ import annotations

@@ -70,7 +70,6 @@ class LeaseKeeper:
             confirmed_at=claimed_at,
             feed=self.feed,
         )
-        handle.confirm(claimed_at)
         with self._lock:
             if self._early_cancels.pop(handle.key, None) is not None:
                 handle.state = "cancelled"

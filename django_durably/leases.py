@@ -36,6 +36,7 @@ from django.db.models.functions import Coalesce
 
 from django_durably import signals
 from django_durably.conf import durably_settings
+from django_durably.database import missing_tables_as_not_migrated
 from django_durably.events import send_after_commit
 from django_durably.exceptions import DurablyInterrupt, JobCancelled, LeaseLost
 from django_durably.models import DatabaseNow, Run, RunQuerySet, RunStatus, Step, StepStatus
@@ -171,12 +172,13 @@ def claim(
         return []
     seconds = durably_settings.LEASE_SECONDS if lease_seconds is None else lease_seconds
     alias = db_alias()
-    if connections[alias].vendor == "postgresql":
-        claimed, keyed_waiting = _claim_unkeyed_prefix(alias, worker_id, queues, limit, seconds)
-        if len(claimed) < limit and keyed_waiting:
-            claimed += _claim_locking(alias, worker_id, queues, limit - len(claimed), seconds)
-    else:
-        claimed = _claim_conditional(alias, worker_id, queues, limit, seconds)
+    with missing_tables_as_not_migrated(alias):
+        if connections[alias].vendor == "postgresql":
+            claimed, keyed_waiting = _claim_unkeyed_prefix(alias, worker_id, queues, limit, seconds)
+            if len(claimed) < limit and keyed_waiting:
+                claimed += _claim_locking(alias, worker_id, queues, limit - len(claimed), seconds)
+        else:
+            claimed = _claim_conditional(alias, worker_id, queues, limit, seconds)
     claimed.sort(key=lambda run: (-run.priority, run.run_after, run.pk))
     for run in claimed:
         send_after_commit(
@@ -706,6 +708,9 @@ def refusal(run_id: UUID, generation: int) -> DurablyInterrupt:
     return JobCancelled(run_id) if probe(run_id, generation) == "cancelled" else LeaseLost(run_id)
 
 
+_PROBE_SQL = "SELECT status, lease_generation FROM durably_run WHERE id = %s"
+
+
 def probe(run_id: UUID, generation: int) -> LeaseState:
     """The state of lease ``generation`` of a run, read from the database (one indexed read).
 
@@ -713,12 +718,19 @@ def probe(run_id: UUID, generation: int) -> LeaseState:
     deadline's business); ``cancelled`` that it was cancelled under it; ``finished`` that it ended
     under it; ``lost`` anything else (another claim, a resume, a deleted run).
     """
-    row = (
-        Run.objects.using(db_alias())
-        .filter(pk=run_id)
-        .values_list("status", "lease_generation")
-        .first()
-    )
+    alias = db_alias()
+    row: Sequence[Any] | None
+    if connections[alias].vendor == "postgresql":
+        with _bound_cursor(alias) as cursor:  # prepared: a step boundary may ask every time
+            cursor.execute(_PROBE_SQL, [run_id])
+            row = cursor.fetchone()
+    else:
+        row = (
+            Run.objects.using(alias)
+            .filter(pk=run_id)
+            .values_list("status", "lease_generation")
+            .first()
+        )
     if row is None or row[1] != generation:
         return "lost"
     status = row[0]
@@ -767,14 +779,6 @@ def record_cancelled_step(
     return bool(cancelled)
 
 
-# A lease found held this recently (seconds since the answer of a fenced write, a renewal, the claim
-# or a read) is taken as still held at a step boundary without asking the database again, where no
-# listener delivers cancels: steps that follow each other closely cost no read. A cancel committed
-# within this moment (plus that statement's round trip) before a step starts can let the step start;
-# its checkpoint is then refused and the step recorded as cancelled.
-FRESH_CONFIRMATION = 0.005
-
-
 class CancelFeed(Protocol):
     """Cancels delivered to this process as they happen (PostgreSQL notifications).
 
@@ -796,7 +800,7 @@ class LeaseHandle:
     is the monotonic time before the last statement that found the lease held (the claim, a
     renewal, a fenced write, a probe). A cancel committed after that is known at once when a live
     :class:`CancelFeed` has been listening since before it; otherwise the step boundary asks the
-    database, unless the confirmation is fresh (:meth:`needs_probe`).
+    database (:meth:`needs_probe`).
     """
 
     run_id: UUID
@@ -804,7 +808,6 @@ class LeaseHandle:
     deadline: float
     state: LeaseState = "held"
     confirmed_at: float = field(default_factory=time.monotonic)
-    fresh_until: float = 0.0
     feed: CancelFeed | None = None
 
     @property
@@ -822,14 +825,12 @@ class LeaseHandle:
             raise LeaseLost(self.run_id)
 
     def confirm(self, sent_at: float) -> None:
-        """A statement sent at ``sent_at`` found the lease held (and has just returned)."""
+        """A statement sent at ``sent_at`` found the lease held."""
         self.confirmed_at = max(self.confirmed_at, sent_at)
-        self.fresh_until = time.monotonic() + FRESH_CONFIRMATION
 
     def needs_probe(self) -> bool:
         """Whether the database must be asked if the run was cancelled: no live feed has been
-        listening since the last confirmation, and that confirmation is not fresh."""
+        listening since before the last confirmation (a cancel committed since then would be
+        delivered to this process)."""
         since = None if self.feed is None else self.feed.live_since
-        if since is not None and since <= self.confirmed_at:
-            return False  # a cancel committed since then is delivered to this process
-        return time.monotonic() > self.fresh_until
+        return since is None or since > self.confirmed_at

@@ -48,7 +48,7 @@ from django_durably.models import (
     RunQuerySet,
     RunStatus,
 )
-from django_durably.notifications import notify_ready
+from django_durably.notifications import notify_cancelled, notify_ready
 from django_durably.triggering import (
     ensure_outside_transaction,
     run_of_idempotency_key,
@@ -208,11 +208,13 @@ def _record(
 # -- cancel ------------------------------------------------------------------------------------
 
 
+@_retried_when_locked
 def cancel_run(run_id: UUID | str, *, actor: Any = None, source: str = "python") -> CancelResult:
     """Cancel a pending or leased run.
 
-    A worker running it stops at its next step boundary (or within one lease renewal interval when
-    it is inside a long step), writes nothing more, and never overwrites the cancelled status.
+    A worker running it stops before its next step starts (on PostgreSQL a notification reaches
+    it when the cancel commits; elsewhere the step boundary reads the run), writes nothing more but
+    a ``cancelled`` row for the step it was in, and never overwrites the cancelled status.
     Cancelling an already cancelled run is a no-op reporting ``cancelled=False``; a completed or
     failed run raises :class:`RunNotCancellable`; an unknown id raises :class:`RunNotFound`.
     """
@@ -243,6 +245,16 @@ def cancel_run(run_id: UUID | str, *, actor: Any = None, source: str = "python")
             from_status=from_status,
             to_status=RunStatus.CANCELLED,
         )
+        if from_status == RunStatus.LEASED:
+            # The holder's generation, read under the row lock the cancel took: the worker holding
+            # that lease stops before its next step (delivered when this commits).
+            generation = (
+                Run.objects.using(alias)
+                .filter(pk=run_id)
+                .values_list("lease_generation", flat=True)
+                .get()
+            )
+            notify_cancelled(alias, run_id, generation)
     return CancelResult(run_id=run_id, cancelled=True, from_status=from_status)
 
 

@@ -15,6 +15,7 @@ without waiting for its lease to expire.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import random
@@ -28,6 +29,7 @@ from django.db import DatabaseError, connections
 
 from django_durably import leases
 from django_durably.conf import durably_settings
+from django_durably.database import ensure_migrated
 from django_durably.events import send_worker_error
 from django_durably.executor import JobEnd, RunOutcome, default_worker_id, record, run_job
 from django_durably.keeper import LeaseKeeper
@@ -151,7 +153,14 @@ class Worker:
     # -- the loop ------------------------------------------------------------------------------
 
     def run(self) -> WorkerStats:
-        """Run until stopped, idle (``until_idle``) or done (``max_runs``); return the stats."""
+        """Run until stopped, idle (``until_idle``) or done (``max_runs``); return the stats.
+
+        Raises :class:`~django_durably.exceptions.DatabaseNotMigrated` at once when durably's
+        migrations are not applied (a database that does not answer yet is waited for by the
+        claim loop instead).
+        """
+        with contextlib.suppress(DatabaseError):
+            ensure_migrated(self.alias)
         logger.info(
             "Worker %s starting: queues=%s concurrency=%d lease=%.1fs poll=%.1fs",
             self.worker_id,

@@ -4,6 +4,7 @@ the ends of several runs in one statement."""
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -15,7 +16,9 @@ from django_durably import cancel_run, leases, process_one, resume_run
 from django_durably.executor import JobEnd, record
 from django_durably.leases import LeaseHandle
 from django_durably.models import Run
+from django_durably.worker import Worker
 from tests import jobs
+from tests.concurrency import start, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
@@ -116,7 +119,7 @@ def test_a_run_on_its_first_attempt__claim_and_finish_only(db_alias):
 
 
 @pytest.mark.parametrize("steps", [1, 5])
-def test_each_step__one_statement_on_postgresql_one_transaction_everywhere(db_alias, steps):
+def test_each_step_in_process__a_cancel_check_and_one_write_transaction(db_alias, steps):
     jobs.n_steps.trigger({"steps": 0})
     jobs.n_steps.trigger({"steps": steps})
 
@@ -124,11 +127,57 @@ def test_each_step__one_statement_on_postgresql_one_transaction_everywhere(db_al
     with_steps = statements(db_alias, process_one)
 
     per_step = (len(with_steps) - len(without)) / steps
-    # PostgreSQL: the step's insert and the run's counters in one statement. SQLite: the same two
-    # writes as two statements in one transaction (BEGIN, UPDATE, INSERT, COMMIT).
-    assert per_step == (1 if is_postgres(db_alias) else 4), with_steps
+    # Before each step, a read of the run's status: no listener delivers cancels in process_one.
+    # Then PostgreSQL: the step's insert and the run's counters in one statement. SQLite: the same
+    # two writes as two statements in one transaction (BEGIN, UPDATE, INSERT, COMMIT).
+    assert per_step == (2 if is_postgres(db_alias) else 5), with_steps
+    reads = [
+        len([s for s in sql if s.lstrip().upper().startswith("SELECT")])
+        for sql in (without, with_steps)
+    ]
+    assert reads[1] - reads[0] == steps, with_steps
     assert (transactions(with_steps) - transactions(without)) / steps == 1, with_steps
     assert Run.objects.filter(status="completed").count() == 2
+
+
+@pytest.mark.parametrize("steps", [1, 5])
+def test_each_step_in_a_postgresql_worker__one_statement(db_alias, steps):
+    """A worker's listener delivers cancels, so a step boundary asks the database nothing."""
+    if not is_postgres(db_alias):
+        pytest.skip("SQLite has no notifications: its step boundary reads the run")
+    slot_statements: list[str] = []
+
+    def capture(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        if threading.current_thread().name.startswith("durably-slot"):
+            slot_statements.append(sql)
+        return execute(sql, params, many, context)
+
+    worker = Worker(concurrency=1, poll_interval=0.05)
+    wrapped = worker._run_job
+
+    def run_job_captured(run: Run, lease: LeaseHandle) -> Any:
+        with connections[db_alias].execute_wrapper(capture):
+            return wrapped(run, lease)
+
+    worker._run_job = run_job_captured  # type: ignore[method-assign]
+    thread = start(worker.run)
+    try:
+        wait_until(
+            lambda: worker.keeper.feed is not None and worker.keeper.feed.live_since is not None,
+            what="the worker's listener to listen",
+        )
+        run = jobs.n_steps.trigger({"steps": steps})
+        wait_until(
+            lambda: Run.objects.filter(pk=run.pk, status="completed").exists(),
+            what="the worker to complete the run",
+        )
+    finally:
+        worker.stop()
+        thread.outcome()
+
+    # The claim and the end are the claim loop's; the slot sends one statement per step.
+    assert len(slot_statements) == steps, slot_statements
+    assert all(s.lstrip().upper().startswith("WITH HELD") for s in slot_statements), slot_statements
 
 
 def test_a_resumed_run__replays_its_steps_with_one_query(db_alias):

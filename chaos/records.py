@@ -118,6 +118,7 @@ class WorkerLife:
     exit_code: int | None = None
     term_at: float | None = None
     stops: list[tuple[float, float]] = field(default_factory=list)
+    ready_at: float | None = None  # when it was seen to have started its loop
 
     def alive_at(self, moment: float) -> bool:
         return self.started_at <= moment and (self.ended_at is None or self.ended_at > moment)

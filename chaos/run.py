@@ -71,6 +71,7 @@ class ChaosRun:
             args.workers, options, self._worker_env(), self.log_dir, args.grace_period
         )
         pool.start_all()
+        pool.wait_ready(60)
         log(f"{args.workers} workers started; faults for {args.minutes:g} min")
 
         # Each thread draws from its own generator, seeded from the run's seed.

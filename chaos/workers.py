@@ -34,12 +34,17 @@ def _die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
+READY_LINE = b" starting: queues="  # the worker's first log line, once its signal handlers are set
+
+
 @dataclass
 class _Slot:
     index: int
     process: subprocess.Popen[bytes] | None = None
     life: WorkerLife | None = None
     stopped_since: float | None = None
+    log_offset: int = 0  # where this process's lines begin in the slot's log
+    ready: bool = False
 
 
 class WorkerPool:
@@ -77,6 +82,7 @@ class WorkerPool:
             log = self._logs[slot.index] = (self.log_dir / f"worker-{slot.index}.log").open("ab")
         log.write(f"\n=== chaos: starting worker {slot.index} at {time.time():.3f}\n".encode())
         log.flush()
+        slot.log_offset, slot.ready = log.tell(), False
         slot.process = self._spawner.submit(
             subprocess.Popen,
             [sys.executable, "-m", "django", "durably_worker", *self.options],
@@ -131,13 +137,33 @@ class WorkerPool:
                     self._start(slot)
         return happened
 
+    def _ready(self, slot: _Slot) -> bool:
+        """Whether the slot's worker has started its loop (its SIGTERM handler is set by then: a
+        SIGTERM before it would just end the process, which has nothing to drain yet)."""
+        if not slot.ready and slot.life is not None:
+            with (self.log_dir / f"worker-{slot.index}.log").open("rb") as log:
+                log.seek(slot.log_offset)
+                if READY_LINE in log.read():
+                    slot.ready = True
+                    slot.life.ready_at = time.time()
+        return slot.ready
+
+    def wait_ready(self, timeout: float) -> None:
+        """Wait until every running worker has started its loop (or ``timeout`` passed)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                if all(self._ready(s) for s in self.slots if s.process is not None):
+                    return
+            time.sleep(0.1)
+
     def alive(self) -> list[int]:
         """Pids of the running workers."""
         with self.lock:
             return [s.life.pid for s in self.slots if s.life is not None and s.process is not None]
 
     def active_slots(self) -> list[int]:
-        """Slots whose worker runs normally: not stopped, not draining."""
+        """Slots whose worker runs its loop normally: started, not stopped, not draining."""
         with self.lock:
             return [
                 s.index
@@ -147,6 +173,7 @@ class WorkerPool:
                 and s.stopped_since is None
                 and s.life.term_at is None
                 and s.process.poll() is None
+                and self._ready(s)
             ]
 
     # -- faults ------------------------------------------------------------------------------------
@@ -215,6 +242,7 @@ class WorkerPool:
     def shutdown(self) -> None:
         """SIGTERM every worker and wait for it to drain (SIGKILL after grace + a margin)."""
         self.cont_all()
+        self.wait_ready(60)
         with self.lock:
             for slot in self.slots:
                 if slot.process is not None and slot.life is not None:

@@ -1,0 +1,859 @@
+"""The run state machine of DESIGN.md section 3, against a model, with Hypothesis.
+
+A :class:`RunMachine` calls the real library (trigger, claim, renew, persist step, finish,
+complete, fail, release, cancel, resume, retrigger, delete, lease expiry) in random orders, and after
+every rule the database must say what a pure-Python model of section 3 says: which runs exist, each
+one's status, lease generation, attempt, step counters, step rows, output and error, lease owner and
+whether its lease is valid; a claim must lease exactly the runs the model picks, in its order, and
+return the generation it wrote. Every ``(run, generation)`` a claim ever returned stays usable, so
+stale holders keep acting: renewing, writing a step, finishing and releasing with old generations
+and on cancelled or deleted runs. Such a write must be refused and change nothing in the database
+(not even ``updated_at``), and ``probe`` and ``refusal`` must say why. The one write a lease may
+make after a cancel, ``record_cancelled_step``, is allowed only to the lease the run was cancelled
+under.
+
+Invariants checked after every rule: at most one completed step per name, a leased run has an
+expiry, a generation only grows, one valid lease per concurrency key, one pending run per (job,
+concurrency key); typed errors carry the status the model says the run has. Not modelled: the
+``waiting`` status and retries (the last rows of section 3), which the library does not have yet.
+
+Lease expiry is arranged, not waited for: a rule moves ``lease_expires_at`` one second behind the
+database clock with an UPDATE (as ``test_fencing.expire`` does), and every claim and renewal asks
+for a long lease so nothing lapses on its own. A real short lease would expire between whichever
+two rules a slow machine happened to be running, so the model could not know which leases are
+valid, and waiting for it would cost a lease length per expiry (hundreds per run). The guards under
+test are the same either way: claim, renew and ``leased()`` compare the stored expiry with the
+database clock.
+
+The machine runs once per database (``db_alias``). Examples and steps per example:
+``DURABLY_STATE_MACHINE_EXAMPLES`` and ``DURABLY_STATE_MACHINE_STEPS``; the run is derandomized so a
+failure reproduces, and ``DURABLY_STATE_MACHINE_RANDOM=1`` explores new sequences instead. A
+derandomized run of the default size must also reach every outcome in :data:`MUST_REACH`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+from uuid import UUID
+
+import pytest
+from django.db import IntegrityError
+from django.utils import timezone
+from hypothesis import HealthCheck, event, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    multiple,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+
+from django_durably import leases, operations
+from django_durably.exceptions import (
+    JobCancelled,
+    LeaseLost,
+    PendingRunExists,
+    RunNotCancellable,
+    RunNotDeletable,
+    RunNotFound,
+    RunNotResumable,
+    RunNotRetriggerable,
+    RunStateError,
+)
+from django_durably.leases import Ending
+from django_durably.models import AuditRecord, DatabaseNow, Run, RunStatus, Step
+from django_durably.types import JSON, Coalesce
+from tests import jobs
+
+pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
+
+DEFAULT_EXAMPLES = 100
+EXAMPLES = int(os.environ.get("DURABLY_STATE_MACHINE_EXAMPLES", DEFAULT_EXAMPLES))
+STEPS = int(os.environ.get("DURABLY_STATE_MACHINE_STEPS", "40"))
+MACHINE_SETTINGS = settings(
+    max_examples=EXAMPLES,
+    stateful_step_count=STEPS,
+    deadline=None,
+    database=None,  # no example database written into the repository
+    derandomize=os.environ.get("DURABLY_STATE_MACHINE_RANDOM") != "1",
+    suppress_health_check=[HealthCheck.too_slow],
+)
+
+LEASE_SECONDS = 300  # long enough that no lease lapses on its own during an example
+WORKERS = ("w1", "w2")
+STEP_NAMES = ("a", "b", "c")
+JOBS = {job.name: job for job in (jobs.noop, jobs.three_steps, jobs.per_user)}
+LEASED = RunStatus.LEASED
+PENDING = RunStatus.PENDING
+CANCELLED = RunStatus.CANCELLED
+COMPLETED = RunStatus.COMPLETED
+FAILED = RunStatus.FAILED
+TERMINAL = (COMPLETED, FAILED, CANCELLED)
+
+Lease = tuple[UUID, int]
+
+REACHED: Counter[str] = Counter()
+"""How often each rule had each outcome in this test run (``rule: outcome``)."""
+
+# Outcomes the default run must reach at least once, so that a change to the machine (or to
+# Hypothesis's generation) cannot quietly leave the cases that matter untested.
+MUST_REACH = (
+    "trigger: created",
+    "trigger: idempotent",
+    "trigger: coalesced",
+    "trigger: PendingRunExists",
+    "claim: 2 run(s)",
+    "claim: a ready run's key is busy",
+    "renew: held",
+    "renew: lost",
+    "renew: finished",
+    "renew: cancelled",
+    "persist step: written",
+    "persist step: IntegrityError",
+    "persist step: refused (lost)",
+    "persist step: refused (cancelled)",
+    "persist step: refused (finished)",
+    "finish: all",
+    "finish: some",
+    "finish: none",
+    "complete or fail: won",
+    "complete or fail: refused (lost)",
+    "complete or fail: refused (cancelled)",
+    "record cancelled step: recorded",
+    "record cancelled step: refused",
+    "release: released",
+    "release: refused",
+    "expire lease: expired",
+    "cancel: pending",
+    "cancel: leased",
+    "cancel: cancelled",
+    "cancel: completed",
+    "resume: cancelled",
+    "resume: failed",
+    "resume: leased",
+    "resume: PendingRunExists",
+    "retrigger: completed",
+    "retrigger: leased",
+    "retrigger: PendingRunExists",
+    "delete: completed",
+    "delete: pending",
+    "delete: deleted",
+)
+
+
+def reached(rule: str, outcome: str) -> None:
+    """Note what a rule did, for Hypothesis's statistics and for :data:`MUST_REACH`."""
+    event(rule, outcome)
+    REACHED[f"{rule}: {outcome}"] += 1
+
+
+# The arguments of a trigger. ``per_user`` derives its concurrency key from the input; the other jobs
+# are given the same keys explicitly, so a key names a resource across jobs.
+TRIGGER: dict[str, st.SearchStrategy[Any]] = {
+    "job_name": st.sampled_from(list(JOBS)),
+    "user": st.sampled_from([1, 2]),
+    "idempotency_key": st.sampled_from([None, None, "i1", "i2"]),
+    "concurrency_key": st.sampled_from([None, "user:1", "user:2"]),
+    "priority": st.sampled_from([0, 0, 5]),
+    "later": st.sampled_from([False, False, False, True]),
+    "coalesce": st.sampled_from(["error", "skip"]),
+}
+
+
+# -- the model ---------------------------------------------------------------------------------
+
+
+@dataclass
+class ModelRun:
+    """What DESIGN.md section 3 says a run looks like, without a database."""
+
+    job_name: str
+    idempotency_key: str | None
+    concurrency_key: str | None
+    priority: int
+    later: bool
+    """``run_after`` is in the future (an hour away): not claimable until a resume."""
+    status: str = PENDING
+    generation: int = 0
+    attempt: int = 0
+    owner: str = ""
+    lease_valid: bool = False
+    steps: dict[str, int] = field(default_factory=dict)
+    """Completed step names and their index."""
+    cancelled_steps: list[tuple[str, int]] = field(default_factory=list)
+    """Steps recorded as running when the run was cancelled: (name, index)."""
+    current_step_index: int = 0
+    output: Any = None
+    error: Any = None
+
+
+@dataclass
+class Model:
+    runs: dict[UUID, ModelRun] = field(default_factory=dict)
+
+    def with_idempotency_key(self, job_name: str, key: str | None) -> UUID | None:
+        if key is None:
+            return None
+        return next(
+            (
+                run_id
+                for run_id, run in self.runs.items()
+                if run.job_name == job_name and run.idempotency_key == key
+            ),
+            None,
+        )
+
+    def pending_with_key(self, job_name: str, key: str | None) -> UUID | None:
+        if key is None:
+            return None
+        return next(
+            (
+                run_id
+                for run_id, run in self.runs.items()
+                if run.job_name == job_name and run.concurrency_key == key and run.status == PENDING
+            ),
+            None,
+        )
+
+    def holds(self, lease: Lease) -> bool:
+        """The guard of every lease-holder write: leased under this generation (expired or not)."""
+        run = self.runs.get(lease[0])
+        return run is not None and run.status == LEASED and run.generation == lease[1]
+
+    def busy_keys(self) -> set[str]:
+        """Concurrency keys with a valid lease."""
+        return {
+            run.concurrency_key
+            for run in self.runs.values()
+            if run.status == LEASED and run.lease_valid and run.concurrency_key is not None
+        }
+
+    def ready(self) -> list[UUID]:
+        """Claimable runs: pending and due, or leased with an expired lease."""
+        return [
+            run_id
+            for run_id, run in self.runs.items()
+            if (run.status == PENDING and not run.later)
+            or (run.status == LEASED and not run.lease_valid)
+        ]
+
+    def claim_order(self, limit: int, run_after: dict[UUID, Any]) -> list[UUID]:
+        """The runs a claim of ``limit`` leases, in claim order: ready runs by priority, then
+        ``run_after``, then id; a concurrency key with a valid lease elsewhere is skipped, and one
+        claim takes at most one run per key."""
+        busy = self.busy_keys()
+        ready = self.ready()
+        ready.sort(key=lambda run_id: (-self.runs[run_id].priority, run_after[run_id], run_id))
+        chosen: list[UUID] = []
+        keys: set[str] = set()
+        for run_id in ready:
+            if len(chosen) == limit:
+                break
+            key = self.runs[run_id].concurrency_key
+            if key is not None:
+                if key in busy or key in keys:
+                    continue
+                keys.add(key)
+            chosen.append(run_id)
+        return chosen
+
+    def probe(self, lease: Lease) -> str:
+        """The state of the run *under that lease* (DESIGN.md section 3, rule 2), as
+        ``leases.probe`` reads it: a stale holder is told ``lost`` whatever became of the run."""
+        run = self.runs.get(lease[0])
+        if run is None or run.generation != lease[1]:
+            return "lost"  # deleted, or claimed again since: another lease's business
+        if run.status == CANCELLED:
+            return "cancelled"
+        if run.status in (COMPLETED, FAILED):
+            return "finished"
+        if run.status == LEASED:
+            return "held"  # expired or not: the holder's deadline tells it
+        return "lost"  # resumed and not claimed again yet
+
+    def renewal(self, lease: Lease) -> str:
+        """What ``renew`` reports for one lease: as :meth:`probe`, but an expired lease is lost."""
+        state = self.probe(lease)
+        if state == "held" and not self.runs[lease[0]].lease_valid:
+            return "lost"
+        return state
+
+
+def error_of(generation: int) -> dict[str, str]:
+    return {"type": "builtins.RuntimeError", "message": f"gen {generation}", "traceback": ""}
+
+
+def output_of(generation: int) -> JSON:
+    return {"gen": generation}
+
+
+# -- the machine -------------------------------------------------------------------------------
+
+
+def any_lease() -> st.SearchStrategy[Lease]:
+    """One of the leases claims have returned so far (rules drawing it need the precondition
+    ``has_leases``): as often a lease that still holds its run as any lease, which is mostly
+    stale."""
+    return st.runner().flatmap(_leases_of)
+
+
+def _leases_of(machine: RunMachine) -> st.SearchStrategy[Lease]:
+    every = st.sampled_from(machine.claimed)
+    holding = [lease for lease in machine.claimed if machine.model.holds(lease)]
+    return st.one_of(st.sampled_from(holding), every) if holding else every
+
+
+def has_leases(machine: RunMachine) -> bool:
+    return bool(machine.claimed)
+
+
+class RunMachine(RuleBasedStateMachine):
+    runs = Bundle("runs")
+
+    def __init__(self) -> None:
+        super().__init__()
+        # Each example starts from empty tables (steps and logs go with their runs).
+        Run.objects.all().delete()
+        AuditRecord.objects.all().delete()
+        self.model = Model()
+        self.claimed: list[Lease] = []
+        """Every ``(run id, generation)`` a claim returned, in claim order."""
+        self.highest_generation: dict[UUID, int] = {}
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[UUID, Any]:
+        steps: dict[UUID, list[Any]] = {}
+        for step in Step.objects.order_by("id").values():
+            steps.setdefault(step["run_id"], []).append(step)
+        return {row["id"]: (row, steps.get(row["id"], [])) for row in Run.objects.values()}
+
+    def assert_unchanged(self, before: dict[UUID, Any], *, but: Collection[UUID] = ()) -> None:
+        """Every run not in ``but`` (and its steps) is exactly as it was: a refused write wrote
+        nothing, not even ``updated_at``."""
+        after = self.snapshot()
+        for run_id in set(before) | set(after):
+            if run_id not in but:
+                assert after.get(run_id) == before.get(run_id), run_id
+
+    def assert_refusal(self, lease: Lease) -> None:
+        """A refused write is told apart by reading the run: cancelled under this lease, or the
+        lease was lost."""
+        assert leases.probe(*lease) == self.model.probe(lease)
+        expected = JobCancelled if self.model.probe(lease) == "cancelled" else LeaseLost
+        assert type(leases.refusal(*lease)) is expected
+
+    def assert_state_error(self, error: RunStateError, run_id: UUID) -> None:
+        assert error.run_id == run_id
+        assert error.status == self.model.runs[run_id].status
+
+    # -- trigger -------------------------------------------------------------------------------
+
+    # Every example starts with a few runs and a claim: Hypothesis turns rules off at random per
+    # example (swarm testing), and with ``trigger`` or ``claim`` off, every other rule would be idle
+    # for the whole example.
+    @initialize(
+        target=runs,
+        specs=st.lists(st.fixed_dictionaries(TRIGGER), min_size=1, max_size=4),
+        worker=st.sampled_from(WORKERS),
+        limit=st.integers(1, 3),
+    )
+    def first_runs(self, specs: list[dict[str, Any]], worker: str, limit: int) -> Any:
+        created = [self.trigger_one(**spec) for spec in specs]
+        self.claim_runs(worker, limit)
+        return multiple(*[run_id for run_id in created if run_id is not None])
+
+    @rule(target=runs, spec=st.fixed_dictionaries(TRIGGER))
+    def trigger(self, spec: dict[str, Any]) -> Any:
+        created = self.trigger_one(**spec)
+        return multiple() if created is None else created
+
+    def trigger_one(
+        self,
+        job_name: str,
+        user: int,
+        idempotency_key: str | None,
+        concurrency_key: str | None,
+        priority: int,
+        later: bool,
+        coalesce: Coalesce,
+    ) -> UUID | None:
+        """Trigger through ``Job.trigger``; the new run's id, or ``None`` when none was created."""
+        job = JOBS[job_name]
+        key = concurrency_key or (f"user:{user}" if job is jobs.per_user else None)
+        existing = self.model.with_idempotency_key(job.name, idempotency_key)
+        pending = self.model.pending_with_key(job.name, key)
+
+        def call() -> Run:
+            return job.trigger(  # type: ignore[no-any-return]
+                {"user": user},
+                idempotency_key=idempotency_key,
+                concurrency_key=concurrency_key,
+                priority=priority,
+                run_after=timezone.now() + timedelta(hours=1) if later else None,
+                coalesce=coalesce,
+            )
+
+        if existing is None and pending is not None and coalesce == "error":
+            with pytest.raises(PendingRunExists) as raised:
+                call()
+            assert (raised.value.job_name, raised.value.concurrency_key) == (job.name, key)
+            assert raised.value.run_id == pending
+            reached("trigger", "PendingRunExists")
+            return None
+
+        run = call()
+
+        reached("trigger", run.disposition)
+
+        if existing is not None:
+            assert (run.pk, run.disposition) == (existing, "idempotent")
+            return None
+        if pending is not None:
+            assert (run.pk, run.disposition) == (pending, "coalesced")
+            return None
+        assert run.disposition == "created"
+        assert (run.status, run.lease_generation, run.attempt) == (PENDING, 0, 0)
+        self.model.runs[run.pk] = ModelRun(
+            job_name=job.name,
+            idempotency_key=idempotency_key,
+            concurrency_key=key,
+            priority=priority,
+            later=later,
+        )
+        return run.pk  # type: ignore[no-any-return]
+
+    # -- the worker path -----------------------------------------------------------------------
+
+    @rule(worker=st.sampled_from(WORKERS), limit=st.integers(1, 3))
+    def claim(self, worker: str, limit: int) -> None:
+        self.claim_runs(worker, limit)
+
+    @precondition(has_leases)
+    @rule(lease=any_lease(), worker=st.sampled_from(WORKERS))
+    def reclaim(self, lease: Lease, worker: str) -> None:
+        """A lease lapses and a worker claims: how a stale holder comes about. (Both steps are
+        rules of their own too; this one keeps them together when Hypothesis turns rules off.)"""
+        self.expire_lease(lease)
+        self.claim_runs(worker, 1)
+
+    def claim_runs(self, worker: str, limit: int) -> None:
+        run_after = dict(Run.objects.values_list("pk", "run_after"))
+        expected = self.model.claim_order(limit, run_after)
+        busy = self.model.busy_keys()
+        if any(self.model.runs[run_id].concurrency_key in busy for run_id in self.model.ready()):
+            reached("claim", "a ready run's key is busy")
+
+        claimed = leases.claim(worker_id=worker, limit=limit, lease_seconds=LEASE_SECONDS)
+
+        assert [run.pk for run in claimed] == expected
+        reached("claim", f"{len(claimed)} run(s)")
+        for run in claimed:
+            model = self.model.runs[run.pk]
+            model.status, model.owner, model.lease_valid = LEASED, worker, True
+            model.generation += 1
+            model.attempt += 1
+            # The fencing token is the one this claim wrote, and no claim ever hands it out twice.
+            assert (run.status, run.lease_owner) == (LEASED, worker)
+            assert (run.lease_generation, run.attempt) == (model.generation, model.attempt)
+            lease = (run.pk, run.lease_generation)
+            assert lease not in self.claimed
+            self.claimed.append(lease)
+
+    # Lists of leases are deduplicated in the rule, not by ``unique=``: with few leases to draw
+    # from, a unique list is mostly filtered out.
+    @precondition(has_leases)
+    @rule(drawn=st.lists(any_lease(), min_size=1, max_size=3))
+    def renew(self, drawn: list[Lease]) -> None:
+        held = list(dict.fromkeys(drawn))
+        expected = {lease: self.model.renewal(lease) for lease in held}
+        renewed = {lease[0] for lease, state in expected.items() if state == "held"}
+        before = self.snapshot()
+
+        states = leases.renew(held, LEASE_SECONDS)
+
+        assert states == expected
+        for state in states.values():
+            reached("renew", state)
+        self.assert_unchanged(before, but=renewed)
+        after = self.snapshot()
+        for run_id in renewed:
+            assert after[run_id][0]["lease_expires_at"] >= before[run_id][0]["lease_expires_at"]
+
+    @precondition(has_leases)
+    @rule(lease=any_lease(), name=st.sampled_from(STEP_NAMES), index=st.integers(0, 3))
+    def persist_step(self, lease: Lease, name: str, index: int) -> None:
+        run_id, generation = lease
+        holds = self.model.holds(lease)
+        before = self.snapshot()
+        now = timezone.now()
+
+        def call() -> bool:
+            return leases.persist_completed_step(
+                run_id,
+                generation,
+                index=index,
+                name=name,
+                attempt=1,
+                output=output_of(generation),
+                started_at=now,
+                completed_at=now,
+            )
+
+        if holds and name in self.model.runs[run_id].steps:
+            # A second completed checkpoint of one name: refused by the database, nothing written.
+            with pytest.raises(IntegrityError):
+                call()
+            self.assert_unchanged(before)
+            reached("persist step", "IntegrityError")
+            return
+
+        written = call()
+
+        assert written is holds
+        reached("persist step", "written" if written else f"refused ({self.model.probe(lease)})")
+        if holds:
+            model = self.model.runs[run_id]
+            model.steps[name] = index
+            model.current_step_index = index + 1
+        else:
+            self.assert_unchanged(before)
+            self.assert_refusal(lease)
+
+    @precondition(has_leases)
+    @rule(
+        drawn=st.lists(
+            st.tuples(any_lease(), st.sampled_from([COMPLETED, FAILED])), min_size=1, max_size=3
+        )
+    )
+    def finish(self, drawn: list[tuple[Lease, str]]) -> None:
+        endings = list(dict(drawn).items())  # one ending per lease: the last drawn
+        expected = {lease[0] for lease, _status in endings if self.model.holds(lease)}
+        before = self.snapshot()
+
+        recorded = leases.finish(
+            [
+                Ending(
+                    run_id,
+                    generation,
+                    RunStatus(status),  # type: ignore[arg-type]
+                    output_of(generation) if status == COMPLETED else error_of(generation),
+                )
+                for (run_id, generation), status in endings
+            ]
+        )
+
+        assert recorded == expected
+        reached(
+            "finish", "all" if len(recorded) == len(endings) else "some" if recorded else "none"
+        )
+        for (run_id, generation), status in endings:
+            if self.model.holds((run_id, generation)):
+                self._finished(run_id, generation, status)
+        self.assert_unchanged(before, but=expected)
+
+    @precondition(has_leases)
+    @rule(lease=any_lease(), completed=st.booleans())
+    def complete_or_fail(self, lease: Lease, completed: bool) -> None:
+        run_id, generation = lease
+        holds = self.model.holds(lease)
+        before = self.snapshot()
+
+        if completed:
+            won = leases.complete(run_id, generation, output_of(generation))
+        else:
+            won = leases.fail(run_id, generation, error_of(generation))
+
+        assert won is holds
+        reached("complete or fail", "won" if won else f"refused ({self.model.probe(lease)})")
+        if holds:
+            self._finished(run_id, generation, COMPLETED if completed else FAILED)
+        else:
+            self.assert_unchanged(before)
+            self.assert_refusal(lease)
+
+    def _finished(self, run_id: UUID, generation: int, status: str) -> None:
+        model = self.model.runs[run_id]
+        model.status, model.lease_valid = status, False
+        if status == COMPLETED:
+            model.output = output_of(generation)
+        else:
+            model.error = error_of(generation)
+
+    @precondition(has_leases)
+    @rule(lease=any_lease(), name=st.sampled_from(STEP_NAMES), index=st.integers(0, 3))
+    def record_cancelled_step(self, lease: Lease, name: str, index: int) -> None:
+        """The one write a lease makes after a cancel: the step it was running. Only the lease the
+        run was cancelled under may make it."""
+        run_id, generation = lease
+        allowed = self.model.probe(lease) == "cancelled"
+        before = self.snapshot()
+        now = timezone.now()
+
+        recorded = leases.record_cancelled_step(
+            run_id, generation, index=index, name=name, attempt=1, started_at=now, completed_at=now
+        )
+
+        assert recorded is allowed
+        reached("record cancelled step", "recorded" if recorded else "refused")
+        if allowed:
+            self.model.runs[run_id].cancelled_steps.append((name, index))
+        else:
+            self.assert_unchanged(before)
+
+    @precondition(has_leases)
+    @rule(lease=any_lease())
+    def release(self, lease: Lease) -> None:
+        run_id, generation = lease
+        holds = self.model.holds(lease)
+        before = self.snapshot()
+
+        released = leases.release(run_id, generation)
+
+        assert released is holds
+        reached("release", "released" if released else "refused")
+        if holds:
+            self.model.runs[run_id].lease_valid = False
+        else:
+            self.assert_unchanged(before)
+            self.assert_refusal(lease)
+
+    @precondition(has_leases)
+    @rule(lease=any_lease())
+    def expire_lease(self, lease: Lease) -> None:
+        """The run's current lease lapses, whichever generation holds it (a claimed run is the one
+        likely to be leased, hence a lease drawn rather than a run)."""
+        # Test arrangement: see the module docstring for why this is an UPDATE, not a wait.
+        run_id = lease[0]
+        Run.objects.filter(pk=run_id, status=LEASED).update(
+            lease_expires_at=DatabaseNow() - timedelta(seconds=1)
+        )
+        model = self.model.runs.get(run_id)
+        reached("expire lease", "expired" if model and model.status == LEASED else "not leased")
+        if model is not None and model.status == LEASED:
+            model.lease_valid = False
+
+    # -- operator actions ----------------------------------------------------------------------
+
+    @rule(run_id=runs)
+    def cancel(self, run_id: UUID) -> None:
+        model = self.model.runs.get(run_id)
+        reached("cancel", "deleted" if model is None else model.status)
+        before = self.snapshot()
+        if model is None:
+            with pytest.raises(RunNotFound) as missing:
+                operations.cancel_run(run_id)
+            assert missing.value.run_id == run_id
+            return
+        if model.status in (COMPLETED, FAILED):
+            with pytest.raises(RunNotCancellable) as raised:
+                operations.cancel_run(run_id)
+            self.assert_state_error(raised.value, run_id)
+            self.assert_unchanged(before)
+            return
+
+        result = operations.cancel_run(run_id)
+
+        if model.status == CANCELLED:
+            assert (result.cancelled, result.from_status) == (False, CANCELLED)
+            self.assert_unchanged(before)
+            return
+        assert (result.cancelled, result.from_status) == (True, model.status)
+        model.status, model.lease_valid = CANCELLED, False
+
+    @rule(run_id=runs)
+    def resume(self, run_id: UUID) -> None:
+        model = self.model.runs.get(run_id)
+        reached("resume", "deleted" if model is None else model.status)
+        before = self.snapshot()
+        if model is None:
+            with pytest.raises(RunNotFound) as missing:
+                operations.resume_run(run_id)
+            assert missing.value.run_id == run_id
+            return
+        if model.status not in (FAILED, CANCELLED):
+            with pytest.raises(RunNotResumable) as raised:
+                operations.resume_run(run_id)
+            self.assert_state_error(raised.value, run_id)
+            self.assert_unchanged(before)
+            return
+        other = self.model.pending_with_key(model.job_name, model.concurrency_key)
+        if other is not None:
+            with pytest.raises(PendingRunExists) as conflict:
+                operations.resume_run(run_id)
+            assert conflict.value.run_id == other
+            reached("resume", "PendingRunExists")
+            self.assert_unchanged(before)
+            return
+
+        result = operations.resume_run(run_id)
+
+        assert (result.run_id, result.from_status) == (run_id, model.status)
+        model.status, model.later, model.owner = PENDING, False, ""
+        model.output = model.error = None
+
+    @rule(target=runs, run_id=runs, key=st.sampled_from([None, "r1"]))
+    def retrigger(self, run_id: UUID, key: str | None) -> Any:
+        model = self.model.runs.get(run_id)
+        reached("retrigger", "deleted" if model is None else model.status)
+        before = self.snapshot()
+        if model is None:
+            with pytest.raises(RunNotFound) as missing:
+                operations.retrigger_run(run_id, idempotency_key=key)
+            assert missing.value.run_id == run_id
+            return multiple()
+        stored_key = None if key is None else f"retrigger:{run_id}:{key}"
+        existing = self.model.with_idempotency_key(model.job_name, stored_key)
+        if existing is not None:
+            run = operations.retrigger_run(run_id, idempotency_key=key)
+            assert (run.pk, run.disposition) == (existing, "idempotent")
+            reached("retrigger", "idempotent")
+            self.assert_unchanged(before)
+            return multiple()
+        if model.status not in TERMINAL:
+            with pytest.raises(RunNotRetriggerable) as raised:
+                operations.retrigger_run(run_id, idempotency_key=key)
+            self.assert_state_error(raised.value, run_id)
+            self.assert_unchanged(before)
+            return multiple()
+        pending = self.model.pending_with_key(model.job_name, model.concurrency_key)
+        if pending is not None:
+            with pytest.raises(PendingRunExists) as conflict:
+                operations.retrigger_run(run_id, idempotency_key=key)
+            assert conflict.value.run_id == pending
+            reached("retrigger", "PendingRunExists")
+            self.assert_unchanged(before)
+            return multiple()
+
+        run = operations.retrigger_run(run_id, idempotency_key=key)
+
+        assert run.disposition == "created"
+        assert run.pk not in self.model.runs
+        self.model.runs[run.pk] = ModelRun(
+            job_name=model.job_name,
+            idempotency_key=stored_key,
+            concurrency_key=model.concurrency_key,
+            priority=model.priority,
+            later=False,
+        )
+        return run.pk
+
+    @rule(run_id=runs)
+    def delete(self, run_id: UUID) -> None:
+        model = self.model.runs.get(run_id)
+        reached("delete", "deleted" if model is None else model.status)
+        before = self.snapshot()
+        if model is None:
+            with pytest.raises(RunNotFound) as missing:
+                operations.delete_run(run_id)
+            assert missing.value.run_id == run_id
+            return
+        if model.status not in TERMINAL:
+            with pytest.raises(RunNotDeletable) as raised:
+                operations.delete_run(run_id)
+            self.assert_state_error(raised.value, run_id)
+            self.assert_unchanged(before)
+            return
+
+        result = operations.delete_run(run_id)
+
+        assert (result.run_id, result.from_status) == (run_id, model.status)
+        del self.model.runs[run_id]
+
+    # -- the database agrees with the model ----------------------------------------------------
+
+    @invariant()
+    def database_matches_model(self) -> None:
+        rows = {row["id"]: row for row in Run.objects.values()}
+        valid = set(Run.objects.leased().values_list("pk", flat=True))
+        steps: dict[UUID, list[tuple[str, int, str]]] = {}
+        for run_id, name, index, status in Step.objects.values_list(
+            "run_id", "name", "index", "status"
+        ):
+            steps.setdefault(run_id, []).append((name, index, status))
+
+        # The invariants, on the rows as stored (whatever the model says).
+        assert all(
+            row["lease_expires_at"] is not None for row in rows.values() if row["status"] == LEASED
+        )
+        valid_keys = [rows[run_id]["concurrency_key"] for run_id in valid]
+        assert no_duplicates(key for key in valid_keys if key is not None), "one lease per key"
+        assert no_duplicates(
+            (row["job_name"], row["concurrency_key"])
+            for row in rows.values()
+            if row["status"] == PENDING and row["concurrency_key"] is not None
+        ), "one pending run per (job, key)"
+        assert no_duplicates(
+            (run_id, name)
+            for run_id, run_steps in steps.items()
+            for name, _index, status in run_steps
+            if status == "completed"
+        ), "one completed step per name"
+        for run_id, row in rows.items():
+            # A generation only grows, whatever happens to the run.
+            assert row["lease_generation"] >= self.highest_generation.get(run_id, 0)
+            self.highest_generation[run_id] = row["lease_generation"]
+
+        # The rows, against the model.
+        assert set(rows) == set(self.model.runs)
+        for run_id, model in self.model.runs.items():
+            row = rows[run_id]
+            assert {
+                "status": row["status"],
+                "lease_generation": row["lease_generation"],
+                "attempt": row["attempt"],
+                "completed_step_count": row["completed_step_count"],
+                "current_step_index": row["current_step_index"],
+                "job_name": row["job_name"],
+                "idempotency_key": row["idempotency_key"],
+                "concurrency_key": row["concurrency_key"],
+                "priority": row["priority"],
+                "output": row["output"],
+                "error": row["error"],
+            } == {
+                "status": model.status,
+                "lease_generation": model.generation,
+                "attempt": model.attempt,
+                "completed_step_count": len(model.steps),
+                "current_step_index": model.current_step_index,
+                "job_name": model.job_name,
+                "idempotency_key": model.idempotency_key,
+                "concurrency_key": model.concurrency_key,
+                "priority": model.priority,
+                "output": model.output,
+                "error": model.error,
+            }, run_id
+            assert sorted(steps.get(run_id, [])) == sorted(
+                [(name, index, "completed") for name, index in model.steps.items()]
+                + [(name, index, "cancelled") for name, index in model.cancelled_steps]
+            ), run_id
+            if model.status == LEASED:
+                assert row["lease_owner"] == model.owner
+                assert (run_id in valid) is model.lease_valid
+            else:
+                assert row["lease_expires_at"] is None
+                assert run_id not in valid
+
+
+def no_duplicates(items: Iterable[Any]) -> bool:
+    counted = Counter(items)
+    return all(n == 1 for n in counted.values())
+
+
+def test_run_state_machine__database_agrees_with_the_model(db_alias):
+    REACHED.clear()
+
+    run_state_machine_as_test(RunMachine, settings=MACHINE_SETTINGS)
+
+    if MACHINE_SETTINGS.derandomize and EXAMPLES >= DEFAULT_EXAMPLES:
+        missing = [outcome for outcome in MUST_REACH if not REACHED[outcome]]
+        assert not missing, f"the machine never reached {missing}; reached {dict(REACHED)}"

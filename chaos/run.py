@@ -102,7 +102,8 @@ class ChaosRun:
             self.server,
             rates={k: v for k, v in args.rates.items() if k != "cancel"},
             stop_seconds=args.stop_seconds,
-            restarts_until=time.monotonic() + fault_seconds - args.recovery_deadline,
+            # A restart takes a few seconds, then its recovery window must end before the backlog.
+            restarts_until=time.monotonic() + fault_seconds - args.recovery_deadline - 15,
             log=log,
         )
         feeder.start()
@@ -126,7 +127,7 @@ class ChaosRun:
         pool.cont_all()
         pool.wait_drained(args.grace_period + 40)
         pool.start_all()
-        self._settle(feeder, injector, operator)
+        self._settle()
         log("stopping workers")
         pool.shutdown()
         evidence = self._evidence(feeder, injector, operator, pool)
@@ -156,7 +157,7 @@ class ChaosRun:
         )
         sys.stdout.flush()
 
-    def _settle(self, feeder: Feeder, injector: Injector, operator: Operator) -> None:
+    def _settle(self) -> None:
         """Wait (with a deadline) until every run is finished, keeping the workers running."""
         assert self.pool is not None
         deadline = time.monotonic() + self.args.settle_seconds

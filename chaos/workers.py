@@ -35,6 +35,7 @@ def _die_with_parent() -> None:
 
 
 READY_LINE = b" starting: queues="  # the worker's first log line, once its signal handlers are set
+READY_FALLBACK = 20.0  # seconds
 
 
 @dataclass
@@ -143,9 +144,12 @@ class WorkerPool:
         if not slot.ready and slot.life is not None:
             with (self.log_dir / f"worker-{slot.index}.log").open("rb") as log:
                 log.seek(slot.log_offset)
-                if READY_LINE in log.read():
-                    slot.ready = True
-                    slot.life.ready_at = time.time()
+                seen = READY_LINE in log.read()
+            # Should the line ever change, a worker is taken as started after a while all the
+            # same, rather than spared every fault from then on.
+            if seen or time.time() - slot.life.started_at > READY_FALLBACK:
+                slot.ready = True
+                slot.life.ready_at = time.time()
         return slot.ready
 
     def wait_ready(self, timeout: float) -> None:

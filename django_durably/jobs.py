@@ -39,6 +39,9 @@ O = TypeVar("O")  # noqa: E741 - the job's output type
 MAX_KEY_LENGTH = 255
 MAX_QUEUE_LENGTH = 100
 PRIORITY_RANGE = (-(2**31), 2**31 - 1)
+RESERVED_KEY_PREFIXES = ("retrigger:", "schedule:")
+"""Idempotency keys starting with these belong to django-durably (retriggers, schedules): a trigger
+may not choose them, so nobody can plant the run that a retrigger or a schedule would return."""
 
 ConcurrencyKey = str | Callable[[Any], str] | None
 
@@ -341,8 +344,19 @@ def is_short_text(value: Any, max_length: int) -> bool:
     return isinstance(value, str) and 0 < len(value) <= max_length
 
 
+class ReservedKey(str):
+    """An idempotency key in one of the :data:`RESERVED_KEY_PREFIXES`, made by django-durably itself
+    (``operations.retrigger_run``, later schedules). Only keys of this type may use those prefixes."""
+
+    __slots__ = ()
+
+
 def check_key(value: Any, field: str) -> str:
-    """An idempotency or concurrency key as given to a trigger, or :class:`InvalidTrigger`."""
+    """An idempotency or concurrency key as given to a trigger, or :class:`InvalidTrigger`.
+
+    An idempotency key in a reserved namespace (``retrigger:``, ``schedule:``) is refused unless it is
+    a :class:`ReservedKey`.
+    """
     if not is_short_text(value, MAX_KEY_LENGTH):
         raise InvalidTrigger(
             f"{field} must be a non-empty string of at most {MAX_KEY_LENGTH} characters, "
@@ -351,6 +365,17 @@ def check_key(value: Any, field: str) -> str:
         )
     if (problem := unstorable_text(value)) is not None:
         raise InvalidTrigger(f"{field} {problem}.", field=field)
+    if (
+        field == "idempotency_key"
+        and value.startswith(RESERVED_KEY_PREFIXES)
+        and not isinstance(value, ReservedKey)
+    ):
+        prefix = next(p for p in RESERVED_KEY_PREFIXES if value.startswith(p))
+        raise InvalidTrigger(
+            f"{field} may not start with {prefix!r}: django-durably reserves the prefixes "
+            f"{', '.join(map(repr, RESERVED_KEY_PREFIXES))} for the keys it makes itself.",
+            field=field,
+        )
     return str(value)
 
 

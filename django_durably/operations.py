@@ -35,7 +35,7 @@ from django_durably.exceptions import (
     RunNotResumable,
     RunNotRetriggerable,
 )
-from django_durably.jobs import MAX_KEY_LENGTH, TriggerItem, check_key, get_job
+from django_durably.jobs import MAX_KEY_LENGTH, ReservedKey, TriggerItem, check_key, get_job
 from django_durably.leases import db_alias, lock_oldest_finished
 from django_durably.models import (
     CANCELLABLE_STATUSES,
@@ -410,7 +410,12 @@ def _retrigger_key(run_id: UUID, idempotency_key: Any) -> str:
             f"characters, got {len(idempotency_key)}.",
             field="idempotency_key",
         )
-    return f"retrigger:{run_id}:{check_key(idempotency_key, 'idempotency_key')}"
+    # The caller's part is checked as a key of its own (a reserved prefix inside it is harmless).
+    own = check_key(
+        ReservedKey(idempotency_key) if isinstance(idempotency_key, str) else idempotency_key,
+        "idempotency_key",
+    )
+    return ReservedKey(f"retrigger:{run_id}:{own}")
 
 
 # -- delete and purge --------------------------------------------------------------------------

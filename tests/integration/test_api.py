@@ -452,3 +452,16 @@ def test_responses_are_json(api, operator):
     response = api.get("/jobs", user=operator)
 
     assert json.loads(response.content) == response.json()
+
+
+# -- issue 13: reserved keys -------------------------------------------------------------------
+
+
+def test_trigger__a_reserved_idempotency_key_422(api, operator):
+    run = jobs.noop.trigger(None)
+
+    response = trigger(api, operator, idempotency_key=f"retrigger:{run.pk}:k")
+
+    assert response.status_code == 422
+    assert field_errors(response) == [(("body", "payload", "idempotency_key"), "invalid_trigger")]
+    assert Run.objects.count() == 1

@@ -1049,3 +1049,15 @@ def test_signals__a_raising_receiver_does_not_undo_the_operation():
 def test_operations__module_lists_its_public_names():
     for name in ("CancelResult", "ResumeResult", "DeleteResult", "purgeable_runs"):
         assert name in operations.__all__
+
+
+def test_retrigger__a_planted_retrigger_key_cannot_be_triggered():
+    original = make("completed")
+    planted = f"retrigger:{original.pk}:k"
+
+    with pytest.raises(InvalidTrigger, match="reserves the prefixes"):
+        jobs.noop.trigger("planted", idempotency_key=planted)
+    retriggered = retrigger_run(original.pk, idempotency_key="k")
+
+    assert retriggered.disposition == "created"
+    assert row(retriggered)["idempotency_key"] == planted

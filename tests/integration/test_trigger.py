@@ -993,3 +993,20 @@ def test_trigger__refuses_input_databases_cannot_store(db_alias, value):
     with pytest.raises(InvalidInput, match="which databases cannot store"):
         jobs.noop.trigger(value)
     assert not Run.objects.exists()
+
+
+@pytest.mark.parametrize(
+    "key", ["retrigger:00000000-0000-4000-8000-000000000000:k", "schedule:1:x"]
+)
+def test_trigger_idempotency__reserved_prefixes_are_refused(db_alias, key):
+    with pytest.raises(InvalidTrigger, match="reserves the prefixes") as caught:
+        jobs.noop.trigger(None, idempotency_key=key)
+
+    assert caught.value.field == "idempotency_key"
+    assert not Run.objects.exists()
+
+
+def test_trigger_idempotency__a_reserved_prefix_elsewhere_in_the_key_is_fine(db_alias):
+    run = jobs.noop.trigger(None, idempotency_key="mine:retrigger:1")
+
+    assert run.idempotency_key == "mine:retrigger:1"

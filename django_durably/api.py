@@ -11,21 +11,19 @@ No ``from __future__ import annotations`` here: ninja reads these annotations at
 """
 
 import base64
-import functools
 import inspect
 import json
 import logging
 import re
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from django.core.exceptions import PermissionDenied, RequestDataTooBig
+from django.core.exceptions import PermissionDenied
 from django.db.models import Q, Subquery, Value
 from django.db.models.functions import Coalesce
 from django.db.models.query import QuerySet
-from django.http import HttpRequest, HttpResponseBase, JsonResponse
+from django.http import HttpRequest
 from django.urls import register_converter
 from ninja import HeaderEx, P, PathEx, Query, QueryEx, Router, Status
 from pydantic import Field
@@ -45,6 +43,7 @@ from django_durably.exceptions import (
     RunNotRetriggerable,
     RunStateError,
 )
+from django_durably.guards import guard_body
 from django_durably.jobs import Job, TriggerItem, get_job, registered_jobs
 from django_durably.leases import db_alias
 from django_durably.models import Run, RunLog, RunQuerySet, Step
@@ -123,84 +122,7 @@ Limit = Annotated[int, Field(ge=1, le=MAX_PAGE_SIZE, description="Page size.")]
 Offset = Annotated[int, Field(ge=0, le=2**31 - 1, description="Items to skip.")]
 
 
-# -- request guards ----------------------------------------------------------------------------
-
-_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
-_JSON_BRACKET = re.compile(rb"[\[\]{}]")
-_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
-
-
-def json_depth_exceeds(body: bytes, limit: int) -> bool:
-    """Whether ``body`` nests arrays and objects deeper than ``limit``, judged without parsing it
-    (a deep enough document makes Python's JSON parser raise ``RecursionError``)."""
-    depth = 0
-    for bracket in _JSON_BRACKET.finditer(_JSON_STRING.sub(b"", body)):
-        if bracket.group() in (b"[", b"{"):
-            depth += 1
-            if depth > limit:
-                return True
-        else:
-            depth -= 1
-    return False
-
-
-def body_refusal(request: HttpRequest) -> JsonResponse | None:
-    """A response refusing the request's body (too large or too deep), or ``None``.
-
-    Runs before authentication and before ninja parses anything, so an oversized body is never
-    read into memory and a deep one never reaches the JSON parser.
-    """
-    if request.method not in _BODY_METHODS:
-        return None
-    limit = durably_settings.API_MAX_BODY_BYTES
-    try:
-        declared = int(request.META.get("CONTENT_LENGTH") or 0)
-    except ValueError:
-        declared = 0
-    if declared > limit:
-        return _too_large(limit)
-    try:
-        body = request.body
-    except RequestDataTooBig:  # over Django's DATA_UPLOAD_MAX_MEMORY_SIZE
-        return _too_large(limit)
-    if len(body) > limit:
-        return _too_large(limit)
-    depth = durably_settings.API_MAX_JSON_DEPTH
-    if body and json_depth_exceeds(body, depth):
-        return JsonResponse(
-            {
-                "detail": [
-                    {
-                        "type": "json_too_deep",
-                        "loc": ["body"],
-                        "msg": f"JSON nested deeper than {depth} levels is refused.",
-                    }
-                ]
-            },
-            status=422,
-        )
-    return None
-
-
-def _too_large(limit: int) -> JsonResponse:
-    return JsonResponse(
-        {"detail": f"The request body is larger than {limit} bytes.", "code": "payload_too_large"},
-        status=413,
-    )
-
-
-def _guard_body(run: Callable[..., HttpResponseBase]) -> Callable[..., HttpResponseBase]:
-    @functools.wraps(run)
-    def guarded(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponseBase:
-        refusal = body_refusal(request)
-        if refusal is not None:
-            return refusal
-        return run(request, *args, **kwargs)
-
-    return guarded
-
-
-router.add_decorator(_guard_body, mode="view")
+router.add_decorator(guard_body, mode="view")  # before auth: see ``guards``
 
 
 # -- errors ------------------------------------------------------------------------------------

@@ -23,17 +23,24 @@ def to_json(value: Any, *, what: str) -> JSON:
     represent exactly (sets, datetimes, NaN, non-string keys), and strings that databases cannot
     store (NUL characters, lone surrogates), raise :class:`NotJSONSerializable`.
     """
-    if isinstance(value, BaseModel):
-        value = value.model_dump(mode="json")
     try:
-        text = dump(value)
-    except (TypeError, ValueError) as exc:
-        raise NotJSONSerializable(f"{what} must be JSON-serializable: {exc}") from exc
-    # The dump escapes every non-ASCII character, so a string holding a NUL or a surrogate shows up
-    # as a \u0000 or \udXXX escape; only then are strings checked one by one (valid surrogate pairs,
-    # such as emoji, also show up here and pass the check).
-    _check_value(value, what, strings="\\u0000" in text or "\\ud" in text)
-    loaded: JSON = json.loads(text)
+        if isinstance(value, BaseModel):
+            value = value.model_dump(mode="json")
+        try:
+            text = dump(value)
+        except (TypeError, ValueError) as exc:
+            raise NotJSONSerializable(f"{what} must be JSON-serializable: {exc}") from exc
+        # The dump escapes every non-ASCII character, so a string holding a NUL or a surrogate shows
+        # up as a \u0000 or \udXXX escape; only then are strings checked one by one (valid surrogate
+        # pairs, such as emoji, also show up here and pass the check).
+        _check_value(value, what, strings="\\u0000" in text or "\\ud" in text)
+        loaded: JSON = json.loads(text)
+    except RecursionError:
+        # Arrays or objects nested past Python's recursion limit (the encoder, the checks and the
+        # decoder all recurse): a typed error, not a RecursionError from deep inside.
+        raise NotJSONSerializable(
+            f"{what} is nested too deeply to be stored as JSON (Python's recursion limit)."
+        ) from None
     return loaded
 
 

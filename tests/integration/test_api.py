@@ -14,7 +14,7 @@ import pytest
 from django.utils import timezone
 from pydantic import BaseModel, ConfigDict
 
-from django_durably.api import json_depth_exceeds
+from django_durably.guards import json_depth_exceeds
 from django_durably.jobs import define_job, register, unregister
 from django_durably.models import Run, RunStatus
 from tests import jobs

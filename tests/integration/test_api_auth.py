@@ -485,3 +485,28 @@ def test_scope__retrigger_is_checked_like_a_trigger(tenants, settings):
 
     assert response.status_code == 403
     assert Run.objects.count() == 2
+
+
+# -- issue 13: malformed requests --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("length", ["abc", "-1", "1e3", " "])
+@pytest.mark.parametrize("as_user", [False, True])
+def test_content_length__not_a_number_400_in_json_before_auth(client, operator, length, as_user):
+    if as_user:
+        client.force_login(operator)
+
+    response = client.generic(
+        "POST",
+        f"{BASE}/jobs/tests.jobs.noop/runs",
+        b"{}",
+        content_type="application/json",
+        CONTENT_LENGTH=length,
+    )
+
+    assert response.status_code == 400
+    assert response.json() == {
+        "detail": "The Content-Length header must be a non-negative integer.",
+        "code": "bad_content_length",
+    }
+    assert not Run.objects.exists()

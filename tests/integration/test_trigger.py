@@ -401,6 +401,56 @@ def test_trigger_many__schema_failure_in_position_three_creates_nothing(db_alias
     assert Run.objects.count() == 0
 
 
+@pytest.mark.parametrize(
+    ("bad", "error", "field"),
+    [
+        pytest.param({1, 2}, InvalidInput, "input", id="non-json-input"),
+        pytest.param(TriggerItem(labels={"bad key": "v"}), InvalidLabels, "labels", id="label"),
+        pytest.param(
+            TriggerItem(run_after=datetime(2030, 1, 1)), InvalidRunAfter, "run_after", id="naive"
+        ),
+        pytest.param(TriggerItem(priority=True), InvalidTrigger, "priority", id="priority"),
+        pytest.param(
+            TriggerItem(idempotency_key=""), InvalidTrigger, "idempotency_key", id="empty-key"
+        ),
+    ],
+)
+def test_trigger_many__the_error_says_which_item_failed(db_alias, bad, error, field):
+    items = [{"n": 0}, {"n": 1}, bad, {"n": 3}]
+
+    with pytest.raises(error) as raised:
+        jobs.noop.trigger_many(items)
+
+    assert type(raised.value) is error
+    assert raised.value.index == 2
+    assert raised.value.field == field
+    assert str(raised.value).startswith("Item 2 of the batch: ")
+    assert [e["loc"][:2] for e in raised.value.errors] == [[2, field]]
+    assert Run.objects.count() == 0
+
+
+def test_trigger_many__a_schema_error_locates_each_field_under_the_item(db_alias):
+    items = [{"name": "a"}, {"name": None, "times": "x"}]
+
+    with pytest.raises(InvalidInput) as raised:
+        jobs.greet.trigger_many(items)
+
+    assert raised.value.index == 1
+    assert str(raised.value).startswith(
+        "Item 1 of the batch: Input of job 'tests.jobs.greet' does not match Greeting: "
+    )
+    assert [e["loc"] for e in raised.value.errors] == [[1, "input", "name"], [1, "input", "times"]]
+
+
+def test_trigger__a_single_trigger_has_no_index(db_alias):
+    with pytest.raises(InvalidLabels) as raised:
+        jobs.noop.trigger(1, labels={"bad key": "v"})
+
+    assert raised.value.index is None
+    assert str(raised.value).startswith("Label key 'bad key' is invalid")
+    assert raised.value.errors == [{"loc": ["labels"], "msg": str(raised.value)}]
+
+
 def test_trigger_many__duplicate_idempotency_key_in_one_batch(db_alias):
     first, second = jobs.noop.trigger_many(
         [TriggerItem(input=1, idempotency_key="k"), TriggerItem(input=2, idempotency_key="k")]
@@ -1010,3 +1060,15 @@ def test_trigger_idempotency__a_reserved_prefix_elsewhere_in_the_key_is_fine(db_
     run = jobs.noop.trigger(None, idempotency_key="mine:retrigger:1")
 
     assert run.idempotency_key == "mine:retrigger:1"
+
+
+def test_trigger__input_nested_past_the_recursion_limit_is_invalid_input(db_alias):
+    deep: Any = []
+    for _ in range(100_000):
+        deep = [deep]
+
+    with pytest.raises(InvalidInput, match="nested too deeply") as caught:
+        jobs.noop.trigger(deep)
+
+    assert caught.value.field == "input"
+    assert not Run.objects.exists()

@@ -14,7 +14,7 @@ Two families:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Self
 from uuid import UUID
 
 from django.core.exceptions import ImproperlyConfigured
@@ -66,12 +66,37 @@ class JobNotFound(DurablyError, LookupError):
 
 
 class InvalidTrigger(DurablyError, ValueError):
-    """The trigger request is invalid; nothing was created."""
+    """The trigger request is invalid; nothing was created.
 
-    def __init__(self, message: str, *, field: str, errors: list[dict[str, Any]] | None = None):
+    ``index`` is the position (from 0) of the offending item when the request was a batch
+    (``trigger_many()``), else ``None``.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        field: str,
+        errors: list[dict[str, Any]] | None = None,
+        index: int | None = None,
+    ) -> None:
         self.field = field
         self.errors = errors or [{"loc": [field], "msg": message}]
+        self.index: int | None = None
         super().__init__(message)
+        if index is not None:
+            self.at_index(index)
+
+    def at_index(self, index: int) -> Self:
+        """Say that this error is about item ``index`` of a batch: set :attr:`index`, start the
+        message with it and put it first in each error's ``loc``. Returns the error itself."""
+        if self.index is None:
+            self.index = index
+            self.args = (f"Item {index} of the batch: {self.args[0]}", *self.args[1:])
+            self.errors = [
+                {**error, "loc": [index, *error.get("loc", [self.field])]} for error in self.errors
+            ]
+        return self
 
 
 class InvalidInput(InvalidTrigger):

@@ -132,7 +132,7 @@ class Job(Generic[I, O]):
         prepared = [
             item if isinstance(item, TriggerItem) else TriggerItem(input=item) for item in items
         ]
-        runs: list[Run] = _triggering().trigger_runs(self, prepared)
+        runs: list[Run] = _triggering().trigger_runs(self, prepared, batch=True)
         return runs
 
     def trigger_and_wait(

@@ -16,7 +16,7 @@ import contextlib
 import copy
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -50,7 +50,7 @@ from django_durably.jobs import (
     is_short_text,
 )
 from django_durably.leases import NewRun, db_alias, insert_runs
-from django_durably.models import Run, RunStatus
+from django_durably.models import Run, RunLog, RunStatus
 from django_durably.serialization import dump, unstorable_text
 from django_durably.types import Coalesce
 
@@ -77,14 +77,24 @@ def trigger(job_name: str, input: Any = None, **options: Any) -> Run:
     return get_job(job_name).trigger(input, **options)
 
 
-def trigger_runs(job: Job[Any, Any], items: Sequence[TriggerItem]) -> list[Run]:
+def trigger_runs(
+    job: Job[Any, Any], items: Sequence[TriggerItem], *, batch: bool = False
+) -> list[Run]:
     """Validate every item, then create the runs in one transaction: all or nothing.
 
     Returns one run per item, in order, each with ``disposition`` set. Raises a subclass of
-    :class:`InvalidTrigger` for bad input and :class:`PendingRunExists` for a concurrency-key
-    conflict; in both cases nothing is created.
+    :class:`InvalidTrigger` for bad input (with the item's ``index`` when ``batch``, as for
+    ``trigger_many()``) and :class:`PendingRunExists` for a concurrency-key conflict; in both cases
+    nothing is created.
     """
-    prepared = [_prepare(job, item) for item in items]
+    prepared = []
+    for index, item in enumerate(items):
+        try:
+            prepared.append(_prepare(job, item))
+        except InvalidTrigger as exc:
+            if batch:
+                exc.at_index(index)
+            raise
     if not prepared:
         return []
     alias = db_alias()
@@ -331,21 +341,47 @@ def run_pk(run_id: UUID | str) -> UUID:
 # -- waiting -----------------------------------------------------------------------------------
 
 
-def wait_for_run(run_id: UUID | str, timeout: float, *, poll_interval: float | None = None) -> Run:
+def wait_for_run(
+    run_id: UUID | str,
+    timeout: float,
+    *,
+    poll_interval: float | None = None,
+    on_progress: Callable[[dict[str, Any]], object] | None = None,
+    on_log: Callable[[RunLog], object] | None = None,
+) -> Run:
     """Wait up to ``timeout`` seconds for a run to finish and return it when it completed.
 
     Raises :class:`RunFailed` or :class:`RunCancelled` (with the run attached) when it ended
     otherwise, :class:`WaitTimeout` when it is still running at the deadline (the run is not
     cancelled), and :class:`RunNotFound` for an unknown id.
+
+    Each poll calls ``on_progress(progress)`` when the run's progress differs from the last value
+    passed (or is the first one seen), and ``on_log(line)`` for each :class:`RunLog` line not passed
+    yet, oldest first (lines logged before the call included). Both are called before the wait
+    returns or raises, so they see the run's last progress and every line. An exception a callback
+    raises ends the wait and propagates.
     """
     run_id = run_pk(run_id)
     alias = db_alias()
     deadline = time.monotonic() + timeout
     interval = durably_settings.WAIT_POLL_INTERVAL if poll_interval is None else poll_interval
+    progress_seen: Any = None
+    last_line = 0
     while True:
         run = Run.objects.using(alias).filter(pk=run_id).first()
         if run is None:
             raise RunNotFound(run_id)
+        if on_progress is not None and run.progress is not None and run.progress != progress_seen:
+            progress_seen = run.progress
+            on_progress(run.progress)
+        if on_log is not None:
+            # Read after the run: once it is seen finished, every line it logged is visible. The
+            # attempt holding the lease writes a run's lines one after another, each committed
+            # before the next, so their ids grow in commit order and ``pk > last`` misses none.
+            lines = RunLog.objects.using(alias).filter(run_id=run_id, pk__gt=last_line)
+            for line in lines.order_by("pk"):
+                last_line = line.pk
+                on_log(line)
         if run.status == RunStatus.COMPLETED:
             return run
         if run.status == RunStatus.FAILED:

@@ -181,6 +181,17 @@ def logs_and_progress(step: StepContext, input: Any) -> None:
 
 
 @job()
+def reports_at_a_gate(step: StepContext, input: Any) -> str:
+    """Logs a line and reports progress, waits at the gate ``report``, then does both again."""
+    step.log.info("before the gate")
+    step.progress(1, total=2, message="waiting")
+    step.run("gate", wait_for_gate, "report")
+    step.log.info("after the gate")
+    step.progress(2, total=2, message="done")
+    return "done"
+
+
+@job()
 def counted(step: StepContext, input: dict[str, Any]) -> int:
     """One step per run, counted under the run's own name: proves each run executes once."""
     step.run("work", count, f"counted:{input['n']}")

@@ -399,6 +399,73 @@ def test_wait_for_run__times_out_without_cancelling(claimed):
     assert run.status == expected
 
 
+def test_wait_for_run__passes_new_progress_and_log_lines_while_it_polls():
+    jobs.FLAGS["report"] = threading.Event()
+    run = jobs.reports_at_a_gate.trigger()
+    worker = start(process_one)
+    progress: list[dict[str, Any]] = []
+    lines: list[RunLog] = []
+
+    def on_progress(value: dict[str, Any]) -> None:
+        progress.append(value)
+        if value["current"] == 1:
+            jobs.FLAGS["report"].set()  # the job goes on only once the wait has seen it halfway
+
+    waited = wait_for_run(
+        run.pk, timeout=20, poll_interval=0.01, on_progress=on_progress, on_log=lines.append
+    )
+
+    assert worker.outcome() is True
+    assert waited.status == "completed"
+    assert progress == [
+        {"current": 1, "total": 2, "message": "waiting"},
+        {"current": 2, "total": 2, "message": "done"},
+    ]
+    assert [(line.message, line.run_id) for line in lines] == [
+        ("before the gate", run.pk),
+        ("after the gate", run.pk),
+    ]
+
+
+def test_wait_for_run__passes_what_was_reported_before_it_was_called():
+    run = jobs.logs_and_progress.trigger()
+    process_one()
+    progress: list[dict[str, Any]] = []
+    lines: list[RunLog] = []
+
+    wait_for_run(run.pk, timeout=1, on_progress=progress.append, on_log=lines.append)
+
+    assert progress == [{"current": 2, "total": 2, "message": "all done"}]
+    assert [(line.level, line.message, line.step_name) for line in lines] == [
+        ("warning", "careful", ""),
+        ("error", "inside", "inner"),
+    ]
+
+
+def test_wait_for_run__calls_back_before_raising_run_failed():
+    run = jobs.unstorable_text.trigger({"raise": True})
+    process_one()
+    progress: list[dict[str, Any]] = []
+    lines: list[RunLog] = []
+
+    with pytest.raises(RunFailed):
+        wait_for_run(run.pk, timeout=1, on_progress=progress.append, on_log=lines.append)
+
+    assert [value["current"] for value in progress] == [1]
+    assert [line.level for line in lines] == ["warning"]
+
+
+def test_wait_for_run__an_error_in_a_callback_ends_the_wait():
+    run = jobs.logs_and_progress.trigger()
+    process_one()
+
+    def on_log(line: RunLog) -> None:
+        raise LookupError(line.message)
+
+    with pytest.raises(LookupError, match="careful"):
+        wait_for_run(run.pk, timeout=1, on_log=on_log)
+
+
 @pytest.mark.parametrize("run_id", [uuid.uuid4(), str(uuid.uuid4()), "not-a-uuid", ""])
 def test_wait_for_run__unknown_or_malformed_id(run_id):
     with pytest.raises(RunNotFound) as raised:

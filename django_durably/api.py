@@ -88,6 +88,7 @@ SOURCE = "api"
 """What operator actions through the API record as their ``source``."""
 
 LABEL_PREFIX = "label."
+DETAIL_FIELDS = ("input", "output", "error")
 MAX_CURSOR_LENGTH = 200
 
 # exclude_unset: optional fields are omitted rather than null (the lease, unused error fields).
@@ -292,6 +293,7 @@ def trigger_run(
             idempotency_key=payload.idempotency_key,
             concurrency_key=payload.concurrency_key,
             labels=labels,
+            queue=payload.queue,
             priority=payload.priority,
             run_after=payload.run_after,
             coalesce=payload.coalesce,
@@ -413,7 +415,8 @@ def list_runs(
         runs = runs.with_labels(labels)
     if position is not None:
         runs = _after(runs, *position)
-    page = list(runs.order_by("-created_at", "-pk")[: limit + 1])
+    # A summary: input, output and error (up to DURABLY_MAX_*_BYTES each) stay in the database.
+    page = list(runs.defer(*DETAIL_FIELDS).order_by("-created_at", "-pk")[: limit + 1])
     items = [_with_lease(run, include) for run in page[:limit]]
     next_cursor = encode_cursor(items[-1]) if len(page) > limit else None
     return Status(200, {"items": items, "next_cursor": next_cursor})
@@ -610,7 +613,8 @@ def delete(request: HttpRequest, run_id: RunId) -> Status[Any]:
     summary="Stream a run's events",
     openapi_extra={
         "responses": {
-            "200": {
+            # The integer code, as ninja's own key: a "200" string would be a second, duplicate key.
+            200: {
                 "description": "Server-sent events: a snapshot, then each change, then end.",
                 "content": {"text/event-stream": {"schema": {"type": "string"}}},
             }

@@ -11,13 +11,27 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
+from django.db.models import Q
 from ninja import FilterLookup, FilterSchema, Schema
-from pydantic import AfterValidator, AwareDatetime, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StringConstraints,
+    WithJsonSchema,
+)
 
-from django_durably.jobs import MAX_KEY_LENGTH, PRIORITY_RANGE
+from django_durably.jobs import MAX_KEY_LENGTH, MAX_QUEUE_LENGTH, PRIORITY_RANGE
+from django_durably.models import TERMINAL_STATUSES, RunStatus
 from django_durably.triggering import MAX_LABEL_KEY_LENGTH, MAX_LABEL_VALUE_LENGTH, MAX_LABELS
 
 RunStatusName = Literal["pending", "leased", "completed", "failed", "cancelled"]
+RunStatusFilterName = Literal["pending", "leased", "running", "completed", "failed", "cancelled"]
+STATUS_ALIASES = {"running": RunStatus.LEASED}
+"""Filter values that name a status by another name (DESIGN.md section 3: "Running" is ``leased``)."""
 StepStatusName = Literal["completed", "failed", "cancelled"]
 LogLevelName = Literal["info", "warning", "error"]
 DispositionName = Literal["created", "idempotent", "coalesced"]
@@ -38,13 +52,46 @@ def _utc(value: datetime) -> datetime:
         raise ValueError("datetime is out of range once converted to UTC") from None
 
 
+def _text_only(value: Any) -> Any:
+    """Refuse a JSON number (pydantic would read it as a Unix time): dates are ISO 8601 text."""
+    if not isinstance(value, str | datetime):
+        raise ValueError("must be an ISO 8601 date-time string")
+    return value
+
+
 Instant = Annotated[AwareDatetime, AfterValidator(_utc)]
 """A timezone-aware datetime (naive datetimes are refused: their meaning depends on the server)."""
+StrictInstant = Annotated[AwareDatetime, BeforeValidator(_text_only), AfterValidator(_utc)]
+""":data:`Instant` in a request body: ISO 8601 text only, no numbers."""
 
 QueryText = Annotated[str, StringConstraints(pattern=NO_NUL, max_length=MAX_KEY_LENGTH)]
 Key = Annotated[str, StringConstraints(min_length=1, max_length=MAX_KEY_LENGTH, pattern=NO_NUL)]
 LabelKey = Annotated[str, StringConstraints(min_length=1, max_length=MAX_LABEL_KEY_LENGTH, pattern=LABEL_KEY)]  # fmt: skip
 LabelValue = Annotated[str, StringConstraints(max_length=MAX_LABEL_VALUE_LENGTH, pattern=NO_NUL)]
+QueueName = Annotated[str, StringConstraints(min_length=1, max_length=MAX_QUEUE_LENGTH, pattern=NO_NUL)]  # fmt: skip
+Labels = Annotated[
+    dict[LabelKey, LabelValue],
+    Field(max_length=MAX_LABELS),
+    # pydantic documents the key pattern as patternProperties, which lets other keys through; say
+    # what the API accepts: every key matches, every value is a string.
+    WithJsonSchema(
+        {
+            "type": "object",
+            "maxProperties": MAX_LABELS,
+            "propertyNames": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": MAX_LABEL_KEY_LENGTH,
+                "pattern": LABEL_KEY,
+            },
+            "additionalProperties": {
+                "type": "string",
+                "maxLength": MAX_LABEL_VALUE_LENGTH,
+                "pattern": NO_NUL,
+            },
+        }
+    ),
+]
 
 
 # -- errors ------------------------------------------------------------------------------------
@@ -136,6 +183,14 @@ class RunOut(Schema):
     queue: str
     priority: int
     status: RunStatusName
+    is_terminal: bool = Field(
+        description="The run has finished (completed, failed or cancelled) and will not change "
+        "by itself."
+    )
+    is_active: bool = Field(
+        description="The run has not finished: pending, or leased (running). The opposite of "
+        "is_terminal."
+    )
     labels: dict[str, str]
     progress: ProgressOut | None
     attempt: int = Field(description="How many times a worker has started this run.")
@@ -150,6 +205,14 @@ class RunOut(Schema):
     lease: LeaseOut | None = Field(
         None, description="Present only when the request asks for it with include=lease."
     )
+
+    @staticmethod
+    def resolve_is_terminal(run: Any) -> bool:
+        return run.status in TERMINAL_STATUSES
+
+    @staticmethod
+    def resolve_is_active(run: Any) -> bool:
+        return run.status not in TERMINAL_STATUSES
 
 
 class RunDetailOut(RunOut):
@@ -236,16 +299,20 @@ class EnqueueIn(Schema):
     concurrency_key: Key | None = Field(
         None, description="Overrides the job's concurrency key for this run."
     )
-    labels: Annotated[dict[LabelKey, LabelValue], Field(max_length=MAX_LABELS)] | None = Field(
+    labels: Labels | None = Field(
         None, description="String labels to filter runs by (and to scope callers with)."
     )
+    queue: QueueName | None = Field(None, description="Overrides the job's queue for this run.")
     coalesce: Literal["error", "skip"] = Field(
         "error",
         description="When a pending run holds the concurrency key: error (409) or skip "
         "(return that run, 200).",
     )
-    run_after: Instant | None = Field(None, description="Not before this (timezone-aware) time.")
-    priority: int | None = Field(
+    run_after: StrictInstant | None = Field(
+        None, description="Not before this timezone-aware ISO 8601 time."
+    )
+    # Strict: true or 5.0 are not priorities.
+    priority: StrictInt | None = Field(
         None, ge=PRIORITY_RANGE[0], le=PRIORITY_RANGE[1], description="Higher runs first."
     )
 
@@ -256,8 +323,8 @@ class RunFilter(FilterSchema):
     job: Annotated[list[QueryText] | None, FilterLookup("job_name__in")] = Field(
         None, description="Job name (repeatable: any of)."
     )
-    status: Annotated[list[RunStatusName] | None, FilterLookup("status__in")] = Field(
-        None, description="Run status (repeatable: any of)."
+    status: list[RunStatusFilterName] | None = Field(
+        None, description="Run status (repeatable: any of); running is an alias of leased."
     )
     created_after: Annotated[Instant | None, FilterLookup("created_at__gte")] = Field(
         None, description="Created at or after this timezone-aware time."
@@ -265,3 +332,8 @@ class RunFilter(FilterSchema):
     created_before: Annotated[Instant | None, FilterLookup("created_at__lt")] = Field(
         None, description="Created before this timezone-aware time."
     )
+
+    def filter_status(self, value: list[str] | None) -> Q:
+        if not value:
+            return Q()
+        return Q(status__in=sorted({STATUS_ALIASES.get(name, name) for name in value}))

@@ -21,6 +21,9 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    # Serves the Swagger UI assets of /durably/docs locally; without it they come from a CDN and
+    # the page is blank offline.
+    "ninja",
     "django_durably",
     "shop",
 ]

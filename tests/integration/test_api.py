@@ -229,7 +229,7 @@ def test_trigger__input_matching_the_schema_is_stored_normalised(api, operator):
         pytest.param({"labels": {f"k{i}": "v" for i in range(33)}}, "labels", "too_long", id="labels-many"),
         pytest.param({"labels": ["a"]}, "labels", "dict_type", id="labels-list"),
         pytest.param({"priority": 2**31}, "priority", "less_than_equal", id="priority-range"),
-        pytest.param({"priority": "high"}, "priority", "int_parsing", id="priority-type"),
+        pytest.param({"priority": "high"}, "priority", "int_type", id="priority-type"),
         pytest.param({"run_after": "2026-01-01T10:00:00"}, "run_after", "timezone_aware", id="naive"),
         pytest.param({"run_after": "0001-01-01T00:00:00+01:00"}, "run_after", "value_error", id="before-year-1"),
         pytest.param({"run_after": "soon"}, "run_after", "datetime_from_date_parsing", id="not-a-date"),
@@ -238,7 +238,14 @@ def test_trigger__input_matching_the_schema_is_stored_normalised(api, operator):
         pytest.param({"idempotency_key": "k" * 256}, "idempotency_key", "string_too_long", id="key-long"),
         pytest.param({"idempotency_key": "a\x00b"}, "idempotency_key", "string_pattern_mismatch", id="key-nul"),
         pytest.param({"concurrency_key": 7}, "concurrency_key", "string_type", id="ckey-type"),
-        pytest.param({"queue": "other"}, "queue", "extra_forbidden", id="unknown-field"),
+        pytest.param({"flavour": "other"}, "flavour", "extra_forbidden", id="unknown-field"),
+        pytest.param({"priority": True}, "priority", "int_type", id="priority-bool"),
+        pytest.param({"priority": 5.0}, "priority", "int_type", id="priority-float"),
+        pytest.param({"priority": "5"}, "priority", "int_type", id="priority-text"),
+        pytest.param({"run_after": 1893456000}, "run_after", "value_error", id="run-after-number"),
+        pytest.param({"queue": ""}, "queue", "string_too_short", id="queue-empty"),
+        pytest.param({"queue": "q" * 101}, "queue", "string_too_long", id="queue-long"),
+        pytest.param({"queue": "a\x00b"}, "queue", "string_pattern_mismatch", id="queue-nul"),
     ],
 )  # fmt: skip
 def test_trigger__invalid_fields_422(api, operator, body, loc, kind):
@@ -465,3 +472,27 @@ def test_trigger__a_reserved_idempotency_key_422(api, operator):
     assert response.status_code == 422
     assert field_errors(response) == [(("body", "payload", "idempotency_key"), "invalid_trigger")]
     assert Run.objects.count() == 1
+
+
+# -- issue 13: queues, strict types, run state flags ------------------------------------------
+
+
+def test_trigger__the_queue_can_be_chosen(api, operator, db_alias):
+    response = trigger(api, operator, queue="bulk")
+
+    assert response.status_code == 201
+    assert response.json()["queue"] == "bulk"
+    assert Run.objects.using(db_alias).get().queue == "bulk"
+
+
+def test_trigger__run_state_flags(api, operator):
+    run = jobs.noop.trigger(None)
+
+    pending = api.get(f"/runs/{run.pk}", user=operator).json()
+    Run.objects.filter(pk=run.pk).update(status=RunStatus.FAILED)
+    failed = api.get(f"/runs/{run.pk}", user=operator).json()
+    listed = api.get("/runs", user=operator).json()["items"][0]
+
+    assert (pending["is_terminal"], pending["is_active"]) == (False, True)
+    assert (failed["is_terminal"], failed["is_active"]) == (True, False)
+    assert (listed["is_terminal"], listed["is_active"]) == (True, False)

@@ -6,6 +6,7 @@ schema and docs. Every test runs on SQLite and PostgreSQL.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -510,3 +511,39 @@ def test_content_length__not_a_number_400_in_json_before_auth(client, operator, 
         "code": "bad_content_length",
     }
     assert not Run.objects.exists()
+
+
+# -- issue 13: the OpenAPI schema --------------------------------------------------------------
+
+
+def strict_json(text: str) -> Any:
+    """``json.loads`` that refuses duplicate keys (as Swagger UI's YAML parser does)."""
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        keys = [key for key, _ in items]
+        duplicates = sorted({key for key in keys if keys.count(key) > 1})
+        assert not duplicates, f"duplicate keys {duplicates}"
+        return dict(items)
+
+    return json.loads(text, object_pairs_hook=pairs)
+
+
+def test_openapi__no_duplicate_keys_and_a_valid_document(client, operator):
+    from openapi_spec_validator import validate
+
+    response = logged_in(operator).get(f"{BASE}/openapi.json")
+
+    schema = strict_json(response.content.decode())
+    validate(schema)
+    events = schema["paths"][f"{BASE}/runs/{{run_id}}/events"]["get"]["responses"]["200"]
+    assert "text/event-stream" in events["content"]
+
+
+def test_openapi__labels_describe_the_keys_the_api_accepts(client, operator):
+    schema = logged_in(operator).get(f"{BASE}/openapi.json").json()
+
+    labels = schema["components"]["schemas"]["EnqueueIn"]["properties"]["labels"]["anyOf"][0]
+
+    assert labels["propertyNames"]["pattern"] == "^[A-Za-z0-9._/-]+$"
+    assert labels["additionalProperties"]["type"] == "string"
+    assert "patternProperties" not in labels

@@ -82,6 +82,8 @@ def test_list_runs__newest_first_without_input_output_or_lease(api, operator):
         "queue",
         "priority",
         "status",
+        "is_terminal",
+        "is_active",
         "labels",
         "progress",
         "attempt",
@@ -218,7 +220,7 @@ def test_list_runs__include_lease(api, operator):
 @pytest.mark.parametrize(
     ("query", "loc", "kind"),
     [
-        pytest.param("status=running", ["query", "filters", "status", 0], "literal_error", id="status"),
+        pytest.param("status=sleeping", ["query", "filters", "status", 0], "literal_error", id="status"),
         pytest.param("limit=0", ["query", "limit"], "greater_than_equal", id="limit-0"),
         pytest.param("limit=201", ["query", "limit"], "less_than_equal", id="limit-201"),
         pytest.param("limit=x", ["query", "limit"], "int_parsing", id="limit-type"),
@@ -558,3 +560,36 @@ def test_api__trigger_then_process_then_inspect(api, operator):
     assert [step["name"] for step in steps["items"]] == ["a", "b", "c"]
     assert [line["message"] for line in logs["items"]] == ["finished"]
     assert logs["items"][0]["data"] == {"a": 1, "b": "b"}
+
+
+# -- issue 13: aliases and summaries ------------------------------------------------------------
+
+
+def test_list_runs__running_is_an_alias_of_leased(api, operator):
+    leased = jobs.noop.trigger(None)
+    set_status(leased, RunStatus.LEASED)
+    jobs.noop.trigger(None)
+
+    running = api.get("/runs?status=running", user=operator)
+    both = api.get("/runs?status=running&status=leased", user=operator)
+
+    assert ids(running) == [str(leased.pk)]
+    assert ids(both) == [str(leased.pk)]
+    assert api.get("/runs?status=sleeping", user=operator).status_code == 422
+
+
+def test_list_runs__input_output_and_error_are_not_read(api, operator, db_alias):
+    from django.db import connections
+    from django.test.utils import CaptureQueriesContext
+
+    run = jobs.noop.trigger({"big": "x" * 1000})
+    set_status(run, RunStatus.FAILED, output={"o": 1}, error=ERROR)
+
+    with CaptureQueriesContext(connections[db_alias]) as queries:
+        response = api.get("/runs", user=operator)
+
+    assert response.status_code == 200
+    (select,) = [q["sql"] for q in queries.captured_queries if "durably_run" in q["sql"]]
+    for column in ("input", "output", "error"):
+        assert f'"durably_run"."{column}"' not in select
+    assert f"/runs/{run.pk}" and api.get(f"/runs/{run.pk}", user=operator).json()["error"] == ERROR

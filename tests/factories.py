@@ -7,12 +7,23 @@ saved on the database the ``durably`` app is routed to (the ``db_alias`` fixture
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
+from django.utils import timezone
 from model_bakery import baker
 
 from django_durably.leases import db_alias
-from django_durably.models import AuditRecord, Run, RunLog, Step, StepStatus
+from django_durably.models import (
+    TERMINAL_STATUSES,
+    AuditRecord,
+    Run,
+    RunLog,
+    RunStatus,
+    Step,
+    StepStatus,
+)
+from tests.jobs import noop
 
 DEFAULT_JOB = "tests.noop"
 
@@ -64,3 +75,25 @@ def make_audit_record(run: Run, **fields: Any) -> AuditRecord:
         **fields,
     )
     return record
+
+
+def make_run_in(status: str = "pending", **fields: Any) -> Run:
+    """A run of the registered job ``tests.jobs.noop`` (so it can be retriggered) left in
+    ``status`` as a worker or an operator would leave it: ``leased`` holds a live lease (attempt 1,
+    started 3 s ago), a finished run started 90 s ago and ended now, and a ``failed`` one carries
+    an error. Any field can be given."""
+    now = timezone.now()
+    values: dict[str, Any] = {"status": status, "job_name": noop.name}
+    if status == RunStatus.LEASED:
+        values |= {
+            "lease_expires_at": now + timedelta(minutes=5),
+            "lease_owner": "worker-1",
+            "lease_generation": 1,
+            "attempt": 1,
+            "started_at": now - timedelta(seconds=3),
+        }
+    if status in TERMINAL_STATUSES:
+        values |= {"attempt": 1, "started_at": now - timedelta(seconds=90), "completed_at": now}
+    if status == RunStatus.FAILED:
+        values["error"] = {"type": "builtins.RuntimeError", "message": "boom", "traceback": "Tb"}
+    return make_run(**(values | fields))

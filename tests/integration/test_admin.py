@@ -16,32 +16,15 @@ from django.utils import timezone
 
 from django_durably import operations, process_until_idle
 from django_durably.admin.display import format_duration
-from django_durably.models import AuditRecord, Run, RunLog, Step
+from django_durably.models import AuditRecord, Run, Step
 from tests import jobs
+from tests.factories import make_audit_record, make_log, make_run_in, make_step
 
 pytestmark = pytest.mark.django_db(databases="__all__")
 
 CHANGELIST = reverse("admin:durably_run_changelist")
 AUDIT_CHANGELIST = reverse("admin:durably_auditrecord_changelist")
 FINISHED = ("completed", "failed", "cancelled")
-
-
-def make_run(status: str = "pending", job: str = jobs.noop.name, **fields: Any) -> Run:
-    now = timezone.now()
-    values: dict[str, Any] = {"input": {"n": 1}}
-    if status == "leased":
-        values |= {
-            "lease_expires_at": now + timedelta(minutes=5),
-            "lease_owner": "worker-1",
-            "lease_generation": 1,
-            "attempt": 1,
-            "started_at": now - timedelta(seconds=3),
-        }
-    if status in FINISHED:
-        values |= {"attempt": 1, "started_at": now - timedelta(seconds=90), "completed_at": now}
-    if status == "failed":
-        values["error"] = {"type": "builtins.RuntimeError", "message": "boom", "traceback": "Tb"}
-    return Run.objects.create(job_name=job, status=status, **(values | fields))
 
 
 def change_url(run: Run | uuid.UUID) -> str:
@@ -93,10 +76,10 @@ def staff_client(db: None) -> Any:
 
 
 def test_changelist__shows_badges_progress_and_timing(admin_client):
-    done = make_run("completed", job="tests.three_steps")
-    running = make_run("leased", progress={"current": 2, "total": 8, "message": "saving"})
-    counting = make_run("pending", progress={"current": 5, "total": None, "message": None})
-    failed = make_run("failed", queue="reports")
+    done = make_run_in("completed", job_name="tests.three_steps")
+    running = make_run_in("leased", progress={"current": 2, "total": 8, "message": "saving"})
+    counting = make_run_in("pending", progress={"current": 5, "total": None, "message": None})
+    failed = make_run_in("failed", queue="reports")
 
     response = admin_client.get(CHANGELIST)
 
@@ -120,12 +103,12 @@ def test_changelist__query_count_does_not_grow_with_runs(
     admin_client, db_alias, django_assert_max_num_queries
 ):
     for i in range(3):
-        make_run("leased", progress={"current": i, "total": 3}, labels={"i": str(i)})
+        make_run_in("leased", progress={"current": i, "total": 3}, labels={"i": str(i)})
     admin_client.get(CHANGELIST)  # warm up the session and content types
     with CaptureQueriesContext(connections[db_alias]) as few:
         admin_client.get(CHANGELIST)
     for i in range(27):
-        make_run(FINISHED[i % 3], job=f"tests.job_{i % 4}", queue=f"q{i % 2}")
+        make_run_in(FINISHED[i % 3], job_name=f"tests.job_{i % 4}", queue=f"q{i % 2}")
 
     with django_assert_max_num_queries(8, using=db_alias):
         response = admin_client.get(CHANGELIST)
@@ -140,9 +123,9 @@ def test_changelist__query_count_does_not_grow_with_runs(
 
 
 def test_changelist__filters_by_status_job_queue_and_date(admin_client):
-    failed = make_run("failed", job="tests.three_steps")
-    pending = make_run("pending", queue="reports")
-    old = make_run("completed")
+    failed = make_run_in("failed", job_name="tests.three_steps")
+    pending = make_run_in("pending", queue="reports")
+    old = make_run_in("completed")
     Run.objects.filter(pk=old.pk).update(created_at=timezone.now() - timedelta(days=30))
 
     assert listed(admin_client.get(CHANGELIST, {"status__exact": "failed"})) == {failed.pk}
@@ -171,10 +154,10 @@ def test_changelist__filters_by_status_job_queue_and_date(admin_client):
 )
 def test_changelist__search(admin_client, term, expected):
     runs = {
-        "a": make_run("completed", job="tests.three_steps"),
-        "b": make_run("failed", idempotency_key="import-7-2026", labels={"tenant": "acme"}),
-        "c": make_run("pending", labels={"city": "Café Paris"}),
-        "d": make_run("pending", labels={"greeting": 'say "hi"'}),
+        "a": make_run_in("completed", job_name="tests.three_steps"),
+        "b": make_run_in("failed", idempotency_key="import-7-2026", labels={"tenant": "acme"}),
+        "c": make_run_in("pending", labels={"city": "Café Paris"}),
+        "d": make_run_in("pending", labels={"greeting": 'say "hi"'}),
     }
 
     response = admin_client.get(CHANGELIST, {"q": term})
@@ -183,9 +166,9 @@ def test_changelist__search(admin_client, term, expected):
 
 
 def test_changelist__search_by_run_id_and_its_start(admin_client):
-    run = make_run("failed")
-    other = make_run("failed", idempotency_key=str(run.pk))  # a key that is the other run's id
-    make_run("completed")
+    run = make_run_in("failed")
+    other = make_run_in("failed", idempotency_key=str(run.pk))  # a key that is the other run's id
+    make_run_in("completed")
 
     assert listed(admin_client.get(CHANGELIST, {"q": str(run.pk)})) == {run.pk, other.pk}
     assert run.pk in listed(admin_client.get(CHANGELIST, {"q": str(run.pk)[:8]}))
@@ -194,11 +177,11 @@ def test_changelist__search_by_run_id_and_its_start(admin_client):
 
 
 def test_changelist__no_django_delete_and_no_add(admin_client):
-    make_run("completed")
+    make_run_in("completed")
     response = admin_client.get(CHANGELIST)
     actions = [name for name, _ in response.context["action_form"].fields["action"].choices]
     assert actions == ["", "cancel_runs", "resume_runs", "retrigger_runs", "delete_runs"]
-    run = make_run("completed")
+    run = make_run_in("completed")
     assert admin_client.get(reverse("admin:durably_run_delete", args=[run.pk])).status_code == 403
     assert admin_client.get(reverse("admin:durably_run_add")).status_code == 403
     response = admin_client.post(change_url(run), {"status": "pending"})
@@ -210,7 +193,7 @@ def test_changelist__no_django_delete_and_no_add(admin_client):
 
 
 def test_detail__shows_everything_escaped(admin_client, db_alias, django_assert_max_num_queries):
-    run = make_run(
+    run = make_run_in(
         "failed",
         input={"html": "<script>alert(1)</script>", "n": [1, 2]},
         labels={"tenant": "acme"},
@@ -222,28 +205,17 @@ def test_detail__shows_everything_escaped(admin_client, db_alias, django_assert_
         },
     )
     started = timezone.now() - timedelta(seconds=2)
-    Step.objects.create(
-        run=run, index=0, name="fetch", status="completed", output={"rows": 3}, started_at=started
-    )
-    Step.objects.create(
-        run=run,
+    make_step(run, index=0, name="fetch", output={"rows": 3}, started_at=started)
+    make_step(
+        run,
         index=1,
         name="save",
         status="failed",
         error={"type": "builtins.OSError", "message": "disk <full>", "traceback": "TB <here>"},
         started_at=started,
     )
-    RunLog.objects.create(run=run, level="info", message="imported <3> rows", data={"k": "v"})
-    AuditRecord.objects.create(
-        run=run,
-        run_uuid=run.pk,
-        job_name=run.job_name,
-        action="cancel",
-        actor="alice",
-        source="api",
-        from_status="pending",
-        to_status="cancelled",
-    )
+    make_log(run, message="imported <3> rows", data={"k": "v"})
+    make_audit_record(run, actor="alice", source="api")
 
     with django_assert_max_num_queries(8, using=db_alias):
         response = admin_client.get(change_url(run))
@@ -280,7 +252,7 @@ def test_detail__leaves_out_empty_sections(admin_client):
             for fieldset in admin_client.get(change_url(run)).context["adminform"]
         ]
 
-    assert sections(make_run("completed", output={"ok": True})) == [
+    assert sections(make_run_in("completed", output={"ok": True})) == [
         "None",
         "Progress",
         "Timing",
@@ -288,14 +260,15 @@ def test_detail__leaves_out_empty_sections(admin_client):
         "Output",
         "Lease",
     ]
-    assert sections(make_run("failed"))[3:] == ["Input", "Error", "Lease"]
-    assert sections(make_run("pending"))[3:] == ["Input", "Lease"]
+    assert sections(make_run_in("failed"))[3:] == ["Input", "Error", "Lease"]
+    assert sections(make_run_in("pending"))[3:] == ["Input", "Lease"]
 
 
 def test_detail__long_inlines_are_cut(admin_client, monkeypatch):
     monkeypatch.setattr("django_durably.admin.inlines.INLINE_ROW_LIMIT", 3)
-    run = make_run("completed")
-    RunLog.objects.bulk_create(RunLog(run=run, level="info", message=f"line {i}") for i in range(5))
+    run = make_run_in("completed")
+    for i in range(5):
+        make_log(run, message=f"line {i}")
 
     html = admin_client.get(change_url(run)).content.decode()
 
@@ -305,7 +278,7 @@ def test_detail__long_inlines_are_cut(admin_client, monkeypatch):
 
 
 def test_detail__buttons_follow_status_and_permissions(admin_client, staff_client):
-    pending, failed, done = make_run("pending"), make_run("failed"), make_run("completed")
+    pending, failed, done = make_run_in("pending"), make_run_in("failed"), make_run_in("completed")
 
     def buttons(client: Client, run: Run) -> list[str]:
         response = client.get(change_url(run))
@@ -331,8 +304,8 @@ def test_detail__buttons_follow_status_and_permissions(admin_client, staff_clien
 
 
 def test_cancel_action__reports_each_outcome(admin_client):
-    targets = [make_run("pending"), make_run("pending"), make_run("leased")]
-    others = [make_run("cancelled"), make_run("completed"), make_run("failed")]
+    targets = [make_run_in("pending"), make_run_in("pending"), make_run_in("leased")]
+    others = [make_run_in("cancelled"), make_run_in("completed"), make_run_in("failed")]
 
     response = act(admin_client, "cancel_runs", targets + others)
 
@@ -348,15 +321,15 @@ def test_cancel_action__reports_each_outcome(admin_client):
 
 
 def test_cancel_action__all_cancelled_is_a_success(admin_client):
-    response = act(admin_client, "cancel_runs", [make_run("pending")])
+    response = act(admin_client, "cancel_runs", [make_run_in("pending")])
     assert messages_of(response) == [("success", "1 run cancelled.")]
 
 
 def test_resume_action__reports_each_outcome(admin_client):
-    targets = [make_run("failed"), make_run("cancelled")]
-    others = [make_run("pending"), make_run("leased"), make_run("completed")]
-    blocked = make_run("failed", concurrency_key="k")
-    make_run("pending", concurrency_key="k")  # holds the key: the blocked run cannot be pending
+    targets = [make_run_in("failed"), make_run_in("cancelled")]
+    others = [make_run_in("pending"), make_run_in("leased"), make_run_in("completed")]
+    blocked = make_run_in("failed", concurrency_key="k")
+    make_run_in("pending", concurrency_key="k")  # holds the key: the blocked run cannot be pending
 
     response = act(admin_client, "resume_runs", [*targets, *others, blocked])
 
@@ -382,9 +355,12 @@ def test_resume_action__reports_each_outcome(admin_client):
 
 
 def test_retrigger_action__reports_each_outcome(admin_client):
-    targets = [make_run("completed", input={"n": 1}), make_run("failed", labels={"t": "x"})]
-    others = [make_run("pending"), make_run("leased")]
-    orphan = make_run("failed", job="tests.no_longer_registered")
+    targets = [
+        make_run_in("completed", input={"n": 1}),
+        make_run_in("failed", input={"n": 1}, labels={"t": "x"}),
+    ]
+    others = [make_run_in("pending"), make_run_in("leased")]
+    orphan = make_run_in("failed", job_name="tests.no_longer_registered")
 
     response = act(admin_client, "retrigger_runs", [*targets, *others, orphan])
 
@@ -415,7 +391,7 @@ def test_retrigger_action__reports_each_outcome(admin_client):
 
 
 def test_retrigger_action__the_same_page_sent_twice_retriggers_once(admin_client):
-    targets = [make_run("completed"), make_run("failed")]
+    targets = [make_run_in("completed"), make_run_in("failed")]
     page = admin_client.get(CHANGELIST)
     key = page.context["action_form"]["idempotency_key"].value()
     assert f'name="idempotency_key" value="{key}"' in page.content.decode()
@@ -443,11 +419,9 @@ def test_retrigger_action__each_page_load_gets_its_own_key(admin_client):
 
 
 def test_delete_action__confirms_then_deletes_only_finished_runs(admin_client):
-    finished = [make_run("completed"), make_run("failed"), make_run("cancelled")]
-    unfinished = [make_run("pending"), make_run("leased")]
-    Step.objects.create(
-        run=finished[0], index=0, name="a", status="completed", started_at=timezone.now()
-    )
+    finished = [make_run_in("completed"), make_run_in("failed"), make_run_in("cancelled")]
+    unfinished = [make_run_in("pending"), make_run_in("leased")]
+    make_step(finished[0], name="a")
     data = {
         "action": "delete_runs",
         "_selected_action": [str(r.pk) for r in finished + unfinished],
@@ -482,7 +456,7 @@ def test_delete_action__confirms_then_deletes_only_finished_runs(admin_client):
 
 
 def test_delete_action__with_nothing_finished_reports_at_once(admin_client):
-    runs = [make_run("pending"), make_run("leased")]
+    runs = [make_run_in("pending"), make_run_in("leased")]
     response = act(admin_client, "delete_runs", runs)
     assert messages_of(response) == [
         ("warning", "0 runs deleted; 1 still pending; 1 still running.")
@@ -491,7 +465,7 @@ def test_delete_action__with_nothing_finished_reports_at_once(admin_client):
 
 
 def test_actions__report_a_run_a_worker_finished_meanwhile(admin_client, monkeypatch):
-    racing, other = make_run("leased"), make_run("pending")
+    racing, other = make_run_in("leased"), make_run_in("pending")
     real_cancel = operations.cancel_run
 
     def cancel_after_the_worker_finished(run_id, **kwargs):
@@ -515,10 +489,8 @@ def test_actions__report_a_run_a_worker_finished_meanwhile(admin_client, monkeyp
 
 def test_view_only_staff__sees_history_but_no_actions(staff_client):
     viewer = staff_client()
-    run = make_run("failed")
-    Step.objects.create(
-        run=run, index=0, name="fetch", status="completed", started_at=run.started_at
-    )
+    run = make_run_in("failed")
+    make_step(run, name="fetch", started_at=run.started_at)
 
     response = viewer.get(CHANGELIST)
     assert response.status_code == 200
@@ -542,7 +514,7 @@ def test_actions__each_needs_its_permission(staff_client):
         form = client.get(CHANGELIST).context["action_form"]
         return [name for name, _ in form.fields["action"].choices][1:] if form else []
 
-    make_run("completed")
+    make_run_in("completed")
     assert offered(staff_client("cancel_run")) == ["cancel_runs"]
     assert offered(staff_client("resume_run")) == ["resume_runs"]
     assert offered(staff_client("retrigger_run")) == ["retrigger_runs"]
@@ -550,11 +522,11 @@ def test_actions__each_needs_its_permission(staff_client):
     assert offered(staff_client("change_run")) == ["cancel_runs", "resume_runs", "retrigger_runs"]
 
     canceller = staff_client("cancel_run")
-    failed = make_run("failed")
+    failed = make_run_in("failed")
     act(canceller, "resume_runs", [failed])
     assert canceller.post(button_url(failed, "resume")).status_code == 403
     assert statuses(failed) == ["failed"]
-    pending = make_run("pending")
+    pending = make_run_in("pending")
     response = act(canceller, "cancel_runs", [pending])
     assert messages_of(response) == [("success", "1 run cancelled.")]
     audit = AuditRecord.objects.get()
@@ -563,7 +535,7 @@ def test_actions__each_needs_its_permission(staff_client):
 
 
 def test_buttons__refuse_get_unknown_runs_and_anonymous_users(admin_client, client):
-    run = make_run("pending")
+    run = make_run_in("pending")
     for action in ("cancel", "resume", "retrigger"):
         response = admin_client.get(button_url(run, action))
         assert response.status_code == 405
@@ -577,7 +549,7 @@ def test_buttons__refuse_get_unknown_runs_and_anonymous_users(admin_client, clie
 
 
 def test_buttons__need_a_csrf_token(admin_user):
-    run = make_run("pending")
+    run = make_run_in("pending")
     client = Client(enforce_csrf_checks=True)
     client.force_login(admin_user)
     assert client.post(button_url(run, "cancel")).status_code == 403
@@ -588,7 +560,7 @@ def test_buttons__need_a_csrf_token(admin_user):
 
 
 def test_cancel_button(admin_client):
-    running, done = make_run("leased"), make_run("completed")
+    running, done = make_run_in("leased"), make_run_in("completed")
 
     response = admin_client.post(button_url(running, "cancel"), follow=True)
 
@@ -650,7 +622,7 @@ def test_resume_and_retrigger_buttons__on_a_run_that_failed_half_way(admin_clien
 
 
 def test_retrigger_button__a_second_click_shows_the_run_the_first_one_made(admin_client):
-    run = make_run("completed")
+    run = make_run_in("completed")
     page = admin_client.get(change_url(run))
     [button] = page.context["durably_buttons"]
     form = {"idempotency_key": button["idempotency_key"]}
@@ -669,7 +641,7 @@ def test_retrigger_button__a_second_click_shows_the_run_the_first_one_made(admin
 
 
 def test_retrigger_button__each_page_load_gets_its_own_key(admin_client):
-    run = make_run("failed")
+    run = make_run_in("failed")
 
     keys = {
         admin_client.get(change_url(run)).context["durably_buttons"][-1]["idempotency_key"]
@@ -681,8 +653,8 @@ def test_retrigger_button__each_page_load_gets_its_own_key(admin_client):
 
 
 def test_resume_button__reports_a_blocking_pending_run(admin_client):
-    failed = make_run("failed", concurrency_key="k")
-    holder = make_run("pending", concurrency_key="k")
+    failed = make_run_in("failed", concurrency_key="k")
+    holder = make_run_in("pending", concurrency_key="k")
 
     response = admin_client.post(button_url(failed, "resume"), follow=True)
 
@@ -694,7 +666,7 @@ def test_resume_button__reports_a_blocking_pending_run(admin_client):
 
 
 def test_retrigger_button__reports_an_unregistered_job(admin_client):
-    orphan = make_run("failed", job="tests.no_longer_registered")
+    orphan = make_run_in("failed", job_name="tests.no_longer_registered")
 
     response = admin_client.post(button_url(orphan, "retrigger"), follow=True)
 
@@ -710,10 +682,10 @@ def test_retrigger_button__reports_an_unregistered_job(admin_client):
 
 
 def test_audit_admin__lists_searches_and_is_read_only(admin_client):
-    run = make_run("pending")
-    make_run("pending")
+    run = make_run_in("pending")
+    make_run_in("pending")
     admin_client.post(button_url(run, "cancel"))
-    gone = make_run("completed")
+    gone = make_run_in("completed")
     act(admin_client, "delete_runs", [gone], post="yes")
 
     response = admin_client.get(AUDIT_CHANGELIST)

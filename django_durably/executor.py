@@ -28,6 +28,7 @@ from django_durably.exceptions import JobCancelled, JobNotFound, LeaseLost
 from django_durably.jobs import get_job
 from django_durably.keeper import LeaseKeeper
 from django_durably.leases import LeaseHandle
+from django_durably.maintenance import Retention
 from django_durably.models import Run, RunStatus
 from django_durably.serialization import describe_exception
 from django_durably.triggering import ensure_outside_transaction
@@ -237,6 +238,11 @@ def process_next(
     return result
 
 
+# One per process, like one per worker: a process calling process_until_idle() in a loop purges at
+# most once per DURABLY_RETENTION_INTERVAL.
+_retention = Retention()
+
+
 def process_until_idle(
     max_runs: int | None = None,
     *,
@@ -246,11 +252,16 @@ def process_until_idle(
 ) -> int:
     """Process ready runs one after another until none is ready (or ``max_runs`` were processed);
     return how many were processed. Runs scheduled for later (``run_after``) are not waited for.
+
+    Finding none ready, it does an idle worker's housekeeping: with ``DURABLY_RETENTION`` set, one
+    purge of finished runs past it, at most once per ``DURABLY_RETENTION_INTERVAL`` per process.
+    (Runs whose lease expired need nothing: they are ready, so they were processed.)
     """
     count = 0
     worker = worker_id or default_worker_id()
     while max_runs is None or count < max_runs:
         if not process_one(worker, queues=queues, lease_seconds=lease_seconds):
+            _retention.apply_if_due(worker_id=worker)
             break
         count += 1
     return count

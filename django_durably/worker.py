@@ -34,9 +34,9 @@ from django_durably.events import send_worker_error
 from django_durably.executor import JobEnd, RunOutcome, default_worker_id, record, run_job
 from django_durably.keeper import LeaseKeeper
 from django_durably.leases import LeaseHandle
+from django_durably.maintenance import Retention
 from django_durably.models import Run
 from django_durably.notifications import Listener
-from django_durably.operations import purge_runs
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ class Worker:
         self._stopping = threading.Event()
         self._hard_stop = threading.Event()
         self._stop_requested_at: float | None = None
-        self._next_retention = 0.0
+        self._retention = Retention()
         self._inbox: queue.Queue[tuple[Run, LeaseHandle] | None] = queue.Queue()
         # Every attempt holding a lease: queued, running, or ended but not recorded. Keyed by
         # ``(run_id, generation)``: after a cancel and a resume (or a pause past the lease) this
@@ -252,17 +252,7 @@ class Worker:
 
     def _apply_retention(self) -> None:
         """When idle, purge runs older than ``DURABLY_RETENTION`` (one batch per interval)."""
-        retention = durably_settings.RETENTION
-        if retention is None or time.monotonic() < self._next_retention:
-            return
-        interval = durably_settings.RETENTION_INTERVAL
-        self._next_retention = time.monotonic() + interval * random.uniform(0.9, 1.1)  # noqa: S311
-        try:
-            purge_runs(retention)
-        except DatabaseError as exc:
-            logger.exception("Retention purge failed; retrying in %.0fs.", interval)
-            send_worker_error(exc, context="maintenance", worker_id=self.worker_id)
-            connections[self.alias].close()
+        self._retention.apply_if_due(worker_id=self.worker_id)
 
     def _claim(self, limit: int) -> list[Run]:
         recycle_connections()

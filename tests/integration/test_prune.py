@@ -16,12 +16,14 @@ from django.db.models import F
 from django.db.models.functions import Now
 from django.utils import timezone
 
-from django_durably import checks, leases
+from django_durably import checks, executor, leases, process_until_idle
+from django_durably.maintenance import Retention
 from django_durably.management.commands.durably_prune import batch_size, duration
 from django_durably.models import AuditRecord, Run, RunLog, Step
 from django_durably.worker import Worker
 from tests import jobs
 from tests.concurrency import start, wait_until
+from tests.factories import make_run
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
@@ -282,6 +284,77 @@ def test_retention__one_purge_per_interval(settings, interval):
     finally:
         worker.stop()
         thread.outcome()
+
+
+# -- retention applied by process_until_idle -----------------------------------------------------
+
+
+@pytest.fixture
+def fresh_retention(monkeypatch: pytest.MonkeyPatch) -> None:
+    """process_until_idle() purges at most once per interval per process: start each test afresh."""
+    monkeypatch.setattr(executor, "_retention", Retention())
+
+
+def finished_run(status: str, age: timedelta) -> Run:
+    return make_run(
+        status=status,
+        attempt=1,
+        lease_generation=1,
+        started_at=timezone.now() - age,
+        completed_at=timezone.now() - age,
+    )
+
+
+def test_process_until_idle__purges_old_finished_runs_once_nothing_is_ready(
+    settings, fresh_retention
+):
+    settings.DURABLY_RETENTION = timedelta(days=30)
+    old = [finished_run(status, 31 * DAY) for status in ("completed", "failed", "cancelled")]
+    recent = finished_run("completed", 29 * DAY)
+    kept = unfinished()
+    ready = jobs.noop.trigger("processed, then kept")
+
+    processed = process_until_idle()
+
+    assert processed == 1
+    assert remaining() == {recent.pk, ready.pk, *(run.pk for run in kept)}
+    assert not Run.objects.filter(pk__in=[run.pk for run in old]).exists()
+
+
+def test_process_until_idle__does_not_purge_when_it_stops_at_max_runs(settings, fresh_retention):
+    settings.DURABLY_RETENTION = timedelta(days=30)
+    old = finished_run("completed", 31 * DAY)
+    jobs.noop.trigger_many([1, 2])
+
+    assert process_until_idle(max_runs=1) == 1
+
+    assert Run.objects.filter(pk=old.pk).exists()
+
+
+def test_process_until_idle__keeps_finished_runs_without_retention(fresh_retention):
+    old = finished_run("completed", 10_000 * DAY)
+
+    assert process_until_idle() == 0
+
+    assert remaining() == {old.pk}
+
+
+def test_process_until_idle__purges_at_most_once_per_interval(settings, fresh_retention):
+    settings.DURABLY_RETENTION = timedelta(days=1)
+    settings.DURABLY_RETENTION_INTERVAL = 3600
+    first = finished_run("completed", 2 * DAY)
+    process_until_idle()
+    assert not Run.objects.filter(pk=first.pk).exists()
+    second = finished_run("failed", 2 * DAY)
+
+    process_until_idle()
+    assert Run.objects.filter(pk=second.pk).exists()  # the next purge is an hour away
+
+    settings.DURABLY_RETENTION_INTERVAL = 0.05  # read at each call, measured from the last purge
+    wait_until(
+        lambda: process_until_idle() == 0 and not Run.objects.filter(pk=second.pk).exists(),
+        what="the purge after the shorter interval",
+    )
 
 
 # -- checks of the retention settings ------------------------------------------------------------

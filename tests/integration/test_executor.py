@@ -36,6 +36,7 @@ from django_durably.keeper import LeaseKeeper
 from django_durably.models import Run, RunLog, Step
 from tests import jobs
 from tests.concurrency import start, wait_event, wait_until
+from tests.factories import make_run
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
@@ -100,6 +101,34 @@ def test_process_until_idle__does_not_wait_for_runs_scheduled_later():
 
     later.refresh_from_db()
     assert later.status == "pending"
+
+
+def test_process_until_idle__takes_over_runs_whose_lease_expired():
+    """The housekeeping a dead worker's runs need: none. An expired lease is claimable again."""
+    abandoned = make_run(
+        job_name=jobs.noop.name,
+        status="leased",
+        input={"left": "behind"},
+        attempt=1,
+        lease_generation=1,
+        lease_owner="dead-worker",
+        lease_expires_at=timezone.now() - timedelta(minutes=1),
+    )
+    held = make_run(
+        status="leased",
+        attempt=1,
+        lease_generation=1,
+        lease_owner="live-worker",
+        lease_expires_at=timezone.now() + timedelta(minutes=5),
+    )
+
+    assert process_until_idle(worker_id="me") == 1
+
+    abandoned.refresh_from_db()
+    assert (abandoned.status, abandoned.attempt, abandoned.lease_owner) == ("completed", 2, "me")
+    assert abandoned.output == {"left": "behind"}
+    held.refresh_from_db()
+    assert (held.status, held.lease_owner) == ("leased", "live-worker")
 
 
 def test_process_until_idle__queues_filter():

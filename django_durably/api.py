@@ -287,17 +287,8 @@ def trigger_run(
     try:
         access.require_permission(request, "add_run")
         job = get_job(name)
-        labels = access.check_trigger(request, job.name, dict(payload.labels or {}))
-        item = TriggerItem(
-            input=payload.input,
-            idempotency_key=payload.idempotency_key,
-            concurrency_key=payload.concurrency_key,
-            labels=labels,
-            queue=payload.queue,
-            priority=payload.priority,
-            run_after=payload.run_after,
-            coalesce=payload.coalesce,
-        )
+        # The scope adds its labels and namespaces the keys (EnqueueIn's fields are TriggerItem's).
+        item = access.scoped_item(request, job.name, TriggerItem(**payload.model_dump()))
         (run,) = trigger_runs(job, [item])
     except (DurablyError, PermissionDenied) as exc:
         return _failure(request, exc)
@@ -570,7 +561,7 @@ def retrigger(
     404."""
     try:
         run = access.permitted_run(request, run_id, "retrigger_run")
-        access.check_trigger(request, run.job_name, dict(run.labels))
+        access.check_retrigger(request, run)
         new_run = retrigger_run(
             run.pk,
             actor=access.actor(request),

@@ -47,6 +47,15 @@ def _positive_number(name: str) -> str | None:
     return None
 
 
+def _flag_errors(*names: str) -> list[CheckMessage]:
+    """E004 for each of these settings that is set to something other than True or False."""
+    return [
+        Error(f"DURABLY_{name} must be True or False, got {flag!r}.", id="django_durably.E004")
+        for name in names
+        if (flag := durably_settings.raw(name)) is not None and not isinstance(flag, bool)
+    ]
+
+
 @register()
 def check_settings(
     app_configs: Sequence[AppConfig] | None = None, **kwargs: Any
@@ -111,14 +120,7 @@ def check_settings(
                 id="django_durably.E005",
             )
         )
-    prepare = durably_settings.raw("PREPARE_STATEMENTS")
-    if prepare is not None and not isinstance(prepare, bool):
-        errors.append(
-            Error(
-                f"DURABLY_PREPARE_STATEMENTS must be True or False, got {prepare!r}.",
-                id="django_durably.E004",
-            )
-        )
+    errors += _flag_errors("PREPARE_STATEMENTS", "API_DOCS_PUBLIC")
     low, high = PRIORITY_RANGE
     priority = durably_settings.raw("DEFAULT_PRIORITY")
     if isinstance(priority, int) and not isinstance(priority, bool) and not low <= priority <= high:
@@ -181,7 +183,7 @@ def check_api_settings(
             Error(
                 str(exc),
                 hint="Use a dotted path to a class (or object) with runs(request, queryset) and "
-                "check_trigger(request, job_name, labels), such as a LabelScope subclass.",
+                "scope_trigger(request, trigger), such as a LabelScope subclass.",
                 id="django_durably.E007",
             )
         )

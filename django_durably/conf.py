@@ -137,6 +137,12 @@ class DurablySettings:
         """Deepest nesting of arrays and objects accepted in an HTTP API request body (422 beyond)."""
         return int(self._get("API_MAX_JSON_DEPTH", DEFAULT_API_MAX_JSON_DEPTH))
 
+    @property
+    def API_DOCS_PUBLIC(self) -> bool:  # noqa: N802
+        """Whether ``openapi.json`` and the docs page of ``django_durably.urls`` are served to
+        anyone; by default only to callers the API's auth admits (others get 401)."""
+        return bool(self._get("API_DOCS_PUBLIC", default=False))
+
     def raw(self, name: str) -> Any:
         """The value as written in settings (``None`` when unset), for system checks."""
         return getattr(django_settings, self.prefix + name, None)

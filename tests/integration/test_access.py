@@ -18,10 +18,15 @@ from tests import api_hooks, jobs
 pytestmark = pytest.mark.django_db(databases="__all__")
 
 
-def request(user: Any = None, auth: Any = None, **meta: Any) -> Any:
+SESSION = object()
+
+
+def request(user: Any = None, auth: Any = SESSION, **meta: Any) -> Any:
+    """A request with a session user; admitted by the session auth (``auth`` is that user) unless
+    ``auth`` says what another auth returned."""
     made = RequestFactory().get("/", **meta)
     made.user = user or AnonymousUser()
-    made.auth = auth  # type: ignore[attr-defined]  # ninja sets it on admitted requests
+    made.auth = user if auth is SESSION else auth  # type: ignore[attr-defined]  # set by ninja
     return made
 
 
@@ -75,15 +80,19 @@ def test_durably_auth__without_any_scheme_documents_none(settings):
     assert not hasattr(access.DurablyAuth(), "openapi_security_schema")
 
 
-def test_principal__the_session_user_then_a_user_from_the_auth(make_user):
+def test_principal__the_user_the_auth_returned_never_the_session_user(make_user):
     user = make_user("someone")
     other = make_user("token-user")
+    with_key = request(user=user, auth=True)
 
-    assert access.principal(request(user=user, auth=other)) == user
+    assert access.principal(request(user=user, auth=other)) == other
+    assert access.principal(request(user=user, auth=user)) == user
     assert access.principal(request(auth=other)) == other
-    assert access.principal(request(auth=True)) is None
+    assert access.principal(with_key) is None
     assert access.principal(request(auth="a-secret-key")) is None
     assert access.principal(request(auth=SimpleNamespace(is_authenticated=True))) is None
+    # Scopes read request.user: it is now the caller too, not the session's user.
+    assert not with_key.user.is_authenticated
 
 
 def test_require_permission__checks_the_principal(make_user):
@@ -132,3 +141,47 @@ def test_label_scope__needs_labels_for():
 
 def test_check_trigger__without_a_scope_keeps_the_labels():
     assert access.check_trigger(request(), "job", {"a": "b"}) == {"a": "b"}
+
+
+def test_key_namespace__readable_unambiguous_prefixes():
+    assert access.key_namespace({}) == ""
+    assert access.key_namespace({"tenant": "acme"}) == "tenant=acme:"
+    assert access.key_namespace({"team": "b", "tenant": "a"}) == "team=b,tenant=a:"
+    odd = access.key_namespace({"tenant": "a:b"})
+    assert odd.startswith("~") and odd.endswith(":") and len(odd) == 34
+    assert access.key_namespace({"tenant": "x" * 100}) != access.key_namespace({"tenant": "x" * 99})
+
+
+def test_scope_trigger__a_label_scope_namespaces_keys_and_adds_labels(settings, make_user):
+    settings.DURABLY_API_SCOPE = "tests.api_hooks.TenantScope"
+    caller = request(user=make_user("acme-ops"))
+    caller.auth = caller.user
+
+    scoped = access.scope_trigger(
+        caller,
+        access.TriggerRequest(
+            job_name="j", labels={"env": "prod"}, idempotency_key="i", concurrency_key="c"
+        ),
+    )
+
+    assert scoped.labels == {"env": "prod", "tenant": "acme"}
+    assert (scoped.idempotency_key, scoped.concurrency_key) == ("tenant=acme:i", "tenant=acme:c")
+
+
+def test_scope_trigger__a_check_trigger_only_scope_still_works_with_a_deprecation(settings):
+    class OldScope:
+        def runs(self, request, queryset):
+            return queryset
+
+        def check_trigger(self, request, job_name, labels):
+            return {**labels, "old": "yes"}
+
+    settings.DURABLY_API_SCOPE = OldScope()
+
+    with pytest.warns(DeprecationWarning, match="keys its callers choose are not namespaced"):
+        scoped = access.scope_trigger(
+            request(), access.TriggerRequest(job_name="j", labels={}, idempotency_key="i")
+        )
+
+    assert scoped.labels == {"old": "yes"}
+    assert scoped.idempotency_key == "i"

@@ -271,7 +271,7 @@ def test_custom_auth__at_mount_time_on_a_host_api():
 def test_custom_auth__the_openapi_schema_documents_it(client, settings):
     settings.DURABLY_API_AUTH = "tests.api_hooks.ApiKey"
 
-    schema = client.get(f"{BASE}/openapi.json").json()
+    schema = client.get(f"{BASE}/openapi.json", headers={"X-API-Key": API_KEY}).json()
 
     assert schema["components"]["securitySchemes"] == {
         "DurablyAuth": {"type": "apiKey", "in": "header", "name": "X-API-Key"}
@@ -281,8 +281,8 @@ def test_custom_auth__the_openapi_schema_documents_it(client, settings):
 # -- OpenAPI and docs --------------------------------------------------------------------------
 
 
-def test_openapi__served_with_every_endpoint(client):
-    response = client.get(f"{BASE}/openapi.json")
+def test_openapi__served_with_every_endpoint(operator):
+    response = logged_in(operator).get(f"{BASE}/openapi.json")
 
     assert response.status_code == 200
     schema = response.json()
@@ -335,8 +335,8 @@ def test_urls__job_names_may_hold_any_character(operator):
     }
 
 
-def test_docs__served(client):
-    response = client.get(f"{BASE}/docs")
+def test_docs__served(operator):
+    response = logged_in(operator).get(f"{BASE}/docs")
 
     assert response.status_code == 200
     assert b"openapi.json" in response.content
@@ -436,32 +436,70 @@ def test_scope__triggering_with_another_tenants_label_403(tenants):
     assert Run.objects.count() == 2
 
 
-def test_scope__an_idempotency_key_of_another_tenant_409_without_its_run(tenants):
-    acme, _, _, globex_run = tenants
+def test_scope__keys_are_namespaced_by_the_callers_scope(tenants):
+    acme, globex, *_ = tenants
 
-    response = trigger(acme, idempotency_key="g-1")
+    theirs = trigger(globex, idempotency_key="invoice-7", concurrency_key="sync")
+    ours = trigger(acme, idempotency_key="invoice-7", concurrency_key="sync")
+    again = trigger(acme, idempotency_key="invoice-7")
+
+    assert (theirs.status_code, ours.status_code, again.status_code) == (201, 201, 200)
+    assert ours.json()["id"] != theirs.json()["id"]
+    assert again.json()["id"] == ours.json()["id"]
+    assert (ours.json()["idempotency_key"], ours.json()["concurrency_key"]) == (
+        "tenant=acme:invoice-7",
+        "tenant=acme:sync",
+    )
+    assert theirs.json()["idempotency_key"] == "tenant=globex:invoice-7"
+
+
+def test_scope__another_tenants_whole_key_cannot_be_squatted(tenants):
+    acme, globex, *_ = tenants
+
+    squatted = trigger(
+        acme, idempotency_key="tenant=globex:invoice-7", concurrency_key="tenant=globex:sync"
+    )
+    owner = trigger(globex, idempotency_key="invoice-7", concurrency_key="sync")
+
+    assert squatted.status_code == 201
+    assert squatted.json()["idempotency_key"] == "tenant=acme:tenant=globex:invoice-7"
+    assert owner.status_code == 201
+    assert owner.json()["id"] != squatted.json()["id"]
+    resumed = globex.post(f"{BASE}/runs/{owner.json()['id']}/cancel")
+    assert resumed.status_code == 200
+    assert globex.post(f"{BASE}/runs/{owner.json()['id']}/resume").status_code == 200
+
+
+def test_scope__a_key_taken_by_a_run_the_caller_cannot_see_409_without_its_run(tenants):
+    acme, *_ = tenants
+    hidden = jobs.noop.trigger("unlabelled", idempotency_key="tenant=acme:k")  # from Python
+
+    response = trigger(acme, idempotency_key="k")
 
     assert response.status_code == 409
     assert response.json() == {
         "detail": "The idempotency key is taken by a run you cannot see.",
         "code": "conflict",
     }
-    assert str(globex_run.pk) not in response.content.decode()
+    assert str(hidden.pk) not in response.content.decode()
 
 
-def test_scope__a_concurrency_key_held_by_another_tenant_409_without_its_run(tenants):
-    acme, globex, *_ = tenants
-    theirs = trigger(globex, concurrency_key="shared").json()["id"]
+def test_scope__keys_too_long_once_namespaced_422(tenants):
+    acme, *_ = tenants
 
-    coalesced = trigger(acme, concurrency_key="shared", coalesce="skip")
-    conflict = trigger(acme, concurrency_key="shared")
+    response = trigger(acme, idempotency_key="k" * 250)
 
-    assert coalesced.status_code == 409
-    assert coalesced.json()["code"] == "conflict"
-    assert conflict.status_code == 409
-    assert conflict.json()["code"] == "pending_run_exists"
-    assert "run_id" not in conflict.json()
-    assert theirs not in coalesced.content.decode() + conflict.content.decode()
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["body", "payload", "idempotency_key"]
+    assert "prefix 'tenant=acme:'" in response.json()["detail"][0]["msg"]
+
+
+def test_scope__a_reserved_key_is_refused_before_it_is_namespaced(tenants):
+    acme, *_ = tenants
+
+    response = trigger(acme, idempotency_key="retrigger:x")
+
+    assert response.status_code == 422
 
 
 def test_scope__callers_without_a_tenant_see_and_trigger_nothing(tenants, make_user):
@@ -547,3 +585,103 @@ def test_openapi__labels_describe_the_keys_the_api_accepts(client, operator):
     assert labels["propertyNames"]["pattern"] == "^[A-Za-z0-9._/-]+$"
     assert labels["additionalProperties"]["type"] == "string"
     assert "patternProperties" not in labels
+
+
+# -- issue 13: who the caller is, CSRF, anonymous callers, docs -------------------------------
+
+
+def test_principal__a_query_key_acts_as_its_user_not_the_session_user(make_user, settings):
+    settings.DURABLY_API_AUTH = ["tests.api_hooks.QueryKey", "django_durably.access.DEFAULT_AUTH"]
+    make_user("mallory", "view_run")
+    victim = logged_in(make_user("victim", *("view_run", "cancel_run")), enforce_csrf_checks=True)
+    run = jobs.noop.trigger(None)
+
+    # A cross-site form post: the victim's cookie, the attacker's key, no CSRF token.
+    response = victim.post(
+        f"{BASE}/runs/{run.pk}/cancel?key=user:mallory",
+        "a=1",
+        content_type="application/x-www-form-urlencoded",
+        headers={"Origin": "https://evil.example"},
+    )
+
+    assert response.status_code == 403
+    assert response.json()["detail"] == "You need the permission durably.cancel_run."
+    assert Run.objects.get(pk=run.pk).status == RunStatus.PENDING
+    assert not AuditRecord.objects.exists()
+
+
+def test_principal__a_query_key_sees_its_own_scope_not_the_session_users(make_user, settings):
+    from tests.conftest import RUN_PERMISSIONS
+
+    settings.DURABLY_API_SCOPE = "tests.api_hooks.TenantScope"
+    settings.DURABLY_API_AUTH = ["tests.api_hooks.QueryKey", "django_durably.access.DEFAULT_AUTH"]
+    make_user("globex-ops", *RUN_PERMISSIONS)
+    victim = logged_in(make_user("acme-ops", *RUN_PERMISSIONS))
+    acme_run = jobs.noop.trigger(None, labels={"tenant": "acme"})
+
+    response = victim.post(f"{BASE}/runs/{acme_run.pk}/cancel?key=user:globex-ops")
+
+    assert response.status_code == 404
+    assert Run.objects.get(pk=acme_run.pk).status == RunStatus.PENDING
+
+
+def test_csrf__an_auth_returning_the_session_user_needs_the_token(operator, settings):
+    settings.DURABLY_API_AUTH = "tests.api_hooks.session_user"
+    run = jobs.noop.trigger(None)
+    client = logged_in(operator, enforce_csrf_checks=True)
+
+    refused = client.post(f"{BASE}/runs/{run.pk}/cancel")
+    client.cookies["csrftoken"] = CSRF_SECRET
+    allowed = client.post(f"{BASE}/runs/{run.pk}/cancel", headers={"X-CSRFToken": CSRF_SECRET})
+
+    assert refused.status_code == 403
+    assert refused.json() == {"detail": "CSRF check Failed"}
+    assert allowed.status_code == 200
+    assert client.get(f"{BASE}/runs").status_code == 200  # safe methods need no token
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("post", "/jobs/tests.jobs.noop/runs"),
+        ("post", "/runs/00000000-0000-4000-8000-000000000000/cancel"),
+        ("delete", "/runs/00000000-0000-4000-8000-000000000000"),
+    ],
+)
+def test_session__anonymous_unsafe_requests_401_not_a_csrf_403(method, path):
+    client = Client(enforce_csrf_checks=True)
+
+    response = getattr(client, method)(BASE + path)
+
+    assert response.status_code == 401
+    assert response.json() == {"detail": "Unauthorized"}
+
+
+@pytest.mark.parametrize("method", ["post", "delete", "put"])
+def test_urls__unknown_paths_404_in_json_whatever_the_method(operator, method):
+    client = logged_in(operator, enforce_csrf_checks=True)
+
+    response = getattr(client, method)(f"{BASE}/nowhere")
+
+    assert response.status_code == 404
+    assert response.json() == {"detail": "Not Found"}
+
+
+@pytest.mark.parametrize("path", ["/openapi.json", "/docs"])
+def test_docs__follow_the_apis_auth(client, operator, settings, path):
+    anonymous = client.get(BASE + path)
+    staff = logged_in(operator).get(BASE + path)
+    settings.DURABLY_API_AUTH = "tests.api_hooks.ApiKey"
+    with_key = client.get(BASE + path, headers={"X-API-Key": API_KEY})
+
+    assert anonymous.status_code == 401
+    assert anonymous.json() == {"detail": "Unauthorized"}
+    assert staff.status_code == 200
+    assert with_key.status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/openapi.json", "/docs"])
+def test_docs__public_with_the_setting(client, settings, path):
+    settings.DURABLY_API_DOCS_PUBLIC = True
+
+    assert client.get(BASE + path).status_code == 200

@@ -102,6 +102,7 @@ def test_check_settings__e003_skipped_when_a_timing_setting_is_invalid(settings)
         ("MAX_INPUT_BYTES", True, "DURABLY_MAX_INPUT_BYTES must be an integer, got True."),
         ("PREPARE_STATEMENTS", "no", "DURABLY_PREPARE_STATEMENTS must be True or False, got 'no'."),
         ("PREPARE_STATEMENTS", 0, "DURABLY_PREPARE_STATEMENTS must be True or False, got 0."),
+        ("API_DOCS_PUBLIC", "yes", "DURABLY_API_DOCS_PUBLIC must be True or False, got 'yes'."),
     ],
 )
 def test_check_settings__e004_names_and_limits_of_the_wrong_type(settings, name, value, message):
@@ -203,7 +204,7 @@ def test_check_api_settings__e006_a_class_needing_arguments(settings):
 
 SCOPE_HINT = (
     "Use a dotted path to a class (or object) with runs(request, queryset) and "
-    "check_trigger(request, job_name, labels), such as a LabelScope subclass."
+    "scope_trigger(request, trigger), such as a LabelScope subclass."
 )
 
 
@@ -233,7 +234,7 @@ def test_check_api_settings__e007_scope_without_the_methods(settings):
     assert (check_id, hint) == ("django_durably.E007", SCOPE_HINT)
     assert message.startswith(
         "DURABLY_API_SCOPE must provide runs(request, queryset) and "
-        "check_trigger(request, job_name, labels); <tests.api_hooks.ApiKey object at "
+        "scope_trigger(request, trigger); <tests.api_hooks.ApiKey object at "
     )
     assert message.endswith("> has no runs().")
 

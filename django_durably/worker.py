@@ -64,9 +64,31 @@ def recycle_connections() -> None:
                 connection.close()
 
 
+class _Keeper(LeaseKeeper):
+    """The worker's lease keeper: also logs each renewal at DEBUG (``-v 2``)."""
+
+    def renew_now(self) -> None:
+        if not logger.isEnabledFor(logging.DEBUG):
+            super().renew_now()
+            return
+        sent = [handle for handle in self.tracked() if handle.state == "held"]
+        started = time.monotonic()
+        super().renew_now()
+        if sent:
+            logger.debug(
+                "Renewed %d of %d lease(s) in %.3fs: %s",
+                sum(handle.state == "held" for handle in sent),
+                len(sent),
+                time.monotonic() - started,
+                ", ".join(f"{handle.run_id}:{handle.state}" for handle in sent),
+                extra={"action": "renewed", "worker_id": self.worker_id, "count": len(sent)},
+            )
+
+
 @dataclass
 class WorkerStats:
-    """Counts of what a worker did, by outcome."""
+    """Counts of what a worker did: runs claimed, and runs by outcome (``completed``, ``failed``,
+    ``cancelled``, ``lost``, ``released``, ``crashed``)."""
 
     claimed: int = 0
     outcomes: dict[str, int] = field(default_factory=dict)
@@ -106,7 +128,7 @@ class Worker:
         self.grace_period = grace_period
         self.listen = listen
         interval = renew_interval or durably_settings.RENEW_INTERVAL
-        self.keeper = LeaseKeeper(
+        self.keeper = _Keeper(
             lease_seconds=self.lease_seconds,
             interval=min(interval, self.lease_seconds / 3),
             worker_id=self.worker_id,
@@ -248,7 +270,28 @@ class Worker:
             if self.until_idle and not claimed and self.in_flight() == 0:
                 return
             # Idle or full: wait for a notification, a freed slot, a stop, or the poll interval.
-            self._wake.wait(self.poll_interval * random.uniform(0.9, 1.1))  # noqa: S311
+            woken = self._wake.wait(self.poll_interval * random.uniform(0.9, 1.1))  # noqa: S311
+            if logger.isEnabledFor(logging.DEBUG):
+                self._log_wake_up(woken=woken, free=free - len(claimed))
+
+    def _log_wake_up(self, *, woken: bool, free: int) -> None:
+        if not woken:
+            reason = "the poll interval passed"
+        elif self._stopping.is_set():
+            reason = "asked to stop"
+        elif self._ended:
+            reason = "a run ended"
+        elif self.keeper.feed is not None:
+            reason = "a notification"
+        else:
+            reason = "woken"
+        logger.debug(
+            "Woke up (%s) after waiting with %d of %d slot(s) free; looking for ready runs.",
+            reason,
+            free,
+            self.concurrency,
+            extra={"action": "woke_up", "worker_id": self.worker_id, "reason": reason},
+        )
 
     def _apply_retention(self) -> None:
         """When idle, purge runs older than ``DURABLY_RETENTION`` (one batch per interval)."""
@@ -263,6 +306,8 @@ class Worker:
             limit=limit,
             lease_seconds=self.lease_seconds,
         )
+        if runs and logger.isEnabledFor(logging.DEBUG):
+            self._log_claims(runs, limit)
         for run in runs:
             handle = self.keeper.track(run, claimed_at=claimed_at)
             with self._running_lock:
@@ -271,6 +316,27 @@ class Worker:
             self.stats.claimed += 1
             self._inbox.put((run, handle))
         return runs
+
+    def _log_claims(self, runs: list[Run], limit: int) -> None:
+        for run in runs:
+            logger.debug(
+                "run=%s job=%s attempt=%d claimed (generation %d, lease %.1fs; %d of %d free "
+                "slot(s) filled)",
+                run.pk,
+                run.job_name,
+                run.attempt,
+                run.lease_generation,
+                self.lease_seconds,
+                len(runs),
+                limit,
+                extra={
+                    "action": "claimed",
+                    "run_id": str(run.pk),
+                    "job": run.job_name,
+                    "attempt": run.attempt,
+                    "worker_id": self.worker_id,
+                },
+            )
 
     def _drain(self) -> None:
         """Wait for running jobs, then hand back whatever still runs.
@@ -311,11 +377,14 @@ class Worker:
                 send_worker_error(
                     exc, context="hand_back", worker_id=self.worker_id, run_id=handle.run_id
                 )
+                self._count("lost")  # not handed back: its lease expires instead
                 continue
+            outcome = "released" if released else "lost"
+            self._count(outcome)
             logger.info(
                 "run=%s outcome=%s worker=%s",
                 handle.run_id,
-                "released" if released else "lost",
+                outcome,
                 self.worker_id,
                 extra={"action": "released", "run_id": str(handle.run_id)},
             )
@@ -366,8 +435,18 @@ class Worker:
         if not ended:
             return
         recycle_connections()
+        debug = logger.isEnabledFor(logging.DEBUG)
+        started = time.monotonic() if debug else 0.0
         with self.keeper.writing:  # never beside the renewal, which updates the same rows
             outcomes = record(ended, worker_id=self.worker_id)
+        if debug:
+            logger.debug(
+                "Recorded the ends of %d run(s) in %.3fs: %s",
+                len(outcomes),
+                time.monotonic() - started,
+                ", ".join(f"{outcome.run_id}:{outcome.status}" for outcome in outcomes),
+                extra={"action": "recorded", "worker_id": self.worker_id, "count": len(outcomes)},
+            )
         for end, outcome in zip(ended, outcomes, strict=True):
             self._log_outcome(outcome)
             if outcome.status == "lost":

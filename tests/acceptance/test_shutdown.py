@@ -82,6 +82,7 @@ def test_second_sigterm__hands_the_run_back_for_another_worker_at_once(
     assert a.wait_exit(10) == 0
     assert "SIGTERM again" in a.log()
     assert f"run={run.pk} outcome=released" in a.log()
+    assert "exiting: 1 claimed, 1 released\n" in a.log()
 
     handed = Run.objects.get(pk=run.pk)
     assert (handed.status, handed.lease_generation, handed.lease_owner) == (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 
@@ -181,3 +182,78 @@ def test_worker__does_not_write_ends_while_its_keeper_renews():
         worker.stop()
         thread.join(10)
     assert not thread.is_alive()
+
+
+# -- what it reports ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("hard", [False, True], ids=["grace-over", "hard-stop"])
+def test_worker__counts_runs_it_hands_back_as_released(hard):
+    jobs.FLAGS["gate"] = threading.Event()
+    jobs.FLAGS["gate:entered"] = threading.Event()
+    run = jobs.gated.trigger()
+    worker = Worker(concurrency=1, poll_interval=0.05, grace_period=0 if not hard else 60)
+    thread = start_worker(worker)
+    assert jobs.FLAGS["gate:entered"].wait(20)
+
+    worker.stop(hard=hard)
+    thread.join(20)
+    jobs.FLAGS["gate"].set()
+
+    assert not thread.is_alive()
+    assert worker.stats.claimed == 1
+    assert worker.stats.outcomes == {"released": 1}
+    assert Run.objects.ready().filter(pk=run.pk).exists()
+
+
+def debug_actions(caplog: pytest.LogCaptureFixture) -> set[str]:
+    return {
+        getattr(record, "action", "")
+        for record in caplog.records
+        if record.name == "django_durably.worker" and record.levelno == logging.DEBUG
+    }
+
+
+def test_worker__logs_claims_renewals_wake_ups_and_ends_at_debug(caplog):
+    caplog.set_level(logging.DEBUG, logger="django_durably")
+    jobs.FLAGS["gate"] = threading.Event()
+    run = jobs.gated.trigger()
+    worker = Worker(concurrency=1, until_idle=True, poll_interval=0.05, renew_interval=0.05)
+    thread = start_worker(worker)
+    wait_until(lambda: "renewed" in debug_actions(caplog), message="a renewal logged")
+
+    jobs.FLAGS["gate"].set()
+    thread.join(20)
+
+    assert not thread.is_alive()
+    assert {"claimed", "renewed", "woke_up", "recorded"} <= debug_actions(caplog)
+    messages = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
+    assert f"run={run.pk} job={jobs.gated.name} attempt=1 claimed (generation 1, " in "\n".join(
+        messages
+    )
+    assert any(m.startswith("Renewed 1 of 1 lease(s) in ") for m in messages)
+    assert any(
+        m.startswith("Woke up (a run ended) after waiting with 0 of 1 slot(s) free")
+        for m in messages
+    )
+    assert any(
+        m.startswith("Recorded the ends of 1 run(s) in ") and m.endswith(f"{run.pk}:completed")
+        for m in messages
+    )
+
+
+def test_worker__debug_lines_cost_nothing_when_debug_is_off(caplog, monkeypatch):
+    """The hot loop's debug lines are guarded: at INFO their helpers are never called."""
+    caplog.set_level(logging.INFO, logger="django_durably")
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a debug helper was called with DEBUG off")
+
+    monkeypatch.setattr(Worker, "_log_claims", refuse)
+    monkeypatch.setattr(Worker, "_log_wake_up", refuse)
+    jobs.noop.trigger_many([1, 2, 3])
+
+    stats = Worker(concurrency=2, until_idle=True, poll_interval=0.05, renew_interval=0.05).run()
+
+    assert stats.outcomes == {"completed": 3}
+    assert not any(r.levelno == logging.DEBUG for r in caplog.records)

@@ -16,7 +16,7 @@ from django_durably.conf import durably_settings
 from django_durably.database import ensure_migrated
 from django_durably.exceptions import DatabaseNotMigrated
 from django_durably.leases import db_alias
-from django_durably.worker import DEFAULT_GRACE_PERIOD, Worker
+from django_durably.worker import DEFAULT_GRACE_PERIOD, Worker, WorkerStats
 
 VERBOSITY_LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG, 3: logging.DEBUG}
 
@@ -55,6 +55,12 @@ def queue_name(value: str) -> str:
     if not value or len(value) > 100:
         raise argparse.ArgumentTypeError("a queue name is 1-100 characters")
     return value
+
+
+def summary(stats: WorkerStats) -> str:
+    """``3 claimed, 2 completed, 1 released``: runs claimed, then the count of each outcome."""
+    counts = [f"{n} {status}" for status, n in sorted(stats.outcomes.items())]
+    return ", ".join([f"{stats.claimed} claimed", *counts])
 
 
 class Command(BaseCommand):
@@ -142,10 +148,7 @@ class Command(BaseCommand):
         except DatabaseNotMigrated as exc:  # the tables went away while it ran
             raise CommandError(str(exc)) from exc
         if options["verbosity"] >= 1:
-            self.stdout.write(
-                f"Worker {worker.worker_id} exiting: {stats.claimed} claimed, "
-                + ", ".join(f"{n} {status}" for status, n in sorted(stats.outcomes.items()))
-            )
+            self.stdout.write(f"Worker {worker.worker_id} exiting: {summary(stats)}")
         sys.stdout.flush()
 
     def _check_migrated(self, alias: str) -> None:

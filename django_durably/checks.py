@@ -133,6 +133,7 @@ def check_settings(
     for name, minimum in (
         ("DEFAULT_PRIORITY", None),
         ("MAX_INPUT_BYTES", 1),
+        ("MAX_OUTPUT_BYTES", 1),
         ("API_MAX_BODY_BYTES", 1),
         ("API_MAX_JSON_DEPTH", 1),
     ):

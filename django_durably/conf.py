@@ -19,6 +19,7 @@ DEFAULT_POLL_INTERVAL = 1.0
 DEFAULT_WAIT_POLL_INTERVAL = 0.1
 DEFAULT_JOBS_MODULE = "jobs"
 DEFAULT_MAX_INPUT_BYTES = 1024 * 1024
+DEFAULT_MAX_OUTPUT_BYTES = 1024 * 1024
 DEFAULT_RETENTION_INTERVAL = 600.0
 DEFAULT_API_MAX_BODY_BYTES = 1024 * 1024
 DEFAULT_API_MAX_JSON_DEPTH = 32
@@ -76,6 +77,11 @@ class DurablySettings:
     def MAX_INPUT_BYTES(self) -> int:  # noqa: N802
         """Largest accepted run input, in bytes of JSON."""
         return int(self._get("MAX_INPUT_BYTES", DEFAULT_MAX_INPUT_BYTES))
+
+    @property
+    def MAX_OUTPUT_BYTES(self) -> int:  # noqa: N802
+        """Largest stored job return value or step output, in bytes of JSON."""
+        return int(self._get("MAX_OUTPUT_BYTES", DEFAULT_MAX_OUTPUT_BYTES))
 
     @property
     def RETENTION(self) -> timedelta | None:  # noqa: N802

@@ -18,6 +18,7 @@ from uuid import UUID
 
 from django.utils import timezone
 
+from django_durably.conf import durably_settings
 from django_durably.exceptions import (
     DuplicateStepName,
     DurablyInterrupt,
@@ -206,7 +207,11 @@ class StepContext:
         self._current_step = name
         try:
             result = fn(*args, **kwargs)
-            output = to_json(result, what=f"Output of step {name!r}")
+            output = to_json(
+                result,
+                what=f"Output of step {name!r}",
+                max_bytes=durably_settings.MAX_OUTPUT_BYTES,
+            )
         except DurablyInterrupt:
             raise
         except Exception as exc:

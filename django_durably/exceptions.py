@@ -241,6 +241,23 @@ class OutputInvalid(DurablyError, ValueError):
     """The job's return value is not JSON or fails its output schema."""
 
 
+class OutputTooLarge(OutputInvalid):
+    """A job's return value or a step's output is larger than ``DURABLY_MAX_OUTPUT_BYTES`` of JSON.
+
+    A step whose output is too large fails (its function ran; nothing is checkpointed); a job whose
+    return value is too large fails its run.
+    """
+
+    def __init__(self, what: str, *, size: int, limit: int) -> None:
+        self.what = what
+        self.size = size
+        self.limit = limit
+        super().__init__(
+            f"{what} is {size} bytes of JSON; the limit is {limit} (DURABLY_MAX_OUTPUT_BYTES). "
+            "Store large results elsewhere (a file, a model) and return a reference to them."
+        )
+
+
 class DurablyInterrupt(BaseException):  # noqa: N818 - control flow, not an error
     """Stops a running job at its next step boundary. Derives from BaseException on purpose."""
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from django_durably.conf import durably_settings
 from django_durably.exceptions import (
     ImproperlyConfiguredJob,
     InvalidInput,
@@ -203,7 +204,11 @@ class Job(Generic[I, O]):
                     f"{self.output_schema.__name__}: {_summarise(exc)}"
                 ) from exc
         try:
-            return to_json(value, what=f"Output of job {self.name!r}")
+            return to_json(
+                value,
+                what=f"Output of job {self.name!r}",
+                max_bytes=durably_settings.MAX_OUTPUT_BYTES,
+            )
         except NotJSONSerializable as exc:
             raise OutputInvalid(str(exc)) from exc
 

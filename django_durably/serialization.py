@@ -12,12 +12,14 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from django_durably.exceptions import NotJSONSerializable
+from django_durably.exceptions import NotJSONSerializable, OutputTooLarge
 from django_durably.types import JSON
 
 
-def to_json(value: Any, *, what: str) -> JSON:
+def to_json(value: Any, *, what: str, max_bytes: int | None = None) -> JSON:
     """Return ``value`` as it will read back from the database.
+
+    With ``max_bytes``, JSON longer than that raises :class:`OutputTooLarge` (for outputs).
 
     Pydantic models are dumped in JSON mode; tuples become lists. Anything else that JSON cannot
     represent exactly (sets, datetimes, NaN, non-string keys), and strings that databases cannot
@@ -30,6 +32,8 @@ def to_json(value: Any, *, what: str) -> JSON:
             text = dump(value)
         except (TypeError, ValueError) as exc:
             raise NotJSONSerializable(f"{what} must be JSON-serializable: {exc}") from exc
+        if max_bytes is not None and len(text) > max_bytes:  # ASCII: characters are bytes
+            raise OutputTooLarge(what, size=len(text), limit=max_bytes)
         # The dump escapes every non-ASCII character, so a string holding a NUL or a surrogate shows
         # up as a \u0000 or \udXXX escape; only then are strings checked one by one (valid surrogate
         # pairs, such as emoji, also show up here and pass the check).

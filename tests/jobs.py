@@ -278,3 +278,14 @@ def side_effects(step: StepContext, payload: dict[str, Any]) -> dict[str, Any]:
     """
     done = [step.run(f"step-{i}", _side_effect, step, payload, i) for i in range(payload["steps"])]
     return {"attempt": step.attempt, "steps": done}
+
+
+def _value(value: Any) -> Any:
+    return value
+
+
+@job()
+def echo(step: StepContext, input: dict[str, Any]) -> Any:
+    """Its step "echo" outputs input["step"]; the job returns input["result"]."""
+    step.run("echo", _value, input.get("step"))
+    return input.get("result")

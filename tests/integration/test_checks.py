@@ -100,6 +100,7 @@ def test_check_settings__e003_skipped_when_a_timing_setting_is_invalid(settings)
         ("DEFAULT_PRIORITY", "1", "DURABLY_DEFAULT_PRIORITY must be an integer, got '1'."),
         ("DEFAULT_PRIORITY", 1.0, "DURABLY_DEFAULT_PRIORITY must be an integer, got 1.0."),
         ("MAX_INPUT_BYTES", True, "DURABLY_MAX_INPUT_BYTES must be an integer, got True."),
+        ("MAX_OUTPUT_BYTES", 0, "DURABLY_MAX_OUTPUT_BYTES must be at least 1, got 0."),
         ("PREPARE_STATEMENTS", "no", "DURABLY_PREPARE_STATEMENTS must be True or False, got 'no'."),
         ("PREPARE_STATEMENTS", 0, "DURABLY_PREPARE_STATEMENTS must be True or False, got 0."),
         ("API_DOCS_PUBLIC", "yes", "DURABLY_API_DOCS_PUBLIC must be True or False, got 'yes'."),

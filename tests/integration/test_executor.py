@@ -33,7 +33,7 @@ from django_durably import (
     wait_for_run,
 )
 from django_durably.keeper import LeaseKeeper
-from django_durably.models import Run, RunLog, Step
+from django_durably.models import Run, RunLog, RunStatus, Step, StepStatus
 from tests import jobs
 from tests.concurrency import start, wait_event, wait_until
 from tests.factories import make_run
@@ -715,3 +715,48 @@ def test_keeper__untracked_runs_are_not_renewed():
     keeper.renew_now()
 
     assert Run.objects.get(pk=run.pk).lease_expires_at == before
+
+
+# -- issue 13, item 5: output limits -----------------------------------------------------------
+
+
+def test_execute__a_step_output_over_the_limit_fails_the_step_and_the_run(settings):
+    settings.DURABLY_MAX_OUTPUT_BYTES = 100
+    run = jobs.echo.trigger({"step": "x" * 200, "result": "small"})
+
+    assert process_next().status == RunStatus.FAILED
+
+    run.refresh_from_db()
+    step = Step.objects.get(run=run)
+    assert step.status == StepStatus.FAILED
+    assert step.error["type"] == "django_durably.exceptions.OutputTooLarge"
+    assert run.error["type"] == "django_durably.exceptions.OutputTooLarge"
+    assert run.error["message"].startswith(
+        "Output of step 'echo' is 202 bytes of JSON; the limit is 100 (DURABLY_MAX_OUTPUT_BYTES)."
+    )
+    assert run.output is None
+
+
+def test_execute__a_job_output_over_the_limit_fails_the_run(settings):
+    settings.DURABLY_MAX_OUTPUT_BYTES = 100
+    run = jobs.echo.trigger({"step": "small", "result": ["y" * 50, "z" * 50]})
+
+    assert process_next().status == RunStatus.FAILED
+
+    run.refresh_from_db()
+    assert Step.objects.get(run=run).status == StepStatus.COMPLETED
+    assert run.error["type"] == "django_durably.exceptions.OutputTooLarge"
+    assert run.error["message"].startswith(
+        "Output of job 'tests.jobs.echo' is 107 bytes of JSON; the limit is 100"
+    )
+    assert run.output is None
+
+
+def test_execute__outputs_at_the_limit_are_stored(settings):
+    settings.DURABLY_MAX_OUTPUT_BYTES = 12
+    run = jobs.echo.trigger({"step": "x" * 10, "result": "y" * 10})
+
+    assert process_next().status == RunStatus.COMPLETED
+
+    run.refresh_from_db()
+    assert run.output == "y" * 10

@@ -7,11 +7,15 @@ record, and a run that a worker finished meanwhile is reported, never overwritte
 
 Permissions: ``durably.cancel_run``, ``durably.resume_run`` and ``durably.retrigger_run`` (or
 ``durably.change_run``, which grants all three) gate the actions and buttons; ``durably.delete_run``
-gates the guarded delete action; viewing needs ``durably.view_run``.
+gates the guarded delete action; viewing needs ``durably.view_run``, and so does every action and
+button. Each action and button asks for confirmation first.
 
-* ``display``: HTML for statuses, progress, durations, JSON and errors
+* ``display``: HTML for statuses (one vocabulary: ``leased`` is "Running"), times to the second,
+  progress, durations, labels, JSON and errors
+* ``filters``: the list filters, and a change list that refuses filter values with NUL characters
 * ``inlines``: the read-only steps, log lines and audit trail of a run
-* ``actions``: the bulk actions and the detail page's buttons
+* ``actions``: the bulk actions and their confirmation pages
+* ``buttons``: the run page's buttons and their confirmation pages
 * ``runs``, ``audit``: the registered ``ModelAdmin`` classes
 """
 

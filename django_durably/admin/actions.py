@@ -1,9 +1,11 @@
-"""Operating runs from the admin: bulk actions, and buttons on a run's page.
+"""Operating runs from the admin: the bulk actions (the buttons on a run's page are in
+:mod:`~django_durably.admin.buttons`).
 
 Both call :mod:`django_durably.operations` for each run, never the models, with
 ``actor=request.user`` and ``source="admin"``. A bulk action narrows the selection to the runs its
-state set allows, acts on each, catches each typed error (a worker finished the run meanwhile, the
-job is gone, ...), and reports one message with a count per outcome.
+state set allows, asks for confirmation on a page that lists them (as Django's delete does), then
+acts on each, catches each typed error (a worker finished the run meanwhile, the job is gone, ...),
+and reports one message with a count per outcome.
 """
 
 from __future__ import annotations
@@ -11,29 +13,27 @@ from __future__ import annotations
 import uuid
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
-from django.contrib.admin.utils import quote, unquote
-from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
-from django.http import (
-    Http404,
-    HttpRequest,
-    HttpResponse,
-    HttpResponseNotAllowed,
-    HttpResponseRedirect,
-)
+from django.http import HttpRequest
 from django.template.response import TemplateResponse
-from django.urls import URLPattern, path, reverse
-from django.utils.html import format_html
-from django.utils.translation import gettext, gettext_noop, ngettext_lazy
+from django.utils.functional import Promise
+from django.utils.translation import gettext, gettext_noop, ngettext, ngettext_lazy
 from django.utils.translation import gettext_lazy as _
 
 from django_durably import operations
-from django_durably.admin.display import STATUS_ORDER, run_url, short_id, status_badge
+from django_durably.admin.display import (
+    STATUS_ORDER,
+    run_url,
+    short_id,
+    status_badge,
+    status_word,
+)
 from django_durably.exceptions import (
     InvalidTrigger,
     JobNotFound,
@@ -41,14 +41,7 @@ from django_durably.exceptions import (
     RunNotFound,
     RunStateError,
 )
-from django_durably.models import (
-    CANCELLABLE_STATUSES,
-    RESUMABLE_STATUSES,
-    TERMINAL_STATUSES,
-    Run,
-    RunQuerySet,
-    RunStatus,
-)
+from django_durably.models import Run, RunQuerySet, RunStatus
 
 if TYPE_CHECKING:
     _RunAdmin = admin.ModelAdmin[Run]
@@ -59,7 +52,9 @@ SOURCE = "admin"
 """The ``source`` of every audit record written from the admin."""
 
 CONFIRM_LIST_LIMIT = 100
-"""Runs listed by name on the delete confirmation page."""
+"""Runs listed by name on a confirmation page."""
+
+CONFIRMATION_TEMPLATE = "admin/durably/run/action_confirmation.html"
 
 # What a bulk action reports for runs it left alone, by status or by the error it met.
 _STILL_PENDING = gettext_noop("%(count)d still pending")
@@ -86,6 +81,87 @@ _BAD_INPUT = gettext_noop("%(count)d whose input the job no longer accepts")
 _ALREADY_RETRIGGERED = gettext_noop("%(count)d already retriggered from this page")
 
 
+@dataclass(frozen=True)
+class Confirmation:
+    """What the confirmation page of an action says before it acts."""
+
+    action: str
+    """The action's name, which the page posts back."""
+    title: str | Promise
+    question: tuple[str, str]
+    """Singular and plural, with ``%(count)d``."""
+    consequence: str | Promise
+    kept: str | Promise
+    """Introduces the selected runs the action leaves alone, counted by status."""
+    dangerous: bool = False
+    """Shown as Django shows a delete (a red button)."""
+    keyed: bool = False
+    """The action creates runs: the page carries an idempotency key, so sending it twice (a double
+    click, a reload) creates each run once."""
+
+
+CONFIRM_CANCEL = Confirmation(
+    action="cancel_runs",
+    title=_("Cancel runs"),
+    question=(
+        gettext_noop("Are you sure you want to cancel this run?"),
+        gettext_noop("Are you sure you want to cancel these %(count)d runs?"),
+    ),
+    consequence=_(
+        "A pending run will not start; a running run stops at its next step boundary. "
+        "Cancelled runs can be resumed later."
+    ),
+    kept=_("Runs that have already finished are left as they are:"),
+)
+CONFIRM_RESUME = Confirmation(
+    action="resume_runs",
+    title=_("Resume runs"),
+    question=(
+        gettext_noop("Are you sure you want to resume this run?"),
+        gettext_noop("Are you sure you want to resume these %(count)d runs?"),
+    ),
+    consequence=_(
+        "Each becomes pending again, on the same run id; its next attempt replays its completed "
+        "steps instead of running them again."
+    ),
+    kept=_("Only failed and cancelled runs can be resumed; left as they are:"),
+)
+CONFIRM_RETRIGGER = Confirmation(
+    action="retrigger_runs",
+    title=_("Retrigger runs"),
+    question=(
+        gettext_noop("Are you sure you want to retrigger this finished run?"),
+        gettext_noop("Are you sure you want to retrigger these %(count)d finished runs?"),
+    ),
+    consequence=_(
+        "Each gets a new pending run with the same input, labels, queue, priority and "
+        "concurrency key; the finished run is left as it is."
+    ),
+    kept=_("Runs that have not finished are left as they are:"),
+    keyed=True,
+)
+CONFIRM_DELETE = Confirmation(
+    action="delete_runs",
+    title=_("Delete finished runs"),
+    question=(
+        gettext_noop("Are you sure you want to delete this finished run?"),
+        gettext_noop("Are you sure you want to delete these %(count)d finished runs?"),
+    ),
+    consequence=_("Their steps and log lines are deleted with them; their audit records are kept."),
+    kept=_("Runs that have not finished are kept:"),
+    dangerous=True,
+)
+
+
+def state_error_message(exc: RunStateError) -> str:
+    """``Run … cannot be resumed: it is running.``: the typed error, in the admin's words."""
+    return gettext("Run %(id)s cannot %(action)s: it is %(status)s.") % {
+        "id": exc.run_id,
+        "action": exc.action,
+        "status": status_word(exc.status),
+    }
+
+
 class RunActionForm(helpers.ActionForm):
     """Django's action form, plus a key made for each page load: sending the same page twice (a
     double click, a reload that resubmits) retriggers each run once."""
@@ -108,7 +184,7 @@ class Report:
 
     def skip_status(self, status: str, count: int = 1) -> None:
         """``count`` runs left alone because they are ``status``."""
-        self.skip(self._skips.get(status, "%(count)d " + status), count)
+        self.skip(self._skips.get(status, "%(count)d " + status_word(status)), count)
 
     def skip(self, phrase: str, count: int = 1) -> None:
         self.skipped[phrase] += count
@@ -135,7 +211,7 @@ def _user_may(request: HttpRequest, *codenames: str) -> bool:
 
 
 class RunOperationsAdmin(_RunAdmin):
-    """The actions and buttons of :class:`~django_durably.admin.runs.RunAdmin`."""
+    """The permissions and bulk actions of :class:`~django_durably.admin.runs.RunAdmin`."""
 
     actions = ["cancel_runs", "resume_runs", "retrigger_runs", "delete_runs"]
     action_form = RunActionForm
@@ -200,8 +276,62 @@ class RunOperationsAdmin(_RunAdmin):
                 report.done += changed
         self.message_user(request, report.message(), report.level)
 
+    def _action_confirmation(
+        self,
+        request: HttpRequest,
+        queryset: QuerySet[Run],
+        targets: RunQuerySet,
+        confirmation: Confirmation,
+    ) -> TemplateResponse | None:
+        """The action's confirmation page, or None once confirmed (or when no selected run can
+        be changed: the action then only reports why)."""
+        if request.POST.get("post") == "yes" or not targets.exists():
+            return None
+        kept = Counter(
+            queryset.exclude(pk__in=targets.values("pk")).values_list("status", flat=True)
+        )
+        ids = list(targets.values_list("pk", flat=True))
+        shown = targets.only("id", "job_name", "status")[:CONFIRM_LIST_LIMIT]
+        site = self.admin_site.name
+        singular, plural = confirmation.question
+        context = {
+            **self.admin_site.each_context(request),
+            "title": confirmation.title,
+            "subtitle": None,
+            "opts": self.opts,
+            "question": ngettext(singular, plural, len(ids)) % {"count": len(ids)},
+            "consequence": confirmation.consequence,
+            "dangerous": confirmation.dangerous,
+            "runs": [
+                (run, short_id(run.pk), run_url(run.pk, site), status_badge(run.status))
+                for run in shown
+            ],
+            "count": len(ids),
+            "more": max(len(ids) - CONFIRM_LIST_LIMIT, 0),
+            "ids": ids,
+            "kept_intro": confirmation.kept,
+            "kept": [
+                (status_word(status), kept[status])
+                for status in sorted(kept, key=STATUS_ORDER.index)
+            ],
+            "action": confirmation.action,
+            # The list page's key, or a new one for this page.
+            "idempotency_key": (
+                (request.POST.get("idempotency_key") or uuid.uuid4().hex)
+                if confirmation.keyed
+                else ""
+            ),
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+            "media": self.media,
+        }
+        request.current_app = site
+        return TemplateResponse(request, CONFIRMATION_TEMPLATE, context)
+
     @admin.action(description=_("Cancel selected runs"), permissions=["cancel"])
-    def cancel_runs(self, request: HttpRequest, queryset: QuerySet[Run]) -> None:
+    def cancel_runs(self, request: HttpRequest, queryset: QuerySet[Run]) -> TemplateResponse | None:
+        targets = as_run_queryset(queryset).cancellable()
+        if page := self._action_confirmation(request, queryset, targets, CONFIRM_CANCEL):
+            return page
         report = Report(
             ngettext_lazy("%(count)d run cancelled", "%(count)d runs cancelled", "count"),
             _CANCEL_SKIPS,
@@ -213,11 +343,14 @@ class RunOperationsAdmin(_RunAdmin):
                 report.skip_status(RunStatus.CANCELLED)
             return result.cancelled
 
-        targets = as_run_queryset(queryset).cancellable()
         self._act_on_each(request, queryset, targets, report, act)
+        return None
 
     @admin.action(description=_("Resume selected runs"), permissions=["resume"])
-    def resume_runs(self, request: HttpRequest, queryset: QuerySet[Run]) -> None:
+    def resume_runs(self, request: HttpRequest, queryset: QuerySet[Run]) -> TemplateResponse | None:
+        targets = as_run_queryset(queryset).resumable()
+        if page := self._action_confirmation(request, queryset, targets, CONFIRM_RESUME):
+            return page
         report = Report(
             ngettext_lazy("%(count)d run resumed", "%(count)d runs resumed", "count"),
             _RESUME_SKIPS,
@@ -227,16 +360,20 @@ class RunOperationsAdmin(_RunAdmin):
             operations.resume_run(run_id, actor=request.user, source=SOURCE)
             return True
 
-        targets = as_run_queryset(queryset).resumable()
         self._act_on_each(request, queryset, targets, report, act)
+        return None
 
     @admin.action(description=_("Retrigger selected runs"), permissions=["retrigger"])
-    def retrigger_runs(self, request: HttpRequest, queryset: QuerySet[Run]) -> None:
+    def retrigger_runs(
+        self, request: HttpRequest, queryset: QuerySet[Run]
+    ) -> TemplateResponse | None:
+        targets = as_run_queryset(queryset).finished()
+        if page := self._action_confirmation(request, queryset, targets, CONFIRM_RETRIGGER):
+            return page
         report = Report(
             ngettext_lazy("%(count)d run retriggered", "%(count)d runs retriggered", "count"),
             _UNFINISHED_SKIPS,
         )
-
         key = request.POST.get("idempotency_key") or None
 
         def act(run_id: uuid.UUID) -> bool:
@@ -248,15 +385,14 @@ class RunOperationsAdmin(_RunAdmin):
                 return False
             return True
 
-        targets = as_run_queryset(queryset).finished()
         self._act_on_each(request, queryset, targets, report, act)
+        return None
 
     @admin.action(description=_("Delete selected finished runs"), permissions=["delete_finished"])
     def delete_runs(self, request: HttpRequest, queryset: QuerySet[Run]) -> TemplateResponse | None:
-        """Asks for confirmation, then deletes the finished runs of the selection."""
         targets = as_run_queryset(queryset).finished()
-        if request.POST.get("post") != "yes" and targets.exists():
-            return self._confirm_delete(request, queryset, targets)
+        if page := self._action_confirmation(request, queryset, targets, CONFIRM_DELETE):
+            return page
         report = Report(
             ngettext_lazy("%(count)d run deleted", "%(count)d runs deleted", "count"),
             _UNFINISHED_SKIPS,
@@ -268,166 +404,3 @@ class RunOperationsAdmin(_RunAdmin):
 
         self._act_on_each(request, queryset, targets, report, act)
         return None
-
-    def _confirm_delete(
-        self, request: HttpRequest, queryset: QuerySet[Run], targets: RunQuerySet
-    ) -> TemplateResponse:
-        """The confirmation page; its form posts back the finished runs only."""
-        kept = Counter(
-            queryset.exclude(pk__in=targets.values("pk")).values_list("status", flat=True)
-        )
-        ids = list(targets.values_list("pk", flat=True))
-        shown = targets.only("id", "job_name", "status")[:CONFIRM_LIST_LIMIT]
-        site = self.admin_site.name
-        context = {
-            **self.admin_site.each_context(request),
-            "title": gettext("Delete finished runs"),
-            "subtitle": None,
-            "opts": self.opts,
-            "runs": [
-                (run, short_id(run.pk), run_url(run.pk, site), status_badge(run.status))
-                for run in shown
-            ],
-            "count": len(ids),
-            "more": max(len(ids) - CONFIRM_LIST_LIMIT, 0),
-            "ids": ids,
-            "kept": [
-                (RunStatus(status).label, kept[status])
-                for status in sorted(kept, key=STATUS_ORDER.index)
-            ],
-            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
-            "media": self.media,
-        }
-        request.current_app = site
-        return TemplateResponse(request, "admin/durably/run/delete_runs_confirmation.html", context)
-
-    # -- buttons on a run's page ---------------------------------------------------------------
-
-    def get_urls(self) -> list[URLPattern]:
-        prefix = f"{self.opts.app_label}_{self.opts.model_name}"
-        views = [
-            ("cancel", self.cancel_view),
-            ("resume", self.resume_view),
-            ("retrigger", self.retrigger_view),
-        ]
-        urls = [
-            path(
-                f"<path:object_id>/{action}/",
-                self.admin_site.admin_view(view),
-                name=f"{prefix}_{action}",
-            )
-            for action, view in views
-        ]
-        return urls + super().get_urls()
-
-    def buttons(self, request: HttpRequest, run: Run) -> list[dict[str, str]]:
-        """The buttons the run's status and the user's permissions allow."""
-        prefix = f"admin:{self.opts.app_label}_{self.opts.model_name}"
-        candidates = [
-            ("cancel", _("Cancel run"), CANCELLABLE_STATUSES, self.has_cancel_permission),
-            ("resume", _("Resume run"), RESUMABLE_STATUSES, self.has_resume_permission),
-            ("retrigger", _("Retrigger run"), TERMINAL_STATUSES, self.has_retrigger_permission),
-        ]
-        return [
-            {
-                "action": action,
-                "label": str(label),
-                "url": reverse(
-                    f"{prefix}_{action}",
-                    args=(quote(str(run.pk)),),
-                    current_app=self.admin_site.name,
-                ),
-                # A retrigger creates a run: the page's own key makes a second click (or a
-                # resubmitted form) return the run the first one created.
-                "idempotency_key": uuid.uuid4().hex if action == "retrigger" else "",
-            }
-            for action, label, statuses, allowed in candidates
-            if run.status in statuses and allowed(request, run)
-        ]
-
-    def render_change_form(
-        self,
-        request: HttpRequest,
-        context: dict[str, Any],
-        add: bool = False,  # noqa: FBT001, FBT002 - Django's signature
-        change: bool = False,  # noqa: FBT001, FBT002
-        form_url: str = "",
-        obj: Run | None = None,
-    ) -> HttpResponse:
-        if change and obj is not None:
-            context["durably_buttons"] = self.buttons(request, obj)
-        return super().render_change_form(request, context, add, change, form_url, obj)
-
-    def _button_view(
-        self,
-        request: HttpRequest,
-        object_id: str,
-        allowed: Callable[[HttpRequest, Run | None], bool],
-        act: Callable[[Run], HttpResponse],
-    ) -> HttpResponse:
-        """POST only, with the permission; the outcome or the typed error becomes a message."""
-        if request.method != "POST":
-            return HttpResponseNotAllowed(["POST"])
-        if not allowed(request, None):
-            raise PermissionDenied
-        run = self.get_object(request, unquote(object_id))
-        if run is None:
-            raise Http404(gettext("No run exists with id %(id)s.") % {"id": object_id})
-        try:
-            return act(run)
-        except RunNotFound as exc:  # deleted meanwhile
-            self.message_user(request, str(exc), messages.ERROR)
-            changelist = f"admin:{self.opts.app_label}_{self.opts.model_name}_changelist"
-            return HttpResponseRedirect(reverse(changelist, current_app=self.admin_site.name))
-        except (RunStateError, PendingRunExists, JobNotFound, InvalidTrigger) as exc:
-            self.message_user(request, str(exc), messages.ERROR)
-        return HttpResponseRedirect(run_url(run.pk, self.admin_site.name))
-
-    def cancel_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
-        def act(run: Run) -> HttpResponse:
-            result = operations.cancel_run(run.pk, actor=request.user, source=SOURCE)
-            if not result.cancelled:
-                message, level = gettext("Run %(id)s was already cancelled."), messages.WARNING
-            else:
-                message, level = gettext("Run %(id)s cancelled."), messages.SUCCESS
-                if result.from_status == RunStatus.LEASED:
-                    message += " " + gettext("Its worker stops at the next step boundary.")
-            self.message_user(request, message % {"id": short_id(run.pk)}, level)
-            return HttpResponseRedirect(run_url(run.pk, self.admin_site.name))
-
-        return self._button_view(request, object_id, self.has_cancel_permission, act)
-
-    def resume_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
-        def act(run: Run) -> HttpResponse:
-            operations.resume_run(run.pk, actor=request.user, source=SOURCE)
-            message = gettext(
-                "Run %(id)s resumed: it is pending again, and its completed steps will be "
-                "replayed, not run again."
-            )
-            self.message_user(request, message % {"id": short_id(run.pk)}, messages.SUCCESS)
-            return HttpResponseRedirect(run_url(run.pk, self.admin_site.name))
-
-        return self._button_view(request, object_id, self.has_resume_permission, act)
-
-    def retrigger_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
-        def act(run: Run) -> HttpResponse:
-            new_run = operations.retrigger_run(
-                run.pk,
-                actor=request.user,
-                source=SOURCE,
-                idempotency_key=request.POST.get("idempotency_key") or None,
-            )
-            if new_run.disposition == "idempotent":
-                text, level = gettext("This run was already retriggered from run"), messages.INFO
-            else:
-                text, level = gettext("This is a new run, retriggered from run"), messages.SUCCESS
-            message = format_html(
-                '{} <a href="{}">{}</a>.',
-                text,
-                run_url(run.pk, self.admin_site.name),
-                short_id(run.pk),
-            )
-            self.message_user(request, message, level)
-            return HttpResponseRedirect(run_url(new_run.pk, self.admin_site.name))
-
-        return self._button_view(request, object_id, self.has_retrigger_permission, act)

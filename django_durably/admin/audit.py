@@ -3,17 +3,26 @@
 from __future__ import annotations
 
 import uuid
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from django.contrib import admin
+from django.contrib.admin.views.main import ChangeList
 from django.db.models import Q, QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
-from django_durably.admin.display import audit_detail, run_url, short_id, transition
+from django_durably.admin.display import (
+    audit_detail,
+    audit_title,
+    format_time,
+    run_url,
+    short_id,
+    transition,
+)
+from django_durably.admin.filters import CheckedChangeList
 from django_durably.admin.runs import ID_PREFIX, search_terms
 from django_durably.models import AuditRecord
 
@@ -26,7 +35,7 @@ else:  # Generic in django-stubs only: ModelAdmin cannot be subscripted at runti
 @admin.register(AuditRecord)
 class AuditRecordAdmin(_AuditRecordAdmin):
     list_display = [
-        "created_at",
+        "at",
         "action",
         "run_link",
         "job_name",
@@ -39,7 +48,7 @@ class AuditRecordAdmin(_AuditRecordAdmin):
     search_help_text = _("Search by run id (whole, or its first characters) or actor.")
     show_full_result_count = False
     fields = readonly_fields = (
-        "created_at",
+        "at",
         "action",
         "run_link",
         "job_name",
@@ -58,6 +67,22 @@ class AuditRecordAdmin(_AuditRecordAdmin):
     def has_delete_permission(self, request: HttpRequest, obj: AuditRecord | None = None) -> bool:
         return False
 
+    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
+        return CheckedChangeList
+
+    def render_change_form(
+        self,
+        request: HttpRequest,
+        context: dict[str, Any],
+        add: bool = False,  # noqa: FBT001, FBT002 - Django's signature
+        change: bool = False,  # noqa: FBT001, FBT002
+        form_url: str = "",
+        obj: AuditRecord | None = None,
+    ) -> HttpResponse:
+        if obj is not None:
+            context["subtitle"] = audit_title(obj)  # Django's is str(record): stored statuses
+        return super().render_change_form(request, context, add, change, form_url, obj)
+
     def get_search_results(
         self, request: HttpRequest, queryset: QuerySet[AuditRecord], search_term: str
     ) -> tuple[QuerySet[AuditRecord], bool]:
@@ -70,6 +95,10 @@ class AuditRecordAdmin(_AuditRecordAdmin):
                     query |= Q(run_uuid__istartswith=term)
             queryset = queryset.filter(query)
         return queryset, False
+
+    @admin.display(description=_("at"), ordering="created_at")
+    def at(self, record: AuditRecord) -> SafeString | str:
+        return format_time(record.created_at) or self.get_empty_value_display()
 
     @admin.display(description=_("run"), ordering="run_uuid")
     def run_link(self, record: AuditRecord) -> SafeString:

@@ -4,17 +4,18 @@ values (inputs, outputs, errors, labels, log lines) are always escaped."""
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.contrib.admin.utils import quote
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.dateformat import format as format_date
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
-from django.utils.translation import gettext
+from django.utils.translation import gettext, ngettext
 
-from django_durably.models import AuditRecord, Run, RunStatus
+from django_durably.models import AuditAction, AuditRecord, Run, RunStatus
 
 STATUS_COLOURS: dict[str, str] = {
     RunStatus.PENDING: "#6b7280",
@@ -29,6 +30,13 @@ STATUS_ORDER = [status.value for status in RunStatus]
 SUMMARY_LENGTH = 80
 """Characters of JSON shown in a table cell before it folds."""
 
+TIME_FORMAT = "Y-m-d H:i:s"
+"""Every time the admin shows: to the second, in the current time zone (Django's default formats
+stop at the minute). Hovering shows the exact time with its offset."""
+
+LIST_LABELS = 3
+"""Labels shown in a row of the run list; the others are counted (all are on the run's page)."""
+
 
 def short_id(run_id: Any) -> str:
     """The first 8 characters of a run id, as the run list shows it (and search accepts)."""
@@ -39,8 +47,20 @@ def run_url(run_id: Any, site_name: str = "admin") -> str:
     return reverse("admin:durably_run_change", args=(quote(str(run_id)),), current_app=site_name)
 
 
+def status_label(status: str) -> str:
+    """A status as the admin names it for people, everywhere: the choice's label, so ``leased`` is
+    "Running" in badges, filters, titles, transitions and messages alike (DESIGN.md section 3).
+    Step statuses are run statuses too. Unknown values are shown as they are."""
+    return str(RunStatus(status).label) if status in RunStatus.values else status
+
+
+def status_word(status: str) -> str:
+    """:func:`status_label` inside a sentence: ``running``, ``completed``."""
+    return status_label(status).lower()
+
+
 def status_badge(status: str) -> SafeString:
-    label = RunStatus(status).label if status in RunStatus.values else status
+    label = status_label(status)
     return format_html(
         '<span class="durably-status durably-status-{}" style="display:inline-block;'
         "padding:1px 7px;border-radius:9px;color:#fff;background:{};font-size:11px;"
@@ -95,6 +115,35 @@ def format_duration(duration: timedelta) -> str:
         return f"{hours} h {minutes:02d} min"
     days, hours = divmod(hours, 24)
     return f"{days} d {hours} h"
+
+
+def _local(value: datetime) -> datetime:
+    return timezone.localtime(value) if timezone.is_aware(value) else value
+
+
+def time_text(value: datetime) -> str:
+    """``2026-12-06 17:48:36``: :data:`TIME_FORMAT` in the current time zone."""
+    return format_date(_local(value), TIME_FORMAT)
+
+
+def format_time(value: datetime | None) -> SafeString | None:
+    """:func:`time_text` in a ``<time>`` element (the exact time in its tooltip), or None."""
+    if value is None:
+        return None
+    return format_html(
+        '<time datetime="{}" title="{}">{}</time>',
+        value.isoformat(),
+        _local(value).isoformat(),
+        time_text(value),
+    )
+
+
+def relative(when: datetime, now: datetime | None = None) -> str:
+    """``in 4 min 05 s`` or ``12.0 s ago``."""
+    delta = when - (now or timezone.now())
+    if delta >= timedelta(0):
+        return gettext("in %(duration)s") % {"duration": format_duration(delta)}
+    return gettext("%(duration)s ago") % {"duration": format_duration(-delta)}
 
 
 def run_duration(run: Run) -> timedelta | None:
@@ -157,16 +206,43 @@ def error_summary(error: Any) -> SafeString:
     )
 
 
-def labels_html(labels: Any) -> SafeString | None:
+def labels_html(labels: Any, *, limit: int | None = None) -> SafeString | None:
+    """``key=value`` chips, sorted; past ``limit``, ``+2 more`` (all of them in its tooltip)."""
     if not isinstance(labels, dict) or not labels:
         return None
-    return format_html_join(
-        " ", "<code>{}={}</code>", sorted((str(k), str(v)) for k, v in labels.items())
+    pairs = sorted((str(k), str(v)) for k, v in labels.items())
+    shown, hidden = (pairs, []) if limit is None else (pairs[:limit], pairs[limit:])
+    chips = format_html_join(
+        " ", '<code class="durably-label" title="{0}={1}">{0}={1}</code>', shown
+    )
+    if not hidden:
+        return chips
+    return format_html(
+        '{} <span class="durably-more-labels" title="{}">{}</span>',
+        chips,
+        ", ".join(f"{k}={v}" for k, v in hidden),
+        ngettext("+%(count)d more", "+%(count)d more", len(hidden)) % {"count": len(hidden)},
     )
 
 
 def transition(record: AuditRecord) -> str:
-    return f"{record.from_status} → {record.to_status or '-'}"
+    """``running → cancelled``, in the words of :func:`status_label`."""
+    after = status_word(record.to_status) if record.to_status else "-"
+    return f"{status_word(record.from_status)} → {after}"
+
+
+def run_title(run: Run) -> str:
+    """A run's page title: ``tests.jobs.noop 3c7fce50-… (running)``."""
+    return f"{run.job_name} {run.pk} ({status_word(run.status)})"
+
+
+def audit_title(record: AuditRecord) -> str:
+    """An audit record's page title: ``Cancel 3c7fce50-… by alice (running → cancelled)``."""
+    action = (
+        AuditAction(record.action).label if record.action in AuditAction.values else record.action
+    )
+    who = record.actor or record.source
+    return f"{action} {record.run_uuid} by {who} ({transition(record)})"
 
 
 def audit_detail(record: AuditRecord, site_name: str) -> SafeString | None:

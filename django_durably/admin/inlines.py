@@ -16,6 +16,7 @@ from django_durably.admin.display import (
     audit_detail,
     error_summary,
     format_duration,
+    format_time,
     json_summary,
     status_badge,
     transition,
@@ -53,6 +54,11 @@ class FirstRowsFormSet(_RunInlineFormSet):
 class HistoryInline(_RunInline):
     """A read-only table, shown to whoever may view the run."""
 
+    @admin.display(description=_("at"))
+    def at(self, row: Any) -> SafeString | str:
+        """When the row was written, to the second."""
+        return format_time(row.created_at) or self.get_empty_value_display()
+
     template = "admin/durably/run/history_inline.html"
     formset = FirstRowsFormSet
     extra = 0
@@ -81,11 +87,15 @@ class StepInline(HistoryInline):
         "name",
         "status_display",
         "attempt",
-        "started_at",
+        "started",
         "duration",
         "output_summary",
         "error_summary",
     )
+
+    @admin.display(description=_("started at"))
+    def started(self, step: Step) -> SafeString | str:
+        return format_time(step.started_at) or self.get_empty_value_display()
 
     @admin.display(description=_("status"))
     def status_display(self, step: Step) -> SafeString:
@@ -109,7 +119,7 @@ class StepInline(HistoryInline):
 class RunLogInline(HistoryInline):
     model = RunLog
     fields = readonly_fields = (
-        "created_at",
+        "at",
         "level",
         "step_name",
         "attempt",
@@ -126,7 +136,7 @@ class AuditRecordInline(HistoryInline):
     model = AuditRecord
     verbose_name_plural = _("audit trail")
     fields = readonly_fields = (
-        "created_at",
+        "at",
         "action",
         "actor",
         "source",

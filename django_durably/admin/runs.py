@@ -11,31 +11,47 @@ from typing import Any
 from django.contrib import admin
 from django.contrib.admin.views.main import ChangeList
 from django.db.models import Q, QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
+from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 from django.utils.text import smart_split, unescape_string_literal
+from django.utils.translation import gettext, ngettext
 from django.utils.translation import gettext_lazy as _
 
-from django_durably.admin.actions import RunOperationsAdmin
+from django_durably.admin.buttons import RunButtonsAdmin
 from django_durably.admin.display import (
+    LIST_LABELS,
     format_duration,
+    format_time,
     labels_html,
     pretty_error,
     pretty_json,
     progress_bar,
+    relative,
     run_duration,
+    run_title,
+    run_url,
     short_id,
     status_badge,
+    time_text,
 )
+from django_durably.admin.filters import STATUS_PARAMETERS, CheckedChangeList, JobFilter
 from django_durably.admin.inlines import AuditRecordInline, RunLogInline, StepInline
-from django_durably.models import Run
+from django_durably.models import AuditAction, AuditRecord, Run, RunStatus
 
 LIST_DEFERRED_FIELDS = ("input", "output", "error")
 """Large JSON the run list never shows, so it never loads it."""
 
 ID_PREFIX = re.compile(r"[0-9a-fA-F]{4}[0-9a-fA-F-]{0,32}")
 """A search term that may be the start of a run id (at least 4 hex digits)."""
+
+RETRIGGER_KEY = re.compile(
+    r"retrigger:([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}):"
+)
+"""The idempotency key a keyed retrigger gives the new run: it starts with the original's id."""
+
+_NOT_LOOKED_UP = object()
 
 
 def search_terms(search_term: str) -> Iterator[str]:
@@ -64,27 +80,29 @@ def run_search(term: str) -> Q:
     return query
 
 
-class JobFilter(admin.SimpleListFilter):
-    """The jobs that have runs."""
+def retrigger_record(run: Run) -> AuditRecord | None:
+    """The audit record of the retrigger that created ``run``, or None (looked up once per run).
 
-    title = _("job")
-    parameter_name = "job"
+    The record names the run it created, whatever the key. A keyed retrigger also put the
+    original's id in the new run's key, which narrows the lookup to that run's records (indexed);
+    the key alone proves nothing, since anyone may trigger a run with a key that looks like one.
+    """
+    cached = run.__dict__.get("_durably_retrigger_record", _NOT_LOOKED_UP)
+    if cached is None or isinstance(cached, AuditRecord):
+        return cached
+    records = AuditRecord.objects.filter(
+        action=AuditAction.RETRIGGER, detail__new_run_id=str(run.pk)
+    )
+    if match := RETRIGGER_KEY.match(run.idempotency_key or ""):
+        records = records.filter(run_uuid=match[1])
+    record = records.order_by("id").first()
+    run.__dict__["_durably_retrigger_record"] = record
+    return record
 
-    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        names = (
-            model_admin.get_queryset(request)
-            .order_by("job_name")
-            .values_list("job_name", flat=True)
-            .distinct()
-        )
-        return [(name, name) for name in names]
 
-    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
-        value = self.value()
-        return queryset.filter(job_name=value) if value else queryset
+class RunChangeList(CheckedChangeList):
+    status_parameters = STATUS_PARAMETERS
 
-
-class RunChangeList(ChangeList):
     def get_queryset(
         self, request: HttpRequest, exclude_parameters: list[str | None] | None = None
     ) -> QuerySet[Any]:
@@ -92,17 +110,18 @@ class RunChangeList(ChangeList):
 
 
 @admin.register(Run)
-class RunAdmin(RunOperationsAdmin):
+class RunAdmin(RunButtonsAdmin):
+    # What fits beside the filters at 1280 px; started and finished times are on the run's page
+    # (and in the duration's tooltip).
     list_display = [
         "short_id",
         "job_name",
         "status_display",
-        "queue",
+        "labels_list",
         "progress_display",
+        "queue",
         "attempt",
-        "created_at",
-        "started_at",
-        "completed_at",
+        "created",
         "duration",
     ]
     list_display_links = ["short_id"]
@@ -126,6 +145,7 @@ class RunAdmin(RunOperationsAdmin):
                     "attempt",
                     "labels_display",
                     "idempotency_key",
+                    "retriggered_from",
                     "concurrency_key",
                 ]
             },
@@ -135,12 +155,12 @@ class RunAdmin(RunOperationsAdmin):
             _("Timing"),
             {
                 "fields": [
-                    "created_at",
-                    "run_after",
-                    "started_at",
-                    "completed_at",
+                    "created",
+                    "run_after_display",
+                    "started",
+                    "finished",
                     "duration",
-                    "updated_at",
+                    "updated",
                 ]
             },
         ),
@@ -153,7 +173,7 @@ class RunAdmin(RunOperationsAdmin):
                 "classes": ["collapse"],
                 "fields": [
                     "lease_owner",
-                    "lease_expires_at",
+                    "lease_expires",
                     "lease_generation",
                     "current_step_index",
                 ],
@@ -163,8 +183,15 @@ class RunAdmin(RunOperationsAdmin):
     display_fields = [
         "status_display",
         "labels_display",
+        "retriggered_from",
         "progress_detail",
+        "created",
+        "run_after_display",
+        "started",
+        "finished",
         "duration",
+        "updated",
+        "lease_expires",
         "input_display",
         "output_display",
         "error_display",
@@ -187,17 +214,36 @@ class RunAdmin(RunOperationsAdmin):
         return [field.name for field in Run._meta.concrete_fields] + self.display_fields
 
     def get_fieldsets(self, request: HttpRequest, obj: Run | None = None) -> Any:
-        """The run's sections, without Output or Error when it has none."""
-        empty = set()
+        """The run's sections, without Output or Error when it has none. A retriggered run says
+        which run it came from instead of showing the key the retrigger made."""
+        hidden = set()
         if obj is not None and obj.output is None:
-            empty.add("output_display")
+            hidden.add("output_display")
         if obj is not None and not obj.error:
-            empty.add("error_display")
-        return [
-            (name, options)
-            for name, options in self.fieldsets or []
-            if not empty.issuperset(options["fields"])
-        ]
+            hidden.add("error_display")
+        if obj is None or retrigger_record(obj) is None:
+            hidden.add("retriggered_from")
+        else:
+            hidden.add("idempotency_key")
+        fieldsets = []
+        for name, options in self.fieldsets or []:
+            fields = [field for field in options["fields"] if field not in hidden]
+            if fields:
+                fieldsets.append((name, {**options, "fields": fields}))
+        return fieldsets
+
+    def render_change_form(
+        self,
+        request: HttpRequest,
+        context: dict[str, Any],
+        add: bool = False,  # noqa: FBT001, FBT002 - Django's signature
+        change: bool = False,  # noqa: FBT001, FBT002
+        form_url: str = "",
+        obj: Run | None = None,
+    ) -> HttpResponse:
+        if obj is not None:
+            context["subtitle"] = run_title(obj)  # Django's is str(run): the stored status
+        return super().render_change_form(request, context, add, change, form_url, obj)
 
     def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
         return RunChangeList
@@ -228,13 +274,99 @@ class RunAdmin(RunOperationsAdmin):
         return progress_bar(run.progress, with_message=True) or self.get_empty_value_display()
 
     @admin.display(description=_("duration"))
-    def duration(self, run: Run) -> str:
+    def duration(self, run: Run) -> SafeString | str:
+        """First claim to finish (to now while running), with both times in its tooltip."""
         elapsed = run_duration(run)
-        return format_duration(elapsed) if elapsed is not None else self.get_empty_value_display()
+        if elapsed is None or run.started_at is None:
+            return self.get_empty_value_display()
+        times = [gettext("started %(time)s") % {"time": time_text(run.started_at)}]
+        if run.completed_at is not None:
+            times.append(gettext("finished %(time)s") % {"time": time_text(run.completed_at)})
+        return format_html('<span title="{}">{}</span>', ", ".join(times), format_duration(elapsed))
+
+    @admin.display(description=_("labels"))
+    def labels_list(self, run: Run) -> SafeString | str:
+        return labels_html(run.labels, limit=LIST_LABELS) or self.get_empty_value_display()
 
     @admin.display(description=_("labels"))
     def labels_display(self, run: Run) -> SafeString | str:
         return labels_html(run.labels) or self.get_empty_value_display()
+
+    @admin.display(description=_("retriggered from"))
+    def retriggered_from(self, run: Run) -> SafeString | str:
+        record = retrigger_record(run)
+        if record is None:
+            return self.get_empty_value_display()
+        original = format_html(
+            '<code title="{}">{}</code>', record.run_uuid, short_id(record.run_uuid)
+        )
+        if record.run_id is None:
+            original = format_html("{} ({})", original, gettext("deleted"))
+        else:
+            original = format_html(
+                '<a href="{}">{}</a>', run_url(record.run_uuid, self.admin_site.name), original
+            )
+        by = record.actor or record.source
+        return format_html(
+            "{} {}",
+            original,
+            gettext("by %(actor)s at %(time)s")
+            % {"actor": by, "time": time_text(record.created_at)},
+        )
+
+    # -- times, to the second ------------------------------------------------------------------
+
+    @admin.display(description=_("created at"), ordering="created_at")
+    def created(self, run: Run) -> SafeString | str:
+        return format_time(run.created_at) or self.get_empty_value_display()
+
+    @admin.display(description=_("run after"))
+    def run_after_display(self, run: Run) -> SafeString | str:
+        shown = format_time(run.run_after)
+        if shown is None:
+            return self.get_empty_value_display()
+        if run.status == RunStatus.PENDING and run.run_after > timezone.now():
+            return format_html("{} ({})", shown, relative(run.run_after))
+        return shown
+
+    @admin.display(description=_("started at"))
+    def started(self, run: Run) -> SafeString | str:
+        """When the first attempt started; a run that is pending again says it waits."""
+        shown = format_time(run.started_at)
+        if shown is None or run.started_at is None:
+            return self.get_empty_value_display()
+        if run.status == RunStatus.PENDING:
+            return format_html(
+                '<span class="durably-pending-again">{}</span> {}',
+                gettext("Not running: pending again, waiting for a worker."),
+                format_html(gettext("Its first attempt started at {}."), shown),
+            )
+        if run.attempt > 1:
+            note = ngettext(
+                "the first of %(count)d attempt", "the first of %(count)d attempts", run.attempt
+            ) % {"count": run.attempt}
+        else:
+            note = gettext("%(duration)s after it was created") % {
+                "duration": format_duration(run.started_at - run.created_at)
+            }
+        return format_html("{} ({})", shown, note)
+
+    @admin.display(description=_("finished at"))
+    def finished(self, run: Run) -> SafeString | str:
+        return format_time(run.completed_at) or self.get_empty_value_display()
+
+    @admin.display(description=_("updated at"))
+    def updated(self, run: Run) -> SafeString | str:
+        return format_time(run.updated_at) or self.get_empty_value_display()
+
+    @admin.display(description=_("lease expires at"))
+    def lease_expires(self, run: Run) -> SafeString | str:
+        shown = format_time(run.lease_expires_at)
+        if shown is None or run.lease_expires_at is None:
+            return self.get_empty_value_display()
+        if run.status != RunStatus.LEASED:
+            return shown
+        return format_html("{} ({})", shown, relative(run.lease_expires_at))
 
     @admin.display(description=_("input"))
     def input_display(self, run: Run) -> SafeString:

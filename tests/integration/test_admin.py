@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import timedelta
+from html import unescape
 from typing import Any
 
 import pytest
@@ -16,7 +18,7 @@ from django.utils import timezone
 
 from django_durably import operations, process_until_idle
 from django_durably.admin.display import format_duration
-from django_durably.models import AuditRecord, Run, Step
+from django_durably.models import AuditRecord, Run, RunLog, Step
 from tests import jobs
 from tests.factories import make_audit_record, make_log, make_run_in, make_step
 
@@ -46,8 +48,15 @@ def messages_of(response: Any) -> list[tuple[str, str]]:
 
 
 def act(client: Client, action: str, runs: list[Run], **extra: str) -> Any:
-    data = {"action": action, "_selected_action": [str(r.pk) for r in runs], "index": "0"}
+    """Run a bulk action on ``runs``, confirmed (as its confirmation page's form sends it)."""
+    data = {"action": action, "_selected_action": [str(r.pk) for r in runs], "post": "yes"}
     return client.post(CHANGELIST, data | extra, follow=True)
+
+
+def choose(client: Client, action: str, runs: list[Run], **extra: str) -> Any:
+    """Pick an action for ``runs`` in the list and click Go: its confirmation page."""
+    data = {"action": action, "_selected_action": [str(r.pk) for r in runs], "index": "0"}
+    return client.post(CHANGELIST, data | extra)
 
 
 def listed(response: Any) -> set[uuid.UUID]:
@@ -189,6 +198,119 @@ def test_changelist__no_django_delete_and_no_add(admin_client):
     assert statuses(run) == ["completed"]
 
 
+def test_changelist__fits_labels_and_times_to_the_second(admin_client):
+    run = make_run_in(
+        "completed", labels={"tenant": "acme", "region": "eu", "plan": "pro", "batch": "7"}
+    )
+
+    response = admin_client.get(CHANGELIST)
+
+    columns = [str(header["text"]) for header in response.context["result_headers"]][1:]
+    assert columns == [
+        "id",
+        "job",
+        "status",
+        "labels",
+        "progress",
+        "queue",
+        "attempt",
+        "created at",
+        "duration",
+    ]
+    html = response.content.decode()
+    assert '<code class="durably-label" title="batch=7">batch=7</code>' in html
+    assert '<code class="durably-label" title="plan=pro">plan=pro</code>' in html
+    assert '<span class="durably-more-labels" title="tenant=acme">+1 more</span>' in html
+    created = timezone.localtime(run.created_at).strftime("%Y-%m-%d %H:%M:%S")
+    assert f">{created}</time>" in html
+    started = timezone.localtime(run.started_at).strftime("%Y-%m-%d %H:%M:%S")
+    finished = timezone.localtime(run.completed_at).strftime("%Y-%m-%d %H:%M:%S")
+    assert f'<span title="started {started}, finished {finished}">1 min 30 s</span>' in html
+
+
+NUL_FILTERS = [
+    {"job": "\x00"},
+    {"queue__exact": "re\x00ports"},
+    {"status__exact": "\x00"},
+    {"status": "leased\x00"},
+    {"job_name__startswith": "\x00"},
+]
+
+
+@pytest.mark.parametrize("params", NUL_FILTERS, ids=lambda params: next(iter(params)))
+def test_changelist__ignores_a_filter_value_with_a_nul_character(admin_client, params):
+    failed, pending = make_run_in("failed"), make_run_in("pending", queue="reports")
+
+    response = admin_client.get(CHANGELIST, params)
+
+    assert response.status_code == 200
+    assert listed(response) == {failed.pk, pending.pk}
+    [name] = params
+    assert messages_of(response) == [
+        ("error", f"Filter {name} ignored: null characters are not allowed.")
+    ]
+    narrowed = admin_client.get(CHANGELIST, params | {"queue": "reports"})
+    assert listed(narrowed) == {pending.pk}  # the other filters still apply
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{"action__exact": "\x00"}, {"source__exact": "ad\x00min"}, {"actor__contains": "\x00"}],
+    ids=lambda params: next(iter(params)),
+)
+def test_audit_list__ignores_a_filter_value_with_a_nul_character(admin_client, params):
+    record = make_audit_record(make_run_in("cancelled"))
+
+    response = admin_client.get(AUDIT_CHANGELIST, params)
+
+    assert response.status_code == 200
+    assert [a.pk for a in response.context["cl"].result_list] == [record.pk]
+    [name] = params
+    assert messages_of(response) == [
+        ("error", f"Filter {name} ignored: null characters are not allowed.")
+    ]
+
+
+def visible_text(response: Any) -> str:
+    """What a person reads on the page: its title and its text, without tags or scripts."""
+    html = re.sub(r"<(script|style).*?</\1>", "", response.content.decode(), flags=re.DOTALL)
+    text = " ".join(unescape(re.sub(r"<[^>]*>", " ", html)).split())
+    return re.sub(r" ([.,;])", r"\1", text)  # "at <time>10:00</time>." reads "at 10:00."
+
+
+def test_admin__calls_leased_running_everywhere(admin_client):
+    running = make_run_in("leased", job_name="tests.three_steps")
+    other = make_run_in("failed")
+    record = make_audit_record(running, from_status="leased", to_status="cancelled")
+    pages = {
+        "list": admin_client.get(CHANGELIST),
+        "run": admin_client.get(change_url(running)),
+        "audit list": admin_client.get(AUDIT_CHANGELIST),
+        "audit record": admin_client.get(
+            reverse("admin:durably_auditrecord_change", args=[record.pk])
+        ),
+        "bulk confirmation": choose(admin_client, "cancel_runs", [running, other]),
+        "button confirmation": admin_client.get(button_url(running, "cancel")),
+        "refusal": admin_client.get(button_url(running, "resume"), follow=True),
+    }
+
+    for name, page in pages.items():
+        text = visible_text(page)
+        assert not re.search(r"\bleased\b", text, re.IGNORECASE), name
+        assert re.search(r"\brunning\b", text, re.IGNORECASE), name
+    assert f"tests.three_steps {running.pk} (running)" in visible_text(pages["run"])
+    assert "running → cancelled" in visible_text(pages["audit list"])
+    assert messages_of(pages["refusal"]) == [
+        ("error", f"Run {running.pk} cannot be resumed: it is running.")
+    ]
+    for query in ({"status": "running"}, {"status__exact": "running"}, {"status__exact": "leased"}):
+        assert listed(admin_client.get(CHANGELIST, query)) == {running.pk}, query
+    assert listed(admin_client.get(CHANGELIST, {"status__in": "running,failed"})) == {
+        running.pk,
+        other.pk,
+    }
+
+
 # -- the detail page ---------------------------------------------------------------------------
 
 
@@ -230,7 +352,7 @@ def test_detail__shows_everything_escaped(admin_client, db_alias, django_assert_
     assert '<pre class="durably-traceback">Traceback (most recent call last):' in html
     assert "&lt;x&gt;" in html
     assert "half &lt;b&gt;way&lt;/b&gt;" in html
-    assert "<code>tenant=acme</code>" in html
+    assert '<code class="durably-label" title="tenant=acme">tenant=acme</code>' in html
     # the steps, log lines and audit trail
     assert "fetch" in html
     assert "<code>{&quot;rows&quot;: 3}</code>" in html
@@ -277,6 +399,81 @@ def test_detail__long_inlines_are_cut(admin_client, monkeypatch):
     assert "2 more rows are not shown." in html
 
 
+def test_detail__times_to_the_second_with_durations(admin_client):
+    run = make_run_in("completed", attempt=1)
+    Run.objects.filter(pk=run.pk).update(created_at=run.started_at - timedelta(seconds=2.5))
+    make_step(run, name="fetch", started_at=run.started_at)
+    make_log(run, message="fetched")
+
+    html = admin_client.get(change_url(run)).content.decode()
+
+    def shown(value: Any) -> str:
+        return f">{timezone.localtime(value).strftime('%Y-%m-%d %H:%M:%S')}</time>"
+
+    run.refresh_from_db()
+    assert shown(run.created_at) in html
+    assert f"{shown(run.started_at)} (2.50 s after it was created)" in html
+    assert shown(run.completed_at) in html
+    assert "1 min 30 s" in html
+    step = Step.objects.get(run=run)
+    log = RunLog.objects.get(run=run)
+    assert shown(step.started_at) in html
+    assert shown(log.created_at) in html
+
+
+def test_detail__a_run_pending_again_says_it_waits_not_when_it_started(admin_client):
+    run = make_run_in("failed")
+    operations.resume_run(run.pk)
+
+    response = admin_client.get(change_url(run))
+
+    text = visible_text(response)
+    first = timezone.localtime(run.started_at).strftime("%Y-%m-%d %H:%M:%S")
+    assert (
+        f"Started at: Not running: pending again, waiting for a worker. "
+        f"Its first attempt started at {first}."
+    ) in text
+    assert "Duration: -" in text
+
+
+def test_detail__a_retriggered_run_links_to_its_original(admin_client):
+    original = make_run_in("failed")
+    keyed = operations.retrigger_run(original.pk, actor="alice", idempotency_key="k1")
+    keyless = operations.retrigger_run(original.pk, actor="bob")
+
+    for new_run, actor in ((keyed, "alice"), (keyless, "bob")):
+        response = admin_client.get(change_url(new_run))
+
+        html = response.content.decode()
+        short = str(original.pk)[:8]
+        link = f'<a href="{change_url(original)}"><code title="{original.pk}">{short}</code></a>'
+        assert link in html
+        text = visible_text(response)
+        assert f"Retriggered from: {short} by {actor} at " in text
+        assert "retrigger:" not in text
+        assert "Idempotency key" not in text
+
+
+def test_detail__a_retriggered_run_whose_original_is_gone(admin_client):
+    original = make_run_in("failed")
+    new_run = operations.retrigger_run(original.pk)
+    operations.delete_run(original.pk)
+
+    text = visible_text(admin_client.get(change_url(new_run)))
+
+    assert f"Retriggered from: {str(original.pk)[:8]} (deleted) by " in text
+
+
+def test_detail__a_key_that_looks_like_a_retrigger_proves_nothing(admin_client):
+    original = make_run_in("failed")
+    planted = make_run_in("pending", idempotency_key=f"retrigger:{original.pk}:k1")
+
+    text = visible_text(admin_client.get(change_url(planted)))
+
+    assert "Retriggered from" not in text
+    assert f"Idempotency key: retrigger:{original.pk}:k1" in text
+
+
 def test_detail__buttons_follow_status_and_permissions(admin_client, staff_client):
     pending, failed, done = make_run_in("pending"), make_run_in("failed"), make_run_in("completed")
 
@@ -289,8 +486,9 @@ def test_detail__buttons_follow_status_and_permissions(admin_client, staff_clien
     assert buttons(admin_client, failed) == ["resume", "retrigger"]
     assert buttons(admin_client, done) == ["retrigger"]
     html = admin_client.get(change_url(failed)).content.decode()
-    assert f'action="{button_url(failed, "resume")}"' in html
-    assert "csrfmiddlewaretoken" in html
+    assert (
+        f'<a href="{button_url(failed, "resume")}" class="durably-button durably-resume">' in html
+    )
 
     viewer = staff_client()
     assert buttons(viewer, pending) == []
@@ -418,6 +616,81 @@ def test_retrigger_action__each_page_load_gets_its_own_key(admin_client):
     assert len(keys) == 2
 
 
+@pytest.mark.parametrize(
+    ("action", "selected", "question", "kept"),
+    [
+        (
+            "cancel_runs",
+            ["pending", "leased", "completed"],
+            "Are you sure you want to cancel these 2 runs?",
+            "Runs that have already finished are left as they are: 1 completed.",
+        ),
+        (
+            "resume_runs",
+            ["failed", "cancelled", "leased"],
+            "Are you sure you want to resume these 2 runs?",
+            "Only failed and cancelled runs can be resumed; left as they are: 1 running.",
+        ),
+        (
+            "retrigger_runs",
+            ["completed", "failed", "pending"],
+            "Are you sure you want to retrigger these 2 finished runs?",
+            "Runs that have not finished are left as they are: 1 pending.",
+        ),
+    ],
+)
+def test_actions__ask_for_confirmation_like_delete(admin_client, action, selected, question, kept):
+    runs = [make_run_in(status) for status in selected]
+
+    page = choose(admin_client, action, runs)
+
+    assert page.status_code == 200
+    assert page.templates[0].name == "admin/durably/run/action_confirmation.html"
+    text = visible_text(page)
+    assert question in text
+    assert kept in text
+    assert 'value="Yes, I’m sure"' in page.content.decode()
+    assert "No, take me back" in text
+    assert set(page.context["ids"]) == {run.pk for run in runs[:2]}
+    assert statuses(*runs) == selected
+    assert Run.objects.count() == 3
+    assert not AuditRecord.objects.exists()
+
+    form = {
+        "action": action,
+        "_selected_action": [str(pk) for pk in page.context["ids"]],
+        "post": "yes",
+    }
+    if page.context["idempotency_key"]:
+        form["idempotency_key"] = page.context["idempotency_key"]
+    confirmed = admin_client.post(CHANGELIST, form, follow=True)
+
+    assert messages_of(confirmed)[0][0] == "success"
+    assert AuditRecord.objects.count() == 2
+
+
+def test_retrigger_action__the_confirmation_page_sent_twice_retriggers_once(admin_client):
+    runs = [make_run_in("completed"), make_run_in("failed")]
+    key = admin_client.get(CHANGELIST).context["action_form"]["idempotency_key"].value()
+    page = choose(admin_client, "retrigger_runs", runs, idempotency_key=key)
+    assert page.context["idempotency_key"] == key  # the list page's key goes on
+    form = {
+        "action": "retrigger_runs",
+        "_selected_action": [str(pk) for pk in page.context["ids"]],
+        "post": "yes",
+        "idempotency_key": key,
+    }
+
+    first = admin_client.post(CHANGELIST, form, follow=True)
+    second = admin_client.post(CHANGELIST, form, follow=True)
+
+    assert messages_of(first) == [("success", "2 runs retriggered.")]
+    assert messages_of(second) == [
+        ("warning", "0 runs retriggered; 2 already retriggered from this page.")
+    ]
+    assert Run.objects.count() == 4
+
+
 def test_delete_action__confirms_then_deletes_only_finished_runs(admin_client):
     finished = [make_run_in("completed"), make_run_in("failed"), make_run_in("cancelled")]
     unfinished = [make_run_in("pending"), make_run_in("leased")]
@@ -431,7 +704,7 @@ def test_delete_action__confirms_then_deletes_only_finished_runs(admin_client):
     confirmation = admin_client.post(CHANGELIST, data)
 
     assert confirmation.status_code == 200
-    assert confirmation.templates[0].name == "admin/durably/run/delete_runs_confirmation.html"
+    assert confirmation.templates[0].name == "admin/durably/run/action_confirmation.html"
     html = confirmation.content.decode()
     assert "Are you sure you want to delete these 3 finished runs?" in html
     assert "Runs that have not finished are kept:" in html
@@ -534,17 +807,39 @@ def test_actions__each_needs_its_permission(staff_client):
     assert audit.source == "admin"
 
 
-def test_buttons__refuse_get_unknown_runs_and_anonymous_users(admin_client, client):
+def test_buttons__need_the_view_permission_too(make_user):
+    acts_but_cannot_view = Client()
+    acts_but_cannot_view.force_login(
+        make_user("no-view", "cancel_run", "resume_run", "retrigger_run", "delete_run")
+    )
+    pending, failed = make_run_in("pending"), make_run_in("failed")
+
+    for run, action in ((pending, "cancel"), (failed, "resume"), (failed, "retrigger")):
+        assert acts_but_cannot_view.get(button_url(run, action)).status_code == 403
+        assert acts_but_cannot_view.post(button_url(run, action)).status_code == 403
+    for action in ("cancel_runs", "resume_runs", "retrigger_runs", "delete_runs"):
+        response = acts_but_cannot_view.post(
+            CHANGELIST, {"action": action, "_selected_action": [str(failed.pk)], "post": "yes"}
+        )
+        assert response.status_code == 403
+
+    assert statuses(pending, failed) == ["pending", "failed"]
+    assert Run.objects.count() == 2
+    assert not AuditRecord.objects.exists()
+
+
+def test_buttons__refuse_other_methods_unknown_runs_and_anonymous_users(admin_client, client):
     run = make_run_in("pending")
     for action in ("cancel", "resume", "retrigger"):
-        response = admin_client.get(button_url(run, action))
+        response = admin_client.put(button_url(run, action))
         assert response.status_code == 405
-        assert response["Allow"] == "POST"
+        assert response["Allow"] == "GET, POST"
+    assert admin_client.get(button_url(uuid.uuid4(), "cancel")).status_code == 404
     assert admin_client.post(button_url(uuid.uuid4(), "cancel")).status_code == 404
     assert admin_client.post(button_url("not-a-uuid", "resume")).status_code == 404
-    response = client.post(button_url(run, "cancel"))
-    assert response.status_code == 302
-    assert "/login/" in response["Location"]
+    for response in (client.get(button_url(run, "cancel")), client.post(button_url(run, "cancel"))):
+        assert response.status_code == 302
+        assert "/login/" in response["Location"]
     assert statuses(run) == ["pending"]
 
 
@@ -557,6 +852,43 @@ def test_buttons__need_a_csrf_token(admin_user):
 
 
 # -- buttons -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "action", "question"),
+    [
+        ("leased", "cancel", "Are you sure you want to cancel this run?"),
+        ("failed", "resume", "Are you sure you want to resume this run?"),
+        ("completed", "retrigger", "Are you sure you want to retrigger this run?"),
+    ],
+)
+def test_buttons__open_a_confirmation_page_first(admin_client, status, action, question):
+    run = make_run_in(status)
+    html = admin_client.get(change_url(run)).content.decode()
+    assert f'<a href="{button_url(run, action)}" class="durably-button durably-{action}">' in html
+
+    page = admin_client.get(button_url(run, action))
+
+    assert page.status_code == 200
+    assert page.templates[0].name == "admin/durably/run/button_confirmation.html"
+    html = page.content.decode()
+    assert question in html
+    assert f'<form method="post" action="{button_url(run, action)}">' in html
+    assert f'<a href="{change_url(run)}" class="button cancel-link">No, take me back</a>' in html
+    assert statuses(run) == [status]
+    assert Run.objects.count() == 1
+    assert not AuditRecord.objects.exists()
+
+
+def test_buttons__a_stale_link_says_why_nothing_can_be_done(admin_client):
+    done = make_run_in("completed")
+
+    response = admin_client.get(button_url(done, "cancel"), follow=True)
+
+    assert response.redirect_chain == [(change_url(done), 302)]
+    assert messages_of(response) == [
+        ("error", f"Run {done.pk} cannot be cancelled: it is completed.")
+    ]
 
 
 def test_cancel_button(admin_client):
@@ -623,9 +955,8 @@ def test_resume_and_retrigger_buttons__on_a_run_that_failed_half_way(admin_clien
 
 def test_retrigger_button__a_second_click_shows_the_run_the_first_one_made(admin_client):
     run = make_run_in("completed")
-    page = admin_client.get(change_url(run))
-    [button] = page.context["durably_buttons"]
-    form = {"idempotency_key": button["idempotency_key"]}
+    page = admin_client.get(button_url(run, "retrigger"))
+    form = {"idempotency_key": page.context["idempotency_key"]}
     assert f'name="idempotency_key" value="{form["idempotency_key"]}"' in page.content.decode()
 
     first = admin_client.post(button_url(run, "retrigger"), form, follow=True)
@@ -640,12 +971,11 @@ def test_retrigger_button__a_second_click_shows_the_run_the_first_one_made(admin
     assert AuditRecord.objects.count() == 1
 
 
-def test_retrigger_button__each_page_load_gets_its_own_key(admin_client):
+def test_retrigger_button__each_confirmation_page_gets_its_own_key(admin_client):
     run = make_run_in("failed")
 
     keys = {
-        admin_client.get(change_url(run)).context["durably_buttons"][-1]["idempotency_key"]
-        for _ in range(2)
+        admin_client.get(button_url(run, "retrigger")).context["idempotency_key"] for _ in range(2)
     }
 
     assert len(keys) == 2

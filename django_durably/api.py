@@ -30,6 +30,7 @@ from pydantic import Field
 
 from django_durably import access, stream
 from django_durably.conf import durably_settings
+from django_durably.database import db_alias
 from django_durably.exceptions import (
     DurablyError,
     InvalidLabels,
@@ -45,7 +46,6 @@ from django_durably.exceptions import (
 )
 from django_durably.guards import guard_body
 from django_durably.jobs import Job, TriggerItem, get_job, registered_jobs
-from django_durably.leases import db_alias
 from django_durably.models import Run, RunLog, RunQuerySet, Step
 from django_durably.operations import (
     MAX_RETRIGGER_KEY_LENGTH,
@@ -598,7 +598,7 @@ def delete(request: HttpRequest, run_id: RunId) -> Status[Any]:
 
 @router.get(
     "/runs/{run_id}/events",
-    response={200: None, **RUN_READ},
+    response={200: None, 503: ErrorOut, **RUN_READ},
     operation_id="durably_run_events",
     url_name="run_events",
     summary="Stream a run's events",
@@ -620,4 +620,4 @@ def run_events(request: HttpRequest, run_id: RunId) -> Any:
         run = access.permitted_run(request, run_id, "view_run")
     except (DurablyError, PermissionDenied) as exc:
         return _failure(request, exc)
-    return stream.event_stream_response(stream.run_events(access.visible_runs(request), run.pk))
+    return stream.open_event_stream(request, access.visible_runs(request), run.pk)

@@ -134,6 +134,7 @@ def check_settings(
         ("DEFAULT_PRIORITY", None),
         ("MAX_INPUT_BYTES", 1),
         ("MAX_OUTPUT_BYTES", 1),
+        ("STREAM_MAX_PER_PROCESS", 1),
         ("API_MAX_BODY_BYTES", 1),
         ("API_MAX_JSON_DEPTH", 1),
     ):

@@ -27,6 +27,7 @@ DEFAULT_STREAM_POLL_INTERVAL = 0.25
 DEFAULT_STREAM_KEEPALIVE = 15.0
 DEFAULT_STREAM_PROGRESS_INTERVAL = 0.5
 DEFAULT_STREAM_MAX_SECONDS = 3600.0
+DEFAULT_STREAM_MAX_PER_PROCESS = 100
 
 
 class DurablySettings:
@@ -115,6 +116,11 @@ class DurablySettings:
     def STREAM_MAX_SECONDS(self) -> float:  # noqa: N802
         """Longest life of one event stream; clients reconnect and get a fresh snapshot."""
         return float(self._get("STREAM_MAX_SECONDS", DEFAULT_STREAM_MAX_SECONDS))
+
+    @property
+    def STREAM_MAX_PER_PROCESS(self) -> int:  # noqa: N802
+        """Most event streams open at once in one process; more are refused with 503."""
+        return int(self._get("STREAM_MAX_PER_PROCESS", DEFAULT_STREAM_MAX_PER_PROCESS))
 
     @property
     def API_AUTH(self) -> Any:  # noqa: N802

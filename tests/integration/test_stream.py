@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Iterator
+from contextlib import closing
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from django.test import Client
 
 from django_durably import cancel_run, process_next
 from django_durably.models import Run
-from django_durably.stream import format_event, run_events
+from django_durably.poller import poller_for
+from django_durably.stream import PREVIEW_BYTES, format_event, open_streams, run_events
 from tests import jobs
-from tests.concurrency import start
+from tests.concurrency import start, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
@@ -36,8 +41,25 @@ def collect(stream, until_event: str = "end") -> list[tuple[str, Any, int]]:
     return events
 
 
+@pytest.fixture(autouse=True)
+def _streams_closed() -> Iterator[None]:
+    """Every stream a test opens is closed by its end: none is left watching or holding a slot."""
+    yield
+    wait_until(lambda: open_streams() == 0, timeout=5, what="streams to close")
+    pollers = [poller_for(alias) for alias in ("default", "postgres")]
+    wait_until(lambda: all(p.watching == 0 for p in pollers), timeout=5, what="watchers to leave")
+
+
 def test_format_event__one_data_line_with_id():
     assert format_event("log", {"a": "x\ny"}, 7) == 'id: 7\nevent: log\ndata: {"a":"x\\ny"}\n\n'
+
+
+def test_format_event__times_in_iso_8601_as_the_api_has_them():
+    moment = datetime(2026, 12, 6, 17, 48, 36, 194000, tzinfo=UTC)
+
+    assert format_event("x", {"at": moment}, 1) == (
+        'id: 1\nevent: x\ndata: {"at":"2026-12-06T17:48:36.194Z"}\n\n'
+    )
 
 
 def test_run_events__snapshot_then_each_change_then_end():
@@ -112,9 +134,11 @@ def test_run_events__deleted_or_hidden_run_ends():
 
 def test_run_events__keepalive_comments_while_nothing_happens():
     run = jobs.noop.trigger()
-    stream = run_events(Run.objects.all(), run.pk, poll_interval=0.01, keepalive=0.02)
-    assert parse(next(stream))[0] == "snapshot"
-    assert next(stream) == ": keep-alive\n\n"
+    with closing(
+        run_events(Run.objects.all(), run.pk, poll_interval=0.01, keepalive=0.02)
+    ) as stream:
+        assert parse(next(stream))[0] == "snapshot"
+        assert next(stream) == ": keep-alive\n\n"
 
 
 def test_run_events__stops_after_max_seconds():
@@ -122,3 +146,117 @@ def test_run_events__stops_after_max_seconds():
     chunks = list(run_events(Run.objects.all(), run.pk, poll_interval=0.01, max_seconds=0.05))
     assert parse(chunks[0])[0] == "snapshot"
     assert all(parse(c) is None for c in chunks[1:])
+
+
+# -- issue 13, item 11: order, previews, log lines ---------------------------------------------
+
+
+def test_run_events__the_leased_status_comes_before_the_attempts_steps():
+    jobs.FLAGS["gate"] = threading.Event()
+    jobs.FLAGS["gate:entered"] = threading.Event()
+    run = jobs.gated.trigger()
+    with closing(run_events(Run.objects.all(), run.pk, poll_interval=0.3)) as stream:
+        assert parse(next(stream))[0] == "snapshot"
+        worker = start(process_next)
+        assert jobs.FLAGS["gate:entered"].wait(20)  # claimed, and step "first" written
+
+        first_two = [parse(next(stream)) for _ in range(2)]
+        jobs.FLAGS["gate"].set()
+        collect(stream)
+    worker.outcome()
+
+    assert [(event, data.get("status"), data.get("name")) for event, data, _ in first_two] == [
+        ("status", "leased", None),
+        ("step", "completed", "first"),
+    ]
+
+
+def test_run_events__large_outputs_are_previewed():
+    run = jobs.echo.trigger({"step": "x" * (PREVIEW_BYTES * 2), "result": "small"})
+    with closing(run_events(Run.objects.all(), run.pk, poll_interval=0.01)) as stream:
+        assert parse(next(stream))[0] == "snapshot"
+        assert process_next().status == "completed"
+        events = collect(stream)
+
+    (step,) = [data for event, data, _ in events if event == "step"]
+    assert step["output"] is None
+    assert step["output_truncated"] is True
+    assert step["output_preview"] == ('"' + "x" * PREVIEW_BYTES)[:PREVIEW_BYTES]
+    assert step["started_at"].endswith("Z") and "T" in step["started_at"]
+
+
+def test_run_events__small_outputs_are_sent_whole():
+    run = jobs.echo.trigger({"step": [1, 2], "result": "small"})
+    with closing(run_events(Run.objects.all(), run.pk, poll_interval=0.01)) as stream:
+        next(stream)
+        process_next()
+        events = collect(stream)
+
+    (step,) = [data for event, data, _ in events if event == "step"]
+    assert (step["output"], step["output_truncated"]) == ([1, 2], False)
+    assert "output_preview" not in step
+
+
+def test_run_events__a_log_line_outside_a_step_has_an_empty_step_name():
+    jobs.FLAGS["report"] = threading.Event()
+    jobs.FLAGS["report:entered"] = threading.Event()
+    run = jobs.reports_at_a_gate.trigger()
+    with closing(run_events(Run.objects.all(), run.pk, poll_interval=0.01)) as stream:
+        next(stream)
+        worker = start(process_next)
+        assert jobs.FLAGS["report:entered"].wait(20)
+        jobs.FLAGS["report"].set()
+        events = collect(stream)
+    worker.outcome()
+
+    logs = [data for event, data, _ in events if event == "log"]
+    assert logs[0]["message"] == "before the gate"
+    assert logs[0]["step_name"] == ""
+    assert "T" in logs[0]["created_at"]
+
+
+# -- issue 13, item 1: one poller, a cap per process -------------------------------------------
+
+
+def test_run_events__streams_share_the_processes_poller(db_alias):
+    runs = [jobs.noop.trigger(i) for i in range(5)]
+    streams = [run_events(Run.objects.all(), run.pk, poll_interval=0.01) for run in runs]
+    for stream in streams:
+        assert parse(next(stream))[0] == "snapshot"
+    threads = [start(collect, stream) for stream in streams]  # each waits for its run's events
+
+    wait_until(lambda: poller_for(db_alias).watching == 5, what="five watchers")
+    assert poller_for(db_alias).running
+    for run in runs:
+        cancel_run(run.pk)
+    ends = [thread.outcome()[-1][:2] for thread in threads]
+    for stream in streams:
+        stream.close()
+
+    assert ends == [("end", {"status": "cancelled"})] * 5
+    wait_until(lambda: not poller_for(db_alias).running, what="the idle poller to stop")
+
+
+def test_events__over_the_cap_503_with_retry_after(operator, settings):
+    settings.DURABLY_STREAM_MAX_PER_PROCESS = 2
+    runs = [jobs.noop.trigger(i) for i in range(4)]
+    client = Client()
+    client.force_login(operator)
+
+    first, second, refused = (client.get(f"/durably/runs/{run.pk}/events") for run in runs[:3])
+    assert (first.status_code, second.status_code) == (200, 200)
+    assert refused.status_code == 503
+    assert refused["Retry-After"] == "5"
+    assert refused.json() == {
+        "detail": "Too many event streams are open; try again later.",
+        "code": "too_many_streams",
+    }
+    assert open_streams() == 2
+
+    first.close()  # a client that left: the server closes its response
+    fourth = client.get(f"/durably/runs/{runs[3].pk}/events")
+
+    assert fourth.status_code == 200
+    for response in (second, fourth):
+        response.close()
+    assert open_streams() == 0

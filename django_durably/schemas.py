@@ -19,7 +19,6 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
-    StrictInt,
     StringConstraints,
     WithJsonSchema,
 )
@@ -56,6 +55,16 @@ def _text_only(value: Any) -> Any:
     """Refuse a JSON number (pydantic would read it as a Unix time): dates are ISO 8601 text."""
     if not isinstance(value, str | datetime):
         raise ValueError("must be an ISO 8601 date-time string")
+    return value
+
+
+def _json_integer(value: Any) -> Any:
+    """An integer as JSON has them (``5`` or ``5.0``), never ``true`` nor ``"5"`` (pydantic's lax
+    mode would read both as integers, which the OpenAPI schema does not allow)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError("must be an integer")
     return value
 
 
@@ -311,8 +320,7 @@ class EnqueueIn(Schema):
     run_after: StrictInstant | None = Field(
         None, description="Not before this timezone-aware ISO 8601 time."
     )
-    # Strict: true or 5.0 are not priorities.
-    priority: StrictInt | None = Field(
+    priority: Annotated[int, BeforeValidator(_json_integer)] | None = Field(
         None, ge=PRIORITY_RANGE[0], le=PRIORITY_RANGE[1], description="Higher runs first."
     )
 

@@ -1,8 +1,9 @@
-"""The model-backed :class:`~django_durably.context.StepStore`: fenced writes of a lease holder.
+"""The model-backed :class:`~django_durably.context.StepStore`: a job's steps, progress and log lines
+as the fenced writes of its lease (``leases.writes``).
 
-Every write is guarded by ``status='leased' AND lease_generation=g`` (``Run.objects.held_by``). A
-refused write stores nothing and raises ``JobCancelled`` when the run was cancelled under this lease,
-``LeaseLost`` otherwise. Signals are sent after the write they describe has committed.
+A refused write stores nothing and raises ``JobCancelled`` when the run was cancelled under this
+lease, ``LeaseLost`` otherwise; a database error stops the job as lost. Signals are sent after the
+write they describe has committed.
 
 The step boundary (:meth:`ModelStepStore.check`) costs no query while the worker's listener delivers
 cancels (PostgreSQL). Otherwise (SQLite, ``process_one``, a listener that reconnected since the lease
@@ -19,21 +20,24 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from django.db import DatabaseError, IntegrityError, transaction
+from django.db import DatabaseError, IntegrityError
 from django.utils import timezone
 
 from django_durably import signals
+from django_durably.database import db_alias
 from django_durably.events import send_after_commit
 from django_durably.exceptions import LeaseLost, StepConflict
 from django_durably.leases import (
     LeaseHandle,
-    db_alias,
     persist_completed_step,
+    persist_failed_step,
+    persist_log,
+    persist_progress,
     probe,
     record_cancelled_step,
     refusal,
 )
-from django_durably.models import DatabaseNow, Run, RunLog, Step, StepStatus
+from django_durably.models import Run, Step, StepStatus
 from django_durably.types import JSON, LogLevel
 
 logger = logging.getLogger(__name__)
@@ -63,9 +67,6 @@ class ModelStepStore:
         self.completed_step_count = run.completed_step_count
         self.lease = lease
         self.alias = db_alias()
-
-    def _held(self) -> Any:
-        return Run.objects.using(self.alias).held_by(self.run_id, self.lease.generation)
 
     def _after_commit(self, signal: Any, **kwargs: Any) -> None:
         send_after_commit(signal, using=self.alias, run_id=self.run_id, **kwargs)
@@ -127,19 +128,16 @@ class ModelStepStore:
     ) -> None:
         sent_at = time.monotonic()
         with _database_errors_lose_the_lease(self.run_id):
-            with transaction.atomic(using=self.alias):
-                held = self._held().update(updated_at=DatabaseNow())
-                if held:
-                    Step.objects.using(self.alias).create(
-                        run_id=self.run_id,
-                        index=index,
-                        name=name,
-                        status=StepStatus.FAILED,
-                        attempt=self.attempt,
-                        error=error,
-                        started_at=started_at,
-                        completed_at=timezone.now(),
-                    )
+            held = persist_failed_step(
+                self.run_id,
+                self.lease.generation,
+                index=index,
+                name=name,
+                attempt=self.attempt,
+                error=error,
+                started_at=started_at,
+                completed_at=timezone.now(),
+            )
             if not held:
                 raise self._refused()
         self.lease.confirm(sent_at)
@@ -174,7 +172,7 @@ class ModelStepStore:
     def save_progress(self, progress: dict[str, Any]) -> None:
         sent_at = time.monotonic()
         with _database_errors_lose_the_lease(self.run_id):
-            if not self._held().update(progress=progress, updated_at=DatabaseNow()):
+            if not persist_progress(self.run_id, self.lease.generation, progress):
                 raise self._refused()
         self.lease.confirm(sent_at)
         self._after_commit(signals.run_progress, progress=progress)
@@ -182,17 +180,15 @@ class ModelStepStore:
     def save_log(self, *, level: LogLevel, message: str, data: JSON, step_name: str | None) -> None:
         sent_at = time.monotonic()
         with _database_errors_lose_the_lease(self.run_id):
-            with transaction.atomic(using=self.alias):
-                held = self._held().update(updated_at=DatabaseNow())
-                if held:
-                    RunLog.objects.using(self.alias).create(
-                        run_id=self.run_id,
-                        step_name=step_name or "",
-                        level=level,
-                        message=message,
-                        data=data,
-                        attempt=self.attempt,
-                    )
+            held = persist_log(
+                self.run_id,
+                self.lease.generation,
+                attempt=self.attempt,
+                level=level,
+                message=message,
+                data=data,
+                step_name=step_name,
+            )
             if not held:
                 raise self._refused()
         self.lease.confirm(sent_at)

@@ -1,6 +1,7 @@
 """What django-durably needs of the database that stores runs: its migrations applied, and on
 SQLite, writers that wait for each other instead of failing.
 
+* :func:`db_alias` names the database that holds runs (routers decide).
 * :func:`ensure_migrated` asks Django's migration executor (not a table probe) whether durably's
   migrations are applied, so a worker can refuse to start with a clear error. It costs a read of
   ``django_migrations`` and loading the migration files, once at start-up.
@@ -30,7 +31,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import ParamSpec, TypeVar
 
-from django.db import DatabaseError, OperationalError, connections
+from django.apps import apps
+from django.db import DatabaseError, OperationalError, connections, router
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.migrations.executor import MigrationExecutor
 
@@ -56,6 +58,14 @@ _LOCKED_MESSAGES = ("database is locked", "database table is locked")
 _SQLITE_MISSING_TABLE = re.compile(r"no such table: (?:\w+\.)?(durably_\w+)")
 _POSTGRES_MISSING_TABLE = re.compile(r'relation "(?:\w+\.)?(durably_\w+)" does not exist')
 POSTGRES_UNDEFINED_TABLE = "42P01"
+
+
+# -- routing -------------------------------------------------------------------------------------
+
+
+def db_alias() -> str:
+    """The database that holds runs (``DATABASE_ROUTERS`` may move them off ``default``)."""
+    return router.db_for_write(apps.get_model(APP_LABEL, "Run"))
 
 
 # -- migrations --------------------------------------------------------------------------------

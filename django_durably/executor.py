@@ -23,6 +23,7 @@ from django_durably import leases, signals
 from django_durably.checkpoints import ModelStepStore
 from django_durably.conf import durably_settings
 from django_durably.context import StepContext
+from django_durably.database import db_alias
 from django_durably.events import send_after_commit, send_worker_error
 from django_durably.exceptions import JobCancelled, JobNotFound, LeaseLost
 from django_durably.jobs import get_job
@@ -142,7 +143,7 @@ def record(ends: Sequence[JobEnd], *, worker_id: str = "") -> list[RunOutcome]:
             "Could not record the end of %d run(s); their leases will expire.", len(writes)
         )
         won, failure = set(), exc
-    alias = leases.db_alias()
+    alias = db_alias()
     outcomes = []
     for end in ends:
         status: OutcomeStatus = end.status

@@ -16,8 +16,8 @@ import time
 from django.db import DatabaseError, connections
 
 from django_durably.conf import durably_settings
+from django_durably.database import db_alias
 from django_durably.events import send_worker_error
-from django_durably.leases import db_alias
 from django_durably.operations import purge_runs
 
 logger = logging.getLogger(__name__)

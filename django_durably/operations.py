@@ -24,7 +24,7 @@ from django.dispatch import Signal
 from django.utils import timezone
 
 from django_durably import signals
-from django_durably.database import retry_if_locked
+from django_durably.database import db_alias, retry_if_locked
 from django_durably.events import send_after_commit
 from django_durably.exceptions import (
     InvalidTrigger,
@@ -36,7 +36,8 @@ from django_durably.exceptions import (
     RunNotRetriggerable,
 )
 from django_durably.jobs import MAX_KEY_LENGTH, ReservedKey, TriggerItem, check_key, get_job
-from django_durably.leases import db_alias, lock_oldest_finished
+from django_durably.leases import lock_oldest_finished
+from django_durably.leases.statements import ended_fields
 from django_durably.models import (
     CANCELLABLE_STATUSES,
     RESUMABLE_STATUSES,
@@ -225,10 +226,7 @@ def cancel_run(run_id: UUID | str, *, actor: Any = None, source: str = "python")
             alias,
             run_id,
             CANCELLABLE_STATUSES,
-            status=RunStatus.CANCELLED,
-            completed_at=DatabaseNow(),
-            lease_expires_at=None,
-            updated_at=DatabaseNow(),
+            **ended_fields(RunStatus.CANCELLED),
         )
         if from_status is None:
             if status == RunStatus.CANCELLED:

@@ -26,7 +26,7 @@ from django.db import IntegrityError, connections, transaction
 
 from django_durably import signals
 from django_durably.conf import durably_settings
-from django_durably.database import missing_tables_as_not_migrated, retry_if_locked
+from django_durably.database import db_alias, missing_tables_as_not_migrated, retry_if_locked
 from django_durably.events import send_after_commit
 from django_durably.exceptions import (
     DurablyError,
@@ -49,7 +49,7 @@ from django_durably.jobs import (
     get_job,
     is_short_text,
 )
-from django_durably.leases import NewRun, db_alias, insert_runs
+from django_durably.leases import NewRun, insert_runs
 from django_durably.models import Run, RunLog, RunStatus
 from django_durably.serialization import dump, unstorable_text
 from django_durably.types import Coalesce

@@ -29,7 +29,7 @@ from django.db import DatabaseError, connections
 
 from django_durably import leases
 from django_durably.conf import durably_settings
-from django_durably.database import ensure_migrated
+from django_durably.database import db_alias, ensure_migrated
 from django_durably.events import send_worker_error
 from django_durably.executor import JobEnd, RunOutcome, default_worker_id, record, run_job
 from django_durably.keeper import LeaseKeeper
@@ -134,7 +134,7 @@ class Worker:
             worker_id=self.worker_id,
         )
         self.stats = WorkerStats()
-        self.alias = leases.db_alias()
+        self.alias = db_alias()
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._hard_stop = threading.Event()

@@ -13,7 +13,7 @@ from typing import Any
 from django.utils import timezone
 from model_bakery import baker
 
-from django_durably.leases import db_alias
+from django_durably.database import db_alias
 from django_durably.models import (
     TERMINAL_STATUSES,
     AuditRecord,

@@ -13,9 +13,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError
 
 from django_durably.conf import durably_settings
-from django_durably.database import ensure_migrated
+from django_durably.database import db_alias, ensure_migrated
 from django_durably.exceptions import DatabaseNotMigrated
-from django_durably.leases import db_alias
 from django_durably.worker import DEFAULT_GRACE_PERIOD, Worker, WorkerStats
 
 VERBOSITY_LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG, 3: logging.DEBUG}

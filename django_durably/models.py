@@ -8,7 +8,7 @@ from the predicates on :class:`RunQuerySet`.
 from __future__ import annotations
 
 import uuid
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 from django.db import connections, models
 from django.db.models import F, Func, Q, Value
@@ -55,6 +55,55 @@ class RunStatus(models.TextChoices):
 TERMINAL_STATUSES = (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED)
 CANCELLABLE_STATUSES = (RunStatus.PENDING, RunStatus.LEASED)
 RESUMABLE_STATUSES = (RunStatus.FAILED, RunStatus.CANCELLED)
+
+
+class Transition(NamedTuple):
+    """A row of DESIGN.md section 3 and the function that performs it (a dotted path, so this
+    module imports none of them)."""
+
+    from_statuses: str
+    action: str
+    to_status: str
+    performed_by: str
+
+
+# The transition index: where each state change of DESIGN.md section 3 is made. Every one is a
+# guarded UPDATE (or INSERT) in that function; tests/integration/test_models.py checks that each
+# path names a function.
+TRANSITIONS: tuple[Transition, ...] = (
+    Transition("(new)", "trigger", "pending", "django_durably.triggering.trigger_runs"),
+    Transition(
+        "pending, or leased with an expired lease",
+        "claim",
+        "leased",
+        "django_durably.leases.claims.claim",
+    ),
+    Transition("leased", "renew", "leased", "django_durably.leases.holding.renew"),
+    Transition(
+        "leased", "hand back (lease expires now)", "leased", "django_durably.leases.holding.release"
+    ),
+    Transition(
+        "leased", "persist step", "leased", "django_durably.leases.writes.persist_completed_step"
+    ),
+    Transition("leased", "progress", "leased", "django_durably.leases.writes.persist_progress"),
+    Transition(
+        "leased", "complete / fail", "completed / failed", "django_durably.leases.writes.finish"
+    ),
+    Transition("pending, leased", "cancel", "cancelled", "django_durably.operations.cancel_run"),
+    Transition("failed, cancelled", "resume", "pending", "django_durably.operations.resume_run"),
+    Transition(
+        "completed, failed, cancelled",
+        "retrigger",
+        "(a new pending run)",
+        "django_durably.operations.retrigger_run",
+    ),
+    Transition(
+        "completed, failed, cancelled", "delete", "(gone)", "django_durably.operations.delete_run"
+    ),
+    Transition(
+        "completed, failed, cancelled", "purge", "(gone)", "django_durably.operations.purge_runs"
+    ),
+)
 
 
 class StepStatus(models.TextChoices):

@@ -13,8 +13,8 @@ from django.contrib.admin.views.main import ChangeList
 from django.db.models import Q, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
-from django.utils.html import format_html
-from django.utils.safestring import SafeString
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import SafeString, mark_safe
 from django.utils.text import smart_split, unescape_string_literal
 from django.utils.translation import gettext, ngettext
 from django.utils.translation import gettext_lazy as _
@@ -80,6 +80,17 @@ def run_search(term: str) -> Q:
     return query
 
 
+JOB_NAME_BREAKS = re.compile(r"(?<=[._])")
+"""Where a job's name may wrap in a narrow column: after a dot or an underscore."""
+
+
+def breakable(name: str) -> SafeString:
+    """``name``, escaped, with a ``<wbr>`` where it may wrap."""
+    return format_html_join(
+        mark_safe("<wbr>"), "{}", ((part,) for part in JOB_NAME_BREAKS.split(name))
+    )  # noqa: S308 - a constant
+
+
 def retrigger_record(run: Run) -> AuditRecord | None:
     """The audit record of the retrigger that created ``run``, or None (looked up once per run).
 
@@ -111,17 +122,15 @@ class RunChangeList(CheckedChangeList):
 
 @admin.register(Run)
 class RunAdmin(RunButtonsAdmin):
-    # What fits beside the filters at 1280 px; started and finished times are on the run's page
-    # (and in the duration's tooltip).
+    # What fits beside the navigation and the filters at 1280 px: the queue goes under the job,
+    # the attempt (when not the first) and the progress under the status; started and finished
+    # are in the duration's tooltip and on the run's page.
     list_display = [
         "short_id",
-        "job_name",
-        "status_display",
+        "job_cell",
+        "status_cell",
         "labels_list",
-        "progress_display",
-        "queue",
-        "attempt",
-        "created",
+        "created_cell",
         "duration",
     ]
     list_display_links = ["short_id"]
@@ -257,17 +266,39 @@ class RunAdmin(RunButtonsAdmin):
 
     # -- columns and fields --------------------------------------------------------------------
 
-    @admin.display(description=_("id"), ordering="id")
+    @admin.display(description=_("id"))
     def short_id(self, run: Run) -> SafeString:
         return format_html('<code title="{}">{}</code>', run.pk, short_id(run.pk))
 
+    @admin.display(description=_("job"), ordering="job_name")
+    def job_cell(self, run: Run) -> SafeString:
+        """The job's name, which may break after a dot or an underscore, and its queue."""
+        return format_html(
+            '<span class="durably-job">{}</span><div class="durably-queue">{} {}</div>',
+            breakable(run.job_name),
+            gettext("queue"),
+            run.queue,
+        )
+
     @admin.display(description=_("status"), ordering="status")
+    def status_cell(self, run: Run) -> SafeString:
+        """The badge, the attempt when it is not the first, and the progress."""
+        parts = [status_badge(run.status)]
+        if run.attempt > 1:
+            attempt = gettext("attempt %(number)d") % {"number": run.attempt}
+            parts.append(format_html('<div class="durably-attempt">{}</div>', attempt))
+        bar = progress_bar(run.progress)
+        if bar is not None:
+            parts.append(format_html('<div class="durably-progress-cell">{}</div>', bar))
+        return format_html_join("", "{}", ((part,) for part in parts))
+
+    @admin.display(description=_("status"))
     def status_display(self, run: Run) -> SafeString:
         return status_badge(run.status)
 
-    @admin.display(description=_("progress"))
-    def progress_display(self, run: Run) -> SafeString | str:
-        return progress_bar(run.progress) or self.get_empty_value_display()
+    @admin.display(description=_("created"), ordering="created_at")
+    def created_cell(self, run: Run) -> SafeString | str:
+        return format_time(run.created_at) or self.get_empty_value_display()
 
     @admin.display(description=_("progress"))
     def progress_detail(self, run: Run) -> SafeString | str:

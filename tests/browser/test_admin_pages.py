@@ -1,0 +1,232 @@
+"""What a person sees in the admin, in a real Chromium at 1280 x 800: the run list fits, times
+have seconds, labels and the original of a retriggered run are shown, and every action asks first.
+
+``DURABLY_WRITE_SCREENSHOTS=1`` writes ``docs/images/admin-run-list.png`` and
+``admin-run-page.png`` (linked from docs/howto/operate-runs-in-the-admin.md).
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.utils import timezone
+
+from django_durably import operations, process_until_idle
+from django_durably.models import Run
+from tests import jobs
+from tests.factories import make_run_in
+
+pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
+
+SECONDS = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
+LIST_COLUMNS = ["ID", "JOB", "STATUS", "LABELS", "CREATED", "DURATION"]
+"""The run list's headers, as the admin's CSS shows them (upper case)."""
+
+FIT = """() => {
+    const results = document.querySelector('#changelist .results');
+    const box = results.getBoundingClientRect();
+    return {
+        viewport: window.innerWidth,
+        pageOverflow: document.documentElement.scrollWidth - window.innerWidth,
+        tableOverflow: results.scrollWidth - results.clientWidth,
+        visibleRight: Math.min(window.innerWidth, box.right),
+        headers: [...document.querySelectorAll('#result_list thead th')].map(th => ({
+            text: (th.querySelector('.text') || th).innerText.trim(),
+            right: th.getBoundingClientRect().right,
+        })),
+        filtersRight: document.querySelector('#changelist-filter').getBoundingClientRect().right,
+    };
+}"""
+
+
+def a_day_of_runs() -> dict[str, Run]:
+    """Runs a team might have on a busy day: long job names, labels, progress, every status."""
+    now = timezone.now()
+
+    def at(seconds_ago: float) -> dict[str, Any]:
+        return {"created_at": now - timedelta(seconds=seconds_ago)}
+
+    return {
+        "running": make_run_in(
+            "leased",
+            job_name="imports.jobs.import_contacts_from_crm",
+            queue="imports",
+            labels={"tenant": "acme", "source": "crm-export-2026-12"},
+            progress={"current": 1200, "total": 5000, "message": "saving contacts"},
+            **at(4),
+        ),
+        "waiting": make_run_in(
+            "pending",
+            job_name="billing.jobs.send_invoice_reminders",
+            queue="billing",
+            priority=5,
+            labels={"tenant": "globex", "batch": "7", "region": "eu-west", "plan": "pro"},
+            **at(9),
+        ),
+        "done": make_run_in(
+            "completed",
+            job_name="reports.jobs.build_monthly_revenue_report",
+            queue="reports",
+            labels={"tenant": "acme"},
+            progress={"current": 12, "total": 12, "message": "done"},
+            output={"rows": 48213},
+            **at(95),
+        ),
+        "failed": make_run_in(
+            "failed",
+            job_name="search.jobs.reindex_catalogue",
+            labels={"tenant": "initech"},
+            progress={"current": 3, "total": 8},
+            **at(240),
+        ),
+        "cancelled": make_run_in(
+            "cancelled",
+            job_name="imports.jobs.import_contacts_from_crm",
+            queue="imports",
+            labels={"tenant": "globex", "source": "manual-upload"},
+            **at(600),
+        ),
+        "counting": make_run_in(
+            "leased",
+            job_name="media.jobs.transcode_uploaded_videos",
+            queue="media",
+            progress={"current": 57, "total": None, "message": None},
+            **at(30),
+        ),
+    }
+
+
+def test_run_list__the_useful_columns_fit_at_1280px(
+    log_in, superuser, live_server, screenshot, expect
+):
+    runs = a_day_of_runs()
+    page = log_in(superuser)
+
+    page.goto(f"{live_server.url}/admin/durably/run/")
+
+    fit = page.evaluate(FIT)
+    assert fit["viewport"] == 1280
+    assert [header["text"] for header in fit["headers"]][1:] == LIST_COLUMNS
+    assert fit["pageOverflow"] <= 0, "the page scrolls sideways"
+    assert fit["tableOverflow"] <= 0, "the table scrolls sideways"
+    for header in fit["headers"]:
+        assert header["right"] <= fit["visibleRight"] + 0.5, header
+    assert fit["filtersRight"] <= 1280
+    running = page.locator("#result_list tbody tr", has_text=str(runs["running"].pk)[:8])
+    assert running.locator(".field-status_cell .durably-status").inner_text() == "Running"
+    assert running.locator(".field-labels_list").inner_text() == (
+        "source=crm-export-2026-12 tenant=acme"
+    )
+    assert SECONDS.fullmatch(running.locator(".field-created_cell").inner_text())
+    waiting = page.locator("#result_list tbody tr", has_text=str(runs["waiting"].pk)[:8])
+    assert (
+        waiting.locator(".field-labels_list").inner_text()
+        == "batch=7 plan=pro region=eu-west +1 more"
+    )
+    assert page.locator("#changelist-filter").get_by_role("link", name="Running").is_visible()
+    screenshot(page, "admin-run-list.png")
+
+    page.locator("#changelist-filter").get_by_role("link", name="Running").click()
+
+    page.wait_for_url("**/admin/durably/run/?status__exact=leased")
+    expect(page.locator("#result_list .field-status_cell .durably-status")).to_have_text(
+        ["Running", "Running"]
+    )
+
+
+def test_run_page__a_retriggered_run_with_its_times_labels_and_original(
+    log_in, superuser, live_server, screenshot
+):
+    jobs.FLAGS["fail"] = "b"
+    original = jobs.three_steps.trigger({"x": 1}, labels={"tenant": "acme", "source": "nightly"})
+    process_until_idle()
+    jobs.FLAGS.clear()
+    retriggered = operations.retrigger_run(original.pk, actor="ada", idempotency_key="k")
+    process_until_idle()
+    page = log_in(superuser)
+
+    page.goto(f"{live_server.url}/admin/durably/run/{retriggered.pk}/change/")
+
+    assert page.title().startswith(f"tests.three_steps {retriggered.pk} (completed)")
+    row = page.locator(".field-retriggered_from .readonly")
+    assert re.fullmatch(rf"{str(original.pk)[:8]} by ada at {SECONDS.pattern}", row.inner_text()), (
+        row.inner_text()
+    )
+    assert page.locator(".field-idempotency_key").count() == 0
+    assert page.locator(".field-labels_display .readonly").inner_text() == (
+        "source=nightly tenant=acme"
+    )
+    for field in ("created", "started", "finished", "updated"):
+        assert SECONDS.search(page.locator(f".field-{field} .readonly").inner_text()), field
+    assert re.fullmatch(r"[\d.]+ s", page.locator(".field-duration .readonly").inner_text())
+    steps = page.locator("#steps-group tbody tr")
+    assert steps.count() == 3
+    assert SECONDS.fullmatch(steps.first.locator(".field-started").inner_text())
+    screenshot(page, "admin-run-page.png", full_page=True)
+
+    row.get_by_role("link").click()
+
+    page.wait_for_url(f"**/admin/durably/run/{original.pk}/change/")
+    assert page.locator(".field-status_display .readonly").inner_text() == "Failed"
+    trail = page.locator("#audit_records-group tbody tr").first
+    assert "new run" in trail.inner_text()
+
+
+def test_cancel_button__asks_first_and_can_be_taken_back(log_in, on_call, live_server):
+    run = make_run_in("leased", job_name="imports.jobs.import_contacts_from_crm")
+    page = log_in(on_call)
+    run_page = f"{live_server.url}/admin/durably/run/{run.pk}/change/"
+    page.goto(run_page)
+    assert page.locator(".object-tools a").all_inner_texts() == ["CANCEL RUN"]
+
+    page.get_by_role("link", name="Cancel run").click()
+
+    assert page.locator(".durably-question").inner_text() == (
+        "Are you sure you want to cancel this run?"
+    )
+    assert Run.objects.get(pk=run.pk).status == "leased"
+    page.get_by_role("link", name="No, take me back").click()
+    page.wait_for_url(run_page)
+    assert page.locator(".field-status_display .readonly").inner_text() == "Running"
+
+    page.get_by_role("link", name="Cancel run").click()
+    page.get_by_role("button", name="Yes, I’m sure").click()
+
+    page.wait_for_url(run_page)
+    assert page.locator(".messagelist .success").inner_text() == (
+        f"Run {str(run.pk)[:8]} cancelled. Its worker stops at the next step boundary."
+    )
+    assert page.locator(".field-status_display .readonly").inner_text() == "Cancelled"
+    assert Run.objects.get(pk=run.pk).status == "cancelled"
+
+
+def test_bulk_resume__lists_what_it_will_do_and_asks_first(log_in, superuser, live_server, expect):
+    failed = [make_run_in("failed"), make_run_in("cancelled")]
+    running = make_run_in("leased")
+    page = log_in(superuser)
+    page.goto(f"{live_server.url}/admin/durably/run/")
+    for run in [*failed, running]:
+        page.check(f'input[name="_selected_action"][value="{run.pk}"]')
+    page.select_option('select[name="action"]', "resume_runs")
+
+    page.get_by_role("button", name="Go").click()
+
+    assert page.locator(".durably-question").inner_text() == (
+        "Are you sure you want to resume these 2 runs?"
+    )
+    listed = page.locator(".durably-confirmation-list li").all_inner_texts()
+    assert sorted(text.split()[0] for text in listed) == sorted(str(r.pk)[:8] for r in failed)
+    assert page.locator(".durably-kept").inner_text() == (
+        "Only failed and cancelled runs can be resumed; left as they are: 1 running."
+    )
+    assert {Run.objects.get(pk=run.pk).status for run in failed} == {"failed", "cancelled"}
+
+    page.get_by_role("button", name="Yes, I’m sure").click()
+
+    # The page said what it leaves alone; the message is about the runs it was sent.
+    expect(page.locator(".messagelist .success")).to_have_text("2 runs resumed.")
+    assert {Run.objects.get(pk=run.pk).status for run in failed} == {"pending"}
+    assert Run.objects.get(pk=running.pk).status == "leased"

@@ -291,6 +291,9 @@ def test_admin__calls_leased_running_everywhere(admin_client):
         assert not re.search(r"\bleased\b", text, re.IGNORECASE), name
         assert re.search(r"\brunning\b", text, re.IGNORECASE), name
     assert f"tests.three_steps {running.pk} (running)" in visible_text(pages["run"])
+    history = admin_client.get(reverse("admin:durably_run_history", args=[running.pk]))
+    assert history.status_code == 302  # the audit trail is a run's history
+    assert history["Location"] == change_url(running) + "#audit_records-group"
     assert "running → cancelled" in visible_text(pages["audit list"])
     assert messages_of(pages["refusal"]) == [
         ("error", f"Run {running.pk} cannot be resumed: it is running.")

@@ -23,10 +23,10 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal, get_args
 
 from django_durably.context import StepContext
-from django_durably.exceptions import JobCancelled
+from django_durably.exceptions import JobCancelled, LeaseLost
 from django_durably.types import JSON, LogLevel
 
 
@@ -47,12 +47,26 @@ class StoredLog:
     step_name: str | None
 
 
+# The writes a lease holder makes, which a cancel or a lost lease refuses (``cancel(on=...)``).
+Write = Literal["save_completed", "save_failed", "save_progress", "save_log"]
+WRITES: tuple[Write, ...] = get_args(Write)
+
+
 @dataclass
 class InMemoryStepStore:
     """A :class:`~django_durably.context.StepStore` that keeps everything in lists.
 
-    ``calls`` lists the names of steps whose function really ran; :meth:`cancel` makes the next
-    step boundary raise :class:`~django_durably.exceptions.JobCancelled`, as a cancelled run would.
+    ``calls`` lists the names of steps whose function really ran (``started`` the same with each
+    step's index); ``steps`` every step stored (completed, failed or cancelled) in order;
+    ``checks`` how many times the job asked whether to stop (before each new step, in
+    ``progress()`` and ``step.check()``).
+
+    :meth:`cancel` and :meth:`lose_lease` stop the run as an operator's cancel or another worker's
+    claim would: the next step boundary raises :class:`~django_durably.exceptions.JobCancelled`
+    (or :class:`~django_durably.exceptions.LeaseLost`) and every later write is refused. With
+    ``on="save_completed"`` (or another write), the stop lands just before that write instead, as
+    when a run is cancelled while a step's function runs: the function finishes, its checkpoint is
+    refused. Like the database, the store refuses naive ``started_at`` times.
     """
 
     completed: dict[str, JSON] = field(default_factory=dict)
@@ -61,14 +75,47 @@ class InMemoryStepStore:
     progress: list[dict[str, Any]] = field(default_factory=list)
     logs: list[StoredLog] = field(default_factory=list)
     calls: list[str] = field(default_factory=list)
+    started: list[tuple[int, str]] = field(default_factory=list)
+    checks: int = 0
     cancelled: bool = False
+    lease_lost: bool = False
+    _stop_on: tuple[Write, Literal["cancelled", "lease_lost"]] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     def context(self, *, job_name: str = "test", attempt: int = 1) -> StepContext:
         """A :class:`StepContext` for one execution backed by this store."""
         return StepContext(run_id=self.run_id, job_name=job_name, attempt=attempt, store=self)
 
-    def cancel(self) -> None:
-        self.cancelled = True
+    def cancel(self, *, on: Write | None = None) -> None:
+        """Cancel the run now, or (``on=``) when the job reaches that write."""
+        self._stop("cancelled", on)
+
+    def lose_lease(self, *, on: Write | None = None) -> None:
+        """Lose the run's lease now, or (``on=``) when the job reaches that write."""
+        self._stop("lease_lost", on)
+
+    def _stop(self, how: Literal["cancelled", "lease_lost"], on: Write | None) -> None:
+        if on is None:
+            setattr(self, how, True)
+        elif on in WRITES:
+            self._stop_on = (on, how)
+        else:
+            raise ValueError(f"on= takes one of {', '.join(WRITES)}, not {on!r}")
+
+    def _refuse_stopped(self, write: Write | None = None) -> None:
+        if self._stop_on is not None and self._stop_on[0] == write:
+            setattr(self, self._stop_on[1], True)
+            self._stop_on = None
+        if self.cancelled:
+            raise JobCancelled(self.run_id)
+        if self.lease_lost:
+            raise LeaseLost(self.run_id)
+
+    @staticmethod
+    def _aware(name: str, started_at: datetime) -> None:
+        if started_at.tzinfo is None:
+            raise ValueError(f"Step {name!r} was given a naive started_at: {started_at!r}")
 
     # -- the StepStore protocol ----------------------------------------------------------------
 
@@ -76,32 +123,36 @@ class InMemoryStepStore:
         return dict(self.completed)
 
     def check(self) -> None:
-        if self.cancelled:
-            raise JobCancelled(self.run_id)
+        self.checks += 1
+        self._refuse_stopped()
 
     def step_started(self, *, index: int, name: str) -> None:
         self.calls.append(name)
+        self.started.append((index, name))
 
     def save_completed(self, *, index: int, name: str, output: JSON, started_at: datetime) -> None:
-        self.check()
+        self._aware(name, started_at)
+        self._refuse_stopped("save_completed")
         self.completed[name] = output
         self.steps.append(StoredStep(index=index, name=name, status="completed", output=output))
 
     def save_failed(
         self, *, index: int, name: str, error: dict[str, str], started_at: datetime
     ) -> None:
-        self.check()
+        self._aware(name, started_at)
+        self._refuse_stopped("save_failed")
         self.steps.append(StoredStep(index=index, name=name, status="failed", error=error))
 
     def save_cancelled(self, *, index: int, name: str, started_at: datetime) -> None:
+        self._aware(name, started_at)
         self.steps.append(StoredStep(index=index, name=name, status="cancelled"))
 
     def save_progress(self, progress: dict[str, Any]) -> None:
-        self.check()
+        self._refuse_stopped("save_progress")
         self.progress.append(progress)
 
     def save_log(self, *, level: LogLevel, message: str, data: JSON, step_name: str | None) -> None:
-        self.check()
+        self._refuse_stopped("save_log")
         self.logs.append(StoredLog(level=level, message=message, data=data, step_name=step_name))
 
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import uuid
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -19,61 +17,14 @@ from django_durably.context import (
 )
 from django_durably.exceptions import (
     DuplicateStepName,
-    DurablyInterrupt,
     InvalidProgress,
     InvalidStepName,
     JobCancelled,
     LeaseLost,
     NotJSONSerializable,
 )
-from django_durably.types import JSON, LogLevel
-
-
-@dataclass
-class MemoryStore:
-    """A StepStore that keeps everything in lists, and can be told to refuse (interrupt)."""
-
-    run_id: uuid.UUID = field(default_factory=uuid.uuid4)
-    completed: dict[str, JSON] = field(default_factory=dict)
-    interrupt: DurablyInterrupt | None = None
-    checks: int = 0
-    started: list[tuple[int, str]] = field(default_factory=list)
-    saved: list[tuple[int, str, JSON]] = field(default_factory=list)
-    failed: list[tuple[int, str, dict[str, str]]] = field(default_factory=list)
-    cancelled: list[tuple[int, str]] = field(default_factory=list)
-    progress: list[dict[str, Any]] = field(default_factory=list)
-    logs: list[dict[str, Any]] = field(default_factory=list)
-
-    def load_completed(self) -> dict[str, JSON]:
-        return dict(self.completed)
-
-    def check(self) -> None:
-        self.checks += 1
-        if self.interrupt is not None:
-            raise self.interrupt
-
-    def step_started(self, *, index: int, name: str) -> None:
-        self.started.append((index, name))
-
-    def save_completed(self, *, index: int, name: str, output: JSON, started_at: datetime) -> None:
-        assert started_at.tzinfo is not None
-        self.saved.append((index, name, output))
-        self.completed[name] = output
-
-    def save_failed(
-        self, *, index: int, name: str, error: dict[str, str], started_at: datetime
-    ) -> None:
-        self.failed.append((index, name, error))
-
-    def save_cancelled(self, *, index: int, name: str, started_at: datetime) -> None:
-        assert started_at.tzinfo is not None
-        self.cancelled.append((index, name))
-
-    def save_progress(self, progress: dict[str, Any]) -> None:
-        self.progress.append(progress)
-
-    def save_log(self, *, level: LogLevel, message: str, data: JSON, step_name: str | None) -> None:
-        self.logs.append({"level": level, "message": message, "data": data, "step": step_name})
+from django_durably.testing import InMemoryStepStore, StoredLog
+from django_durably.types import JSON
 
 
 class Point(BaseModel):
@@ -93,8 +44,24 @@ class Calls:
         return self.value
 
 
-def make_context(store: MemoryStore, *, attempt: int = 1) -> StepContext:
-    return StepContext(run_id=store.run_id, job_name="tests.unit", attempt=attempt, store=store)
+def make_context(store: InMemoryStepStore, *, attempt: int = 1) -> StepContext:
+    return store.context(job_name="tests.unit", attempt=attempt)
+
+
+def saved(store: InMemoryStepStore) -> list[tuple[int, str, JSON]]:
+    return [(s.index, s.name, s.output) for s in store.steps if s.status == "completed"]
+
+
+def failed(store: InMemoryStepStore) -> list[tuple[int, str, dict[str, str] | None]]:
+    return [(s.index, s.name, s.error) for s in store.steps if s.status == "failed"]
+
+
+def cancelled(store: InMemoryStepStore) -> list[tuple[int, str]]:
+    return [(s.index, s.name) for s in store.steps if s.status == "cancelled"]
+
+
+# How the store stops a run with each interrupt.
+STOP = {JobCancelled: InMemoryStepStore.cancel, LeaseLost: InMemoryStepStore.lose_lease}
 
 
 def boom() -> None:
@@ -105,7 +72,7 @@ def boom() -> None:
 
 
 def test_run__replay_returns_stored_output_without_calling_fn():
-    store = MemoryStore(completed={"fetch": {"rows": [1, 2]}, "none": None})
+    store = InMemoryStepStore(completed={"fetch": {"rows": [1, 2]}, "none": None})
     step = make_context(store, attempt=2)
     fetch, none = Calls("fresh"), Calls("fresh")
 
@@ -114,11 +81,11 @@ def test_run__replay_returns_stored_output_without_calling_fn():
     assert fetch.count == 0
     assert none.count == 0
     assert store.started == []
-    assert store.saved == []
+    assert saved(store) == []
 
 
 def test_run__new_step_runs_once_and_is_saved_with_its_index():
-    store = MemoryStore(completed={"a": 1})
+    store = InMemoryStepStore(completed={"a": 1})
     step = make_context(store)
     b = Calls({"b": True})
 
@@ -127,11 +94,11 @@ def test_run__new_step_runs_once_and_is_saved_with_its_index():
     assert b.count == 1
     # The replayed step still takes index 0, so the new one is saved as index 1.
     assert store.started == [(1, "b")]
-    assert store.saved == [(1, "b", {"b": True})]
+    assert saved(store) == [(1, "b", {"b": True})]
 
 
 def test_run__passes_arguments_to_fn():
-    step = make_context(MemoryStore())
+    step = make_context(InMemoryStepStore())
 
     assert step.run("add", lambda a, b, *, c: a + b + c, 1, 2, c=3) == 6
 
@@ -148,25 +115,25 @@ def test_run__passes_arguments_to_fn():
     ],
 )
 def test_run__output_is_normalised_the_same_on_first_run_and_replay(value, expected):
-    store = MemoryStore()
+    store = InMemoryStepStore()
     first = make_context(store, attempt=1).run("s", Calls(value))
     replayed = make_context(store, attempt=2).run("s", Calls("not called"))
 
     assert first == expected
     assert type(first) is type(expected)
     assert replayed == first
-    assert store.saved == [(0, "s", expected)]
+    assert saved(store) == [(0, "s", expected)]
 
 
 def test_run__non_json_output_fails_the_step():
-    store = MemoryStore()
+    store = InMemoryStepStore()
     step = make_context(store)
 
     with pytest.raises(NotJSONSerializable, match="Output of step 'bad'"):
         step.run("bad", Calls({1, 2}))
 
-    assert store.saved == []
-    [(index, name, error)] = store.failed
+    assert saved(store) == []
+    [(index, name, error)] = failed(store)
     assert (index, name) == (0, "bad")
     assert error["type"] == "django_durably.exceptions.NotJSONSerializable"
 
@@ -175,14 +142,14 @@ def test_run__non_json_output_fails_the_step():
 
 
 def test_run__failing_step_saves_failed_and_reraises():
-    store = MemoryStore()
+    store = InMemoryStepStore()
     step = make_context(store)
 
     with pytest.raises(ValueError, match="kaput") as raised:
         step.run("explode", boom)
 
-    assert store.saved == []
-    [(index, name, error)] = store.failed
+    assert saved(store) == []
+    [(index, name, error)] = failed(store)
     assert (index, name) == (0, "explode")
     assert error["type"] == "builtins.ValueError"
     assert error["message"] == "kaput"
@@ -194,7 +161,7 @@ def test_run__failing_step_saves_failed_and_reraises():
 
 
 def test_run__failed_step_name_cannot_be_reused_in_the_same_execution():
-    store = MemoryStore()
+    store = InMemoryStepStore()
     step = make_context(store)
     with pytest.raises(ValueError, match="kaput"):
         step.run("explode", boom)
@@ -205,7 +172,7 @@ def test_run__failed_step_name_cannot_be_reused_in_the_same_execution():
 
 @pytest.mark.parametrize("interrupt", [JobCancelled, LeaseLost])
 def test_run__interrupt_from_fn_propagates_without_save_failed(interrupt):
-    store = MemoryStore()
+    store = InMemoryStepStore()
     step = make_context(store)
 
     def stop() -> None:
@@ -214,21 +181,17 @@ def test_run__interrupt_from_fn_propagates_without_save_failed(interrupt):
     with pytest.raises(interrupt):
         step.run("s", stop)
 
-    assert store.failed == []
-    assert store.saved == []
+    assert failed(store) == []
+    assert saved(store) == []
     # A cancel is recorded against the step it interrupted; a lost lease writes nothing more.
-    assert store.cancelled == ([(0, "s")] if interrupt is JobCancelled else [])
+    assert cancelled(store) == ([(0, "s")] if interrupt is JobCancelled else [])
 
 
 @pytest.mark.parametrize("refused", ["save_completed", "save_failed"])
 def test_run__checkpoint_refused_by_a_cancel_records_the_step_cancelled(refused):
-    store = MemoryStore()
+    store = InMemoryStepStore()
     step = make_context(store)
-
-    def refuse(**kwargs: Any) -> None:
-        raise JobCancelled(store.run_id)
-
-    setattr(store, refused, refuse)
+    store.cancel(on=refused)
 
     def work() -> str:
         if refused == "save_failed":
@@ -238,11 +201,11 @@ def test_run__checkpoint_refused_by_a_cancel_records_the_step_cancelled(refused)
     with pytest.raises(JobCancelled):
         step.run("s", work)
 
-    assert store.cancelled == [(0, "s")]
+    assert cancelled(store) == [(0, "s")]
 
 
 def test_run__interrupt_is_not_an_exception():
-    store = MemoryStore()
+    store = InMemoryStepStore()
     step = make_context(store)
     swallowed = []
 
@@ -261,7 +224,7 @@ def test_run__interrupt_is_not_an_exception():
 
 
 def test_run__duplicate_step_name_raises_without_calling_fn():
-    step = make_context(MemoryStore())
+    step = make_context(InMemoryStepStore())
     second = Calls(2)
     step.run("same", Calls(1))
 
@@ -274,7 +237,7 @@ def test_run__duplicate_step_name_raises_without_calling_fn():
 
 
 def test_run__duplicate_of_a_replayed_step_name_raises():
-    step = make_context(MemoryStore(completed={"done": 1}))
+    step = make_context(InMemoryStepStore(completed={"done": 1}))
     step.run("done", Calls())
 
     with pytest.raises(DuplicateStepName):
@@ -283,7 +246,7 @@ def test_run__duplicate_of_a_replayed_step_name_raises():
 
 @pytest.mark.parametrize("name", ["", None, 7, b"bytes", "x" * (MAX_STEP_NAME_LENGTH + 1)])
 def test_run__invalid_step_name_raises(name):
-    store = MemoryStore()
+    store = InMemoryStepStore()
     step = make_context(store)
     fn = Calls()
 
@@ -295,19 +258,19 @@ def test_run__invalid_step_name_raises(name):
 
 
 def test_run__longest_step_name_is_accepted():
-    store = MemoryStore()
+    store = InMemoryStepStore()
     name = "x" * MAX_STEP_NAME_LENGTH
 
     make_context(store).run(name, Calls(1))
 
-    assert store.saved == [(0, name, 1)]
+    assert saved(store) == [(0, name, 1)]
 
 
 # -- check() -----------------------------------------------------------------------------------
 
 
 def test_run__check_is_called_before_new_steps_but_not_on_replay():
-    store = MemoryStore(completed={"a": "A"})
+    store = InMemoryStepStore(completed={"a": "A"})
     step = make_context(store)
 
     step.run("a", Calls())
@@ -319,8 +282,8 @@ def test_run__check_is_called_before_new_steps_but_not_on_replay():
 
 @pytest.mark.parametrize("interrupt", [JobCancelled, LeaseLost])
 def test_run__check_interrupts_before_a_new_step_but_replay_still_works(interrupt):
-    store = MemoryStore(completed={"a": "A"})
-    store.interrupt = interrupt(store.run_id)
+    store = InMemoryStepStore(completed={"a": "A"})
+    STOP[interrupt](store)
     step = make_context(store)
     b = Calls("B")
 
@@ -330,17 +293,17 @@ def test_run__check_interrupts_before_a_new_step_but_replay_still_works(interrup
 
     assert b.count == 0
     assert store.started == []
-    assert store.saved == []
-    assert store.failed == []
+    assert saved(store) == []
+    assert failed(store) == []
 
 
 def test_check__delegates_to_the_store():
-    store = MemoryStore()
+    store = InMemoryStepStore()
     step = make_context(store)
 
     step.check()
     assert store.checks == 1
-    store.interrupt = JobCancelled(store.run_id)
+    store.cancel()
     with pytest.raises(JobCancelled):
         step.check()
 
@@ -365,7 +328,7 @@ def test_check__delegates_to_the_store():
     ],
 )
 def test_progress__invalid_values_raise_and_store_nothing(args, kwargs):
-    store = MemoryStore()
+    store = InMemoryStepStore()
     step = make_context(store)
 
     with pytest.raises(InvalidProgress):
@@ -375,7 +338,7 @@ def test_progress__invalid_values_raise_and_store_nothing(args, kwargs):
 
 
 def test_progress__valid_values_are_stored():
-    store = MemoryStore()
+    store = InMemoryStepStore()
     step = make_context(store)
     longest = "m" * MAX_PROGRESS_MESSAGE_LENGTH
 
@@ -389,13 +352,14 @@ def test_progress__valid_values_are_stored():
 
 
 def test_progress__is_fenced_by_check():
-    store = MemoryStore(interrupt=None)
+    store = InMemoryStepStore()
     step = make_context(store)
-    store.interrupt = LeaseLost(store.run_id)
+    store.lose_lease()
 
     with pytest.raises(LeaseLost):
         step.progress(1, total=2)
 
+    assert store.checks == 1  # refused by the check, not only by the store's own fence
     assert store.progress == []
 
 
@@ -403,7 +367,7 @@ def test_progress__is_fenced_by_check():
 
 
 def test_log__levels_messages_and_json_data_are_stored():
-    store = MemoryStore()
+    store = InMemoryStepStore()
     step = make_context(store)
 
     step.log.info("hello", count=3, items=(1, 2))
@@ -411,31 +375,31 @@ def test_log__levels_messages_and_json_data_are_stored():
     step.log.error("bad", detail={"k": None})
 
     assert store.logs == [
-        {"level": "info", "message": "hello", "data": {"count": 3, "items": [1, 2]}, "step": None},
-        {"level": "warning", "message": "careful", "data": {}, "step": None},
-        {"level": "error", "message": "bad", "data": {"detail": {"k": None}}, "step": None},
+        StoredLog("info", "hello", {"count": 3, "items": [1, 2]}, step_name=None),
+        StoredLog("warning", "careful", {}, step_name=None),
+        StoredLog("error", "bad", {"detail": {"k": None}}, step_name=None),
     ]
 
 
 def test_log__non_json_data_is_stored_as_repr():
-    store = MemoryStore()
+    store = InMemoryStepStore()
     step = make_context(store)
     when = datetime(2026, 1, 2, 3, 4, 5)
 
     step.log.info("lenient", when=when, ok=1)
 
     [line] = store.logs
-    assert line["data"] == {"when": repr(when), "ok": 1}
+    assert line.data == {"when": repr(when), "ok": 1}
 
 
 def test_log__inside_a_step_records_the_step_name():
-    store = MemoryStore()
+    store = InMemoryStepStore()
     step = make_context(store)
 
     step.run("inner", lambda: step.log.info("inside"))
     step.log.info("outside")
 
-    assert [(line["message"], line["step"]) for line in store.logs] == [
+    assert [(line.message, line.step_name) for line in store.logs] == [
         ("inside", "inner"),
         ("outside", None),
     ]
@@ -445,14 +409,14 @@ def test_log__inside_a_step_records_the_step_name():
 
 
 def test_current_context__inside_and_outside_activate():
-    step = make_context(MemoryStore())
+    step = make_context(InMemoryStepStore())
     with pytest.raises(RuntimeError, match="No durable job is running"):
         current_context()
 
     with step.activate() as active:
         assert active is step
         assert current_context() is step
-        other = make_context(MemoryStore())
+        other = make_context(InMemoryStepStore())
         with other.activate():
             assert current_context() is other
         assert current_context() is step
@@ -462,7 +426,7 @@ def test_current_context__inside_and_outside_activate():
 
 
 def test_current_context__reset_when_the_job_raises():
-    step = make_context(MemoryStore())
+    step = make_context(InMemoryStepStore())
 
     with pytest.raises(ValueError, match="kaput"), step.activate():
         boom()
@@ -472,7 +436,7 @@ def test_current_context__reset_when_the_job_raises():
 
 
 def test_context__exposes_run_id_job_name_and_attempt():
-    store = MemoryStore()
+    store = InMemoryStepStore()
     step = make_context(store, attempt=3)
 
     assert step.run_id == store.run_id

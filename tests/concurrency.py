@@ -1,4 +1,5 @@
-"""Helpers for tests that use real threads: a result-capturing thread and condition waits."""
+"""Helpers for tests that use real threads or processes: a result-capturing thread, and waits that
+always have a deadline (``wait_until``, ``wait_event``) or a window (``holds``)."""
 
 from __future__ import annotations
 
@@ -49,16 +50,40 @@ def start(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> BackgroundThread
 
 
 def wait_until(
-    predicate: Callable[[], Any], *, timeout: float = 10, interval: float = 0.01, what: str = ""
+    predicate: Callable[[], Any],
+    *,
+    timeout: float = 10,
+    interval: float = 0.01,
+    what: str = "",
+    meanwhile: Callable[[], None] | None = None,
 ) -> Any:
-    """Poll ``predicate`` until it returns something truthy (returned) or fail at the deadline."""
+    """Poll ``predicate`` until it returns something truthy (returned) or fail at the deadline.
+
+    ``meanwhile`` is called after each miss: it raises to fail the wait early (say, when a process
+    the wait depends on has died)."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
+        if meanwhile is not None:
+            meanwhile()
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate!r}")
+        time.sleep(interval)
+
+
+def holds(
+    predicate: Callable[[], Any], *, seconds: float, what: str = "", interval: float = 0.02
+) -> None:
+    """Check that ``predicate`` stays true for ``seconds``: an observation window, for negatives
+    (nothing happens that should not)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not predicate():
+            raise AssertionError(
+                f"expected {what or predicate!r} to hold for {seconds}s, but it did not"
+            )
         time.sleep(interval)
 
 

@@ -13,13 +13,14 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 from django.db import connections
+
+from tests.concurrency import wait_until
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 WAIT_INTERVAL = 0.05
@@ -197,25 +198,14 @@ def wait_for(
     Fails at the deadline, or as soon as one of ``workers`` (expected to keep running) has exited.
     """
     watched = list(workers)
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
+
+    def all_running() -> None:
         for process in watched:
             if not process.alive():
                 raise AssertionError(
                     f"{process!r} exited while waiting for {what}; its log ends:\n{process.tail()}"
                 )
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
-
-def holds(predicate: Callable[[], Any], *, seconds: float, what: str) -> None:
-    """Check ``predicate`` stays true for ``seconds`` (an observation window, for negatives)."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if not predicate():
-            raise AssertionError(f"expected {what} to hold for {seconds}s, but it did not")
-        time.sleep(WAIT_INTERVAL)
+    return wait_until(
+        predicate, timeout=timeout, interval=interval, what=what, meanwhile=all_running
+    )

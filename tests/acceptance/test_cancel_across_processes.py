@@ -21,7 +21,8 @@ import pytest
 from django_durably import cancel_run, resume_run
 from django_durably.models import AuditRecord, Run, RunLog, Step
 from tests import jobs
-from tests.acceptance.processes import Workers, holds, wait_for
+from tests.acceptance.processes import Workers, wait_for
+from tests.concurrency import holds
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True, databases="__all__")]
 

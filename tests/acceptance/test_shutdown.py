@@ -10,7 +10,8 @@ import pytest
 
 from django_durably.models import Run
 from tests import jobs
-from tests.acceptance.processes import WorkerProcess, Workers, holds, wait_for
+from tests.acceptance.processes import WorkerProcess, Workers, wait_for
+from tests.concurrency import holds
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True, databases="__all__")]
 

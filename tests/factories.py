@@ -29,21 +29,20 @@ DEFAULT_JOB = "tests.noop"
 
 
 def make_run(**fields: Any) -> Run:
-    """A run of ``tests.noop`` (pending unless ``status=`` says otherwise), with no keys."""
+    """A run of ``DEFAULT_JOB`` (pending unless ``status=`` says otherwise), with no keys."""
     fields.setdefault("job_name", DEFAULT_JOB)
     fields.setdefault("input", {})
-    fields.setdefault("labels", {})
-    fields.setdefault("idempotency_key", None)
-    fields.setdefault("concurrency_key", None)
+    # Everything else as the model's defaults leave it (model-bakery fills no optional field).
     run: Run = baker.make(Run, _using=db_alias(), **fields)
     return run
 
 
 def make_step(run: Run, **fields: Any) -> Step:
-    """A completed step of ``run`` named ``s<index>`` (index 0 unless given)."""
+    """A completed step of ``run`` named ``s<index>`` (index 0 unless given), started now."""
     fields.setdefault("index", 0)
     fields.setdefault("name", f"s{fields['index']}")
     fields.setdefault("status", StepStatus.COMPLETED)
+    fields.setdefault("started_at", timezone.now())
     fields.setdefault("output", None)
     fields.setdefault("error", None)
     step: Step = baker.make(Step, _using=db_alias(), run=run, **fields)
@@ -77,23 +76,26 @@ def make_audit_record(run: Run, **fields: Any) -> AuditRecord:
     return record
 
 
+ERROR = {"type": "builtins.RuntimeError", "message": "boom", "traceback": "Tb"}  # of a failed run
+
+
 def make_run_in(status: str = "pending", **fields: Any) -> Run:
     """A run of the registered job ``tests.jobs.noop`` (so it can be retriggered) left in
     ``status`` as a worker or an operator would leave it: ``leased`` holds a live lease (attempt 1,
-    started 3 s ago), a finished run started 90 s ago and ended now, and a ``failed`` one carries
-    an error. Any field can be given."""
+    generation 1, started 3 s ago); a finished run was leased once too, started 90 s ago and ended
+    now, and a ``failed`` one carries an error. Any field can be given (``job_name``, ``input``,
+    ``concurrency_key``... for a run of another job)."""
     now = timezone.now()
     values: dict[str, Any] = {"status": status, "job_name": noop.name}
+    if status != RunStatus.PENDING:
+        values |= {"attempt": 1, "lease_generation": 1, "lease_owner": "worker-1"}
     if status == RunStatus.LEASED:
         values |= {
             "lease_expires_at": now + timedelta(minutes=5),
-            "lease_owner": "worker-1",
-            "lease_generation": 1,
-            "attempt": 1,
             "started_at": now - timedelta(seconds=3),
         }
     if status in TERMINAL_STATUSES:
-        values |= {"attempt": 1, "started_at": now - timedelta(seconds=90), "completed_at": now}
+        values |= {"started_at": now - timedelta(seconds=90), "completed_at": now}
     if status == RunStatus.FAILED:
-        values["error"] = {"type": "builtins.RuntimeError", "message": "boom", "traceback": "Tb"}
+        values["error"] = ERROR
     return make_run(**(values | fields))

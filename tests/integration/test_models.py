@@ -13,19 +13,9 @@ from django.db import IntegrityError, connections, transaction
 from django.utils import timezone
 
 from django_durably.models import Run, RunLog, RunStatus, Step, StepStatus
+from tests.factories import make_log, make_run, make_step
 
 pytestmark = pytest.mark.django_db(databases="__all__")
-
-
-def make_run(**fields: Any) -> Run:
-    fields.setdefault("job_name", "tests.jobs.noop")
-    return Run.objects.create(**fields)
-
-
-def make_step(run: Run, name: str, status: str, index: int = 0) -> Step:
-    return Step.objects.create(
-        run=run, index=index, name=name, status=status, started_at=timezone.now()
-    )
 
 
 def rejected(db_alias: str, create: Any) -> None:
@@ -39,40 +29,40 @@ def rejected(db_alias: str, create: Any) -> None:
 
 def test_step_constraint__rejects_a_second_completed_step_with_the_same_name(db_alias):
     run = make_run()
-    make_step(run, "fetch", StepStatus.COMPLETED)
-    rejected(db_alias, lambda: make_step(run, "fetch", StepStatus.COMPLETED, index=1))
+    make_step(run, name="fetch", status=StepStatus.COMPLETED)
+    rejected(db_alias, lambda: make_step(run, name="fetch", status=StepStatus.COMPLETED, index=1))
     assert Step.objects.filter(run=run, name="fetch").count() == 1
 
 
 def test_step_constraint__allows_several_failed_attempts(db_alias):
     run = make_run()
     for index in range(3):
-        make_step(run, "fetch", StepStatus.FAILED, index=index)
+        make_step(run, name="fetch", status=StepStatus.FAILED, index=index)
     assert Step.objects.filter(run=run, name="fetch", status=StepStatus.FAILED).count() == 3
 
 
 def test_step_constraint__allows_failed_then_completed(db_alias):
     run = make_run()
-    make_step(run, "fetch", StepStatus.FAILED)
-    make_step(run, "fetch", StepStatus.CANCELLED)
-    make_step(run, "fetch", StepStatus.COMPLETED)
-    make_step(run, "fetch", StepStatus.FAILED)
+    make_step(run, name="fetch", status=StepStatus.FAILED)
+    make_step(run, name="fetch", status=StepStatus.CANCELLED)
+    make_step(run, name="fetch", status=StepStatus.COMPLETED)
+    make_step(run, name="fetch", status=StepStatus.FAILED)
     assert Step.objects.filter(run=run, name="fetch").count() == 4
-    rejected(db_alias, lambda: make_step(run, "fetch", StepStatus.COMPLETED))
+    rejected(db_alias, lambda: make_step(run, name="fetch", status=StepStatus.COMPLETED))
 
 
 def test_step_constraint__is_per_run_and_per_name(db_alias):
     first, second = make_run(), make_run()
-    make_step(first, "fetch", StepStatus.COMPLETED)
-    make_step(second, "fetch", StepStatus.COMPLETED)
-    make_step(first, "save", StepStatus.COMPLETED)
+    make_step(first, name="fetch", status=StepStatus.COMPLETED)
+    make_step(second, name="fetch", status=StepStatus.COMPLETED)
+    make_step(first, name="save", status=StepStatus.COMPLETED)
     assert Step.objects.filter(status=StepStatus.COMPLETED).count() == 3
 
 
 def test_step_constraint__rejects_completing_a_second_row_by_update(db_alias):
     run = make_run()
-    make_step(run, "fetch", StepStatus.COMPLETED)
-    failed = make_step(run, "fetch", StepStatus.FAILED)
+    make_step(run, name="fetch", status=StepStatus.COMPLETED)
+    failed = make_step(run, name="fetch", status=StepStatus.FAILED)
     rejected(
         db_alias,
         lambda: Step.objects.filter(pk=failed.pk).update(status=StepStatus.COMPLETED),
@@ -81,8 +71,8 @@ def test_step_constraint__rejects_completing_a_second_row_by_update(db_alias):
 
 def test_step__deleted_with_its_run(db_alias):
     run = make_run()
-    make_step(run, "fetch", StepStatus.COMPLETED)
-    RunLog.objects.create(run=run, level="info", message="hello")
+    make_step(run, name="fetch", status=StepStatus.COMPLETED)
+    make_log(run, message="hello")
     run.delete()
     assert Step.objects.count() == 0
     assert RunLog.objects.count() == 0

@@ -62,9 +62,11 @@ def default_worker_id() -> str:
 
 
 @dataclass(frozen=True)
-class JobEnd:
-    """How a job function ended, before it is recorded: ``completed`` with ``output``, ``failed``
-    with ``error``, or stopped (``cancelled``, ``lost``) with nothing left to write."""
+class AttemptEnd:
+    """How one attempt's job function ended, before anything is recorded: ``completed`` with
+    ``output``, ``failed`` with ``error``, or stopped (``cancelled``, ``lost``) with nothing left to
+    write. :func:`record` turns it into a :class:`~django_durably.leases.FinishRow` and then a
+    :class:`RunOutcome`."""
 
     run: Run
     lease: LeaseHandle
@@ -83,7 +85,7 @@ def execute(run: Run, lease: LeaseHandle) -> RunOutcome:
     return record([run_job(run, lease)])[0]
 
 
-def run_job(run: Run, lease: LeaseHandle) -> JobEnd:
+def run_job(run: Run, lease: LeaseHandle) -> AttemptEnd:
     """Call the run's job function (replaying checkpointed steps) and say how it ended; only its
     steps are written. :func:`record` writes the end; a worker records the ends of its slots together.
 
@@ -103,9 +105,9 @@ def run_job(run: Run, lease: LeaseHandle) -> JobEnd:
             result = job.fn(context, value)
         output = job.prepare_output(result)
     except JobCancelled:
-        return JobEnd(run, lease, "cancelled", started)
+        return AttemptEnd(run, lease, "cancelled", started)
     except LeaseLost:
-        return JobEnd(run, lease, "lost", started)
+        return AttemptEnd(run, lease, "lost", started)
     except (KeyboardInterrupt, SystemExit):
         try:
             leases.release(run.pk, lease.generation)
@@ -116,17 +118,17 @@ def run_job(run: Run, lease: LeaseHandle) -> JobEnd:
         error = describe_exception(exc)
         if isinstance(exc, JobNotFound):
             error["traceback"] = ""
-        return JobEnd(run, lease, "failed", started, error=error)
-    return JobEnd(run, lease, "completed", started, output=output)
+        return AttemptEnd(run, lease, "failed", started, error=error)
+    return AttemptEnd(run, lease, "completed", started, output=output)
 
 
-def record(ends: Sequence[JobEnd], *, worker_id: str = "") -> list[RunOutcome]:
+def record(ends: Sequence[AttemptEnd], *, worker_id: str = "") -> list[RunOutcome]:
     """Write the ends of completed and failed runs in one fenced statement, send their signals after
     commit, and return each run's outcome, in order. A refused write reports ``cancelled`` or
     ``lost``; a database error reports ``lost`` (the lease will expire and the run be retried).
     Both a database error and a lost lease send ``worker_error``."""
     writes = [
-        leases.Ending(
+        leases.FinishRow(
             end.run.pk,
             end.lease.generation,
             RunStatus.COMPLETED if end.status == "completed" else RunStatus.FAILED,
@@ -172,7 +174,7 @@ def record(ends: Sequence[JobEnd], *, worker_id: str = "") -> list[RunOutcome]:
     return outcomes
 
 
-def _send_end_signal(end: JobEnd, alias: str) -> None:
+def _send_end_signal(end: AttemptEnd, alias: str) -> None:
     result: dict[str, Any]
     if end.status == "completed":
         signal, result = signals.run_completed, {"output": end.output}
@@ -181,7 +183,7 @@ def _send_end_signal(end: JobEnd, alias: str) -> None:
     send_after_commit(signal, using=alias, run_id=end.run.pk, job_name=end.run.job_name, **result)
 
 
-def _refused_status(end: JobEnd) -> OutcomeStatus:
+def _refused_status(end: AttemptEnd) -> OutcomeStatus:
     try:
         refused = leases.refusal(end.run.pk, end.lease.generation)
     except DatabaseError:
@@ -216,10 +218,9 @@ def process_next(
     """Like :func:`process_one`, but return the :class:`RunOutcome` (``None`` when idle)."""
     ensure_outside_transaction("process_one()")
     seconds = durably_settings.LEASE_SECONDS if lease_seconds is None else lease_seconds
+    claimed_by = worker_id or default_worker_id()
     claimed_at = time.monotonic()
-    claimed = leases.claim(
-        worker_id=worker_id or default_worker_id(), queues=queues, limit=1, lease_seconds=seconds
-    )
+    claimed = leases.claim(worker_id=claimed_by, queues=queues, limit=1, lease_seconds=seconds)
     if not claimed:
         return None
     run = claimed[0]
@@ -227,16 +228,33 @@ def process_next(
     with LeaseKeeper(lease_seconds=seconds, interval=interval) as keeper:
         handle = keeper.track(run, claimed_at=claimed_at)
         result = execute(run, handle)
-    logger.info(
-        "Run %s (%s) attempt %d %s in %.3fs",
-        result.run_id,
-        result.job_name,
-        result.attempt,
-        result.status,
-        result.duration,
-        extra={"action": result.status, "run_id": str(result.run_id), "job": result.job_name},
-    )
+    log_outcome(result, worker_id=claimed_by)
     return result
+
+
+def log_outcome(outcome: RunOutcome, *, worker_id: str, log: logging.Logger = logger) -> None:
+    """The one line an execution's outcome is logged as, by ``process_one`` (on this module's
+    logger) and by the worker (on its own): ``run=<id> job=<name> attempt=<n> outcome=<status>
+    duration=<s>s`` (and the error of a failed run); a warning for ``failed`` and ``lost``."""
+    level = logging.WARNING if outcome.status in ("failed", "lost") else logging.INFO
+    log.log(
+        level,
+        "run=%s job=%s attempt=%d outcome=%s duration=%.3fs%s",
+        outcome.run_id,
+        outcome.job_name,
+        outcome.attempt,
+        outcome.status,
+        outcome.duration,
+        f" error={outcome.error['type']}: {outcome.error['message']}" if outcome.error else "",
+        extra={
+            "action": outcome.status,
+            "run_id": str(outcome.run_id),
+            "job": outcome.job_name,
+            "attempt": outcome.attempt,
+            "duration": outcome.duration,
+            "worker_id": worker_id,
+        },
+    )
 
 
 # One per process, like one per worker: a process calling process_until_idle() in a loop purges at

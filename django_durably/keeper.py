@@ -144,6 +144,15 @@ class LeaseKeeper:
         sent_at = time.monotonic()
         with self.writing:
             states = leases.renew([h.key for h in handles], self.lease_seconds)
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug(
+                "Renewed %d of %d lease(s) in %.3fs: %s",
+                sum(state == "held" for state in states.values()),
+                len(handles),
+                time.monotonic() - sent_at,
+                ", ".join(f"{run_id}:{state}" for (run_id, _g), state in states.items()),
+                extra={"action": "renewed", "worker_id": self.worker_id, "count": len(handles)},
+            )
         for handle in handles:
             state = states.get(handle.key, "lost")
             if state == "held":

@@ -132,8 +132,9 @@ class RunQuerySet(models.QuerySet["Run"]):
     def pending(self) -> RunQuerySet:
         return self.filter(status=RunStatus.PENDING)
 
-    def leased(self) -> RunQuerySet:
-        """Runs whose lease is still valid by the database clock."""
+    def validly_leased(self) -> RunQuerySet:
+        """Runs held under a lease that is still valid by the database clock (not every run whose
+        status is ``leased``: see :meth:`expired`)."""
         return self.filter(status=RunStatus.LEASED, lease_expires_at__gt=DatabaseNow())
 
     def expired(self) -> RunQuerySet:

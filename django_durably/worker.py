@@ -31,7 +31,14 @@ from django_durably import leases
 from django_durably.conf import durably_settings
 from django_durably.database import db_alias, ensure_migrated
 from django_durably.events import send_worker_error
-from django_durably.executor import JobEnd, RunOutcome, default_worker_id, record, run_job
+from django_durably.executor import (
+    AttemptEnd,
+    RunOutcome,
+    default_worker_id,
+    log_outcome,
+    record,
+    run_job,
+)
 from django_durably.keeper import LeaseKeeper
 from django_durably.leases import LeaseHandle
 from django_durably.maintenance import Retention
@@ -62,27 +69,6 @@ def recycle_connections() -> None:
                 connection.errors_occurred = False
             else:
                 connection.close()
-
-
-class _Keeper(LeaseKeeper):
-    """The worker's lease keeper: also logs each renewal at DEBUG (``-v 2``)."""
-
-    def renew_now(self) -> None:
-        if not logger.isEnabledFor(logging.DEBUG):
-            super().renew_now()
-            return
-        sent = [handle for handle in self.tracked() if handle.state == "held"]
-        started = time.monotonic()
-        super().renew_now()
-        if sent:
-            logger.debug(
-                "Renewed %d of %d lease(s) in %.3fs: %s",
-                sum(handle.state == "held" for handle in sent),
-                len(sent),
-                time.monotonic() - started,
-                ", ".join(f"{handle.run_id}:{handle.state}" for handle in sent),
-                extra={"action": "renewed", "worker_id": self.worker_id, "count": len(sent)},
-            )
 
 
 @dataclass
@@ -128,7 +114,7 @@ class Worker:
         self.grace_period = grace_period
         self.listen = listen
         interval = renew_interval or durably_settings.RENEW_INTERVAL
-        self.keeper = _Keeper(
+        self.keeper = LeaseKeeper(
             lease_seconds=self.lease_seconds,
             interval=min(interval, self.lease_seconds / 3),
             worker_id=self.worker_id,
@@ -146,7 +132,9 @@ class Worker:
         # worker may claim a run whose earlier attempt is still running in another slot.
         self._running: dict[tuple[UUID, int], LeaseHandle] = {}
         self._busy = 0  # runs handed to the slots whose job has not returned yet
-        self._ended: list[JobEnd] = []  # returned jobs whose end the claim loop has yet to record
+        self._ended: list[
+            AttemptEnd
+        ] = []  # returned jobs whose end the claim loop has yet to record
         self._running_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self.started = threading.Event()
@@ -411,7 +399,7 @@ class Worker:
         finally:
             connections.close_all()
 
-    def _run_job(self, run: Run, handle: LeaseHandle) -> JobEnd | None:
+    def _run_job(self, run: Run, handle: LeaseHandle) -> AttemptEnd | None:
         recycle_connections()
         try:
             return run_job(run, handle)
@@ -466,25 +454,7 @@ class Worker:
 
     def _log_outcome(self, outcome: RunOutcome) -> None:
         self._count(outcome.status)
-        level = logging.WARNING if outcome.status in ("failed", "lost") else logging.INFO
-        logger.log(
-            level,
-            "run=%s job=%s attempt=%d outcome=%s duration=%.3fs%s",
-            outcome.run_id,
-            outcome.job_name,
-            outcome.attempt,
-            outcome.status,
-            outcome.duration,
-            f" error={outcome.error['type']}: {outcome.error['message']}" if outcome.error else "",
-            extra={
-                "action": outcome.status,
-                "run_id": str(outcome.run_id),
-                "job": outcome.job_name,
-                "attempt": outcome.attempt,
-                "duration": outcome.duration,
-                "worker_id": self.worker_id,
-            },
-        )
+        log_outcome(outcome, worker_id=self.worker_id, log=logger)
 
     def _count(self, status: str) -> None:
         with self._running_lock:

@@ -25,7 +25,7 @@ from django_durably.models import (
 )
 from tests.jobs import noop
 
-DEFAULT_JOB = "tests.noop"
+DEFAULT_JOB = "tests.jobs.noop"  # registered, so its runs can be executed and retriggered
 
 
 def make_run(**fields: Any) -> Run:

@@ -25,7 +25,7 @@ from django_durably.leases.holding import (
 from django_durably.leases.inserts import NewRun, insert_runs
 from django_durably.leases.statements import lease_expiry
 from django_durably.leases.writes import (
-    Ending,
+    FinishRow,
     complete,
     fail,
     finish,
@@ -38,7 +38,7 @@ from django_durably.leases.writes import (
 
 __all__ = [
     "CancelFeed",
-    "Ending",
+    "FinishRow",
     "LeaseHandle",
     "LeaseState",
     "NewRun",

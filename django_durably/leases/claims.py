@@ -129,7 +129,12 @@ def _claim_serialising_keys(
                     if not _try_key_lock(cursor, key):
                         continue
                     # Fresh re-check now that the key is ours for this transaction.
-                    if Run.objects.using(alias).leased().filter(concurrency_key=key).exists():
+                    if (
+                        Run.objects.using(alias)
+                        .validly_leased()
+                        .filter(concurrency_key=key)
+                        .exists()
+                    ):
                         continue
                 chosen.append(run_id)
         if not chosen:

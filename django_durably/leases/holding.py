@@ -105,7 +105,7 @@ def renew(
     renewed = (
         Run.objects.using(alias)
         .filter(held)
-        .leased()
+        .validly_leased()
         .update(lease_expires_at=lease_expiry(lease_seconds), updated_at=DatabaseNow())
     )
     if renewed == len(pairs):

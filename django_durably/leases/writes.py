@@ -197,9 +197,9 @@ def persist_log(
 
 
 @dataclass(frozen=True)
-class Ending:
-    """How a job ended, to be recorded under its lease: ``value`` is the output of a completed run or
-    the error of a failed one."""
+class FinishRow:
+    """One run's end to write under its lease (a row of :func:`finish`): ``value`` is the output of
+    a completed run or the error of a failed one."""
 
     run_id: UUID
     generation: int
@@ -207,39 +207,39 @@ class Ending:
     value: JSON | dict[str, str]
 
 
-def finish(endings: Sequence[Ending]) -> set[UUID]:
+def finish(rows: Sequence[FinishRow]) -> set[UUID]:
     """Record each run's end (completed with its output, or failed with its error) if its lease still
     holds the run, all in one transaction; return the ids of the runs recorded. A run left out was
     cancelled, or its lease was lost (``holding.refusal`` tells which)."""
-    if not endings:
+    if not rows:
         return set()
     alias = db_alias()
     if connections[alias].vendor == "postgresql":
         params: list[Any] = []
-        for ending in endings:
-            params += [ending.run_id, ending.generation, ending.status.value, jsonb(ending.value)]
-        sql = FINISH_SQL.format(rows=", ".join([FINISH_ROW] * len(endings)))
+        for row in rows:
+            params += [row.run_id, row.generation, row.status.value, jsonb(row.value)]
+        sql = FINISH_SQL.format(rows=", ".join([FINISH_ROW] * len(rows)))
         with cursor_for(alias) as cursor:
             cursor.execute(sql, params)
             return {row[0] for row in cursor.fetchall()}
     won: set[UUID] = set()
     with transaction.atomic(using=alias):
-        for ending in endings:
-            column = "output" if ending.status == RunStatus.COMPLETED else "error"
+        for row in rows:
+            column = "output" if row.status == RunStatus.COMPLETED else "error"
             if (
                 Run.objects.using(alias)
-                .held_by(ending.run_id, ending.generation)
-                .update(**ended_fields(ending.status), **{column: ending.value})
+                .held_by(row.run_id, row.generation)
+                .update(**ended_fields(row.status), **{column: row.value})
             ):
-                won.add(ending.run_id)
+                won.add(row.run_id)
     return won
 
 
 def complete(run_id: UUID, generation: int, output: JSON) -> bool:
     """Mark the run completed with ``output``, if this lease still holds it."""
-    return run_id in finish([Ending(run_id, generation, RunStatus.COMPLETED, output)])
+    return run_id in finish([FinishRow(run_id, generation, RunStatus.COMPLETED, output)])
 
 
 def fail(run_id: UUID, generation: int, error: dict[str, str]) -> bool:
     """Mark the run failed with ``error``, if this lease still holds it."""
-    return run_id in finish([Ending(run_id, generation, RunStatus.FAILED, error)])
+    return run_id in finish([FinishRow(run_id, generation, RunStatus.FAILED, error)])

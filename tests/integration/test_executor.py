@@ -604,7 +604,7 @@ def test_keeper__renewal_keeps_a_step_longer_than_the_lease_alive(fast_renewals)
                 Run.objects.filter(pk=run.pk, lease_expires_at__gt=first_expiry)
                 .annotate(now=Now())
                 .filter(now__gt=first_expiry)
-                .leased()
+                .validly_leased()
                 .exists()
             ),
             timeout=15,

@@ -256,7 +256,7 @@ def test_claim__leases_with_a_new_generation_and_a_database_clock_expiry():
     assert run.started_at is not None
     db_now, expires_at = db_now_and_expiry(run)
     assert timedelta(seconds=25) < expires_at - db_now <= timedelta(seconds=30)
-    assert Run.objects.filter(pk=run.pk).leased().exists()
+    assert Run.objects.filter(pk=run.pk).validly_leased().exists()
 
 
 def test_claim__unexpired_lease_is_not_claimable():
@@ -366,7 +366,7 @@ def test_concurrency_key__expired_holder_and_pending_run_are_not_both_leased():
     claimed = leases.claim(worker_id="w", limit=2)
 
     assert len(claimed) == 1
-    assert Run.objects.leased().filter(concurrency_key="user:1").count() == 1
+    assert Run.objects.validly_leased().filter(concurrency_key="user:1").count() == 1
 
 
 # -- renew and release -------------------------------------------------------------------------

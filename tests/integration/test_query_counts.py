@@ -13,7 +13,7 @@ from django.db import connections
 from django.test.utils import CaptureQueriesContext
 
 from django_durably import cancel_run, leases, process_one, resume_run
-from django_durably.executor import JobEnd, record
+from django_durably.executor import AttemptEnd, record
 from django_durably.leases import LeaseHandle
 from django_durably.models import Run
 from django_durably.worker import Worker
@@ -211,10 +211,10 @@ def test_record__several_ends_in_one_statement_with_each_outcome(db_alias):
     Run.objects.filter(pk=stolen.pk).update(lease_generation=stolen.lease_generation + 1)
     started = time.monotonic()
     ends = [
-        JobEnd(done, handle(done), "completed", started, output={"n": 1}),
-        JobEnd(failed, handle(failed), "failed", started, error={"type": "E", "message": "m"}),
-        JobEnd(cancelled, handle(cancelled), "completed", started, output=3),
-        JobEnd(stolen, handle(stolen), "completed", started, output=4),
+        AttemptEnd(done, handle(done), "completed", started, output={"n": 1}),
+        AttemptEnd(failed, handle(failed), "failed", started, error={"type": "E", "message": "m"}),
+        AttemptEnd(cancelled, handle(cancelled), "completed", started, output=3),
+        AttemptEnd(stolen, handle(stolen), "completed", started, output=4),
     ]
 
     outcomes, sql = call_and_capture(db_alias, lambda: record(ends))
@@ -244,8 +244,8 @@ def test_record__a_completion_keeps_an_earlier_error_and_a_failure_an_earlier_ou
 
     outcomes = record(
         [
-            JobEnd(completes, handle(completes), "completed", 0.0, output={"new": True}),
-            JobEnd(fails, handle(fails), "failed", 0.0, error={"type": "New"}),
+            AttemptEnd(completes, handle(completes), "completed", 0.0, output={"new": True}),
+            AttemptEnd(fails, handle(fails), "failed", 0.0, error={"type": "New"}),
         ]
     )
 
@@ -260,8 +260,8 @@ def test_record__stopped_runs_write_nothing(db_alias):
     [claimed] = leases.claim(worker_id="w", limit=1)
 
     stopped = [
-        JobEnd(claimed, handle(claimed), "lost", 0.0),
-        JobEnd(claimed, handle(claimed), "cancelled", 0.0),
+        AttemptEnd(claimed, handle(claimed), "lost", 0.0),
+        AttemptEnd(claimed, handle(claimed), "cancelled", 0.0),
     ]
 
     outcomes, sql = call_and_capture(db_alias, lambda: record(stopped))

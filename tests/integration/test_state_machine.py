@@ -69,7 +69,7 @@ from django_durably.exceptions import (
     RunNotRetriggerable,
     RunStateError,
 )
-from django_durably.leases import Ending
+from django_durably.leases import FinishRow
 from django_durably.models import AuditRecord, DatabaseNow, Run, RunStatus, Step
 from django_durably.types import JSON, Coalesce
 from tests import jobs
@@ -316,6 +316,27 @@ def has_leases(machine: RunMachine) -> bool:
     return bool(machine.claimed)
 
 
+def _holding_leases(machine: RunMachine) -> list[Lease]:
+    return [lease for lease in machine.claimed if machine.model.holds(lease)]
+
+
+def has_holding_leases(machine: RunMachine) -> bool:
+    return bool(_holding_leases(machine))
+
+
+def _resumable_keyed_runs(machine: RunMachine) -> list[UUID]:
+    """Failed or cancelled runs with a concurrency key."""
+    return [
+        run_id
+        for run_id, run in machine.model.runs.items()
+        if run.status in (FAILED, CANCELLED) and run.concurrency_key is not None
+    ]
+
+
+def has_resumable_keyed_runs(machine: RunMachine) -> bool:
+    return bool(_resumable_keyed_runs(machine))
+
+
 class RunMachine(RuleBasedStateMachine):
     runs = Bundle("runs")
 
@@ -529,6 +550,44 @@ class RunMachine(RuleBasedStateMachine):
             self.assert_unchanged(before)
             self.assert_refusal(lease)
 
+    @precondition(has_holding_leases)
+    @rule(data=st.data(), name=st.sampled_from(STEP_NAMES))
+    def persist_a_step_twice(self, data: st.DataObject, name: str) -> None:
+        """The holder writes one checkpoint twice (a replay gone wrong): the second is refused by
+        the database and nothing is written. Drawn on purpose: random draws rarely line it up."""
+        lease = data.draw(st.sampled_from(_holding_leases(self)))
+        self.persist_step(lease, name, 0)
+        self.persist_step(lease, name, 1)
+
+    @precondition(has_holding_leases)
+    @rule(data=st.data(), name=st.sampled_from(STEP_NAMES))
+    def cancel_a_running_attempt(self, data: st.DataObject, name: str) -> None:
+        """An operator cancels a run under its live lease; then its holder renews and records the
+        step it was in. Drawn on purpose: random draws rarely line these up."""
+        lease = data.draw(st.sampled_from(_holding_leases(self)))
+        self.cancel(lease[0])
+        self.renew([lease])
+        self.record_cancelled_step(lease, name, 0)
+
+    @precondition(has_resumable_keyed_runs)
+    @rule(data=st.data())
+    def resume_and_retrigger_behind_a_pending_run(self, data: st.DataObject) -> None:
+        """A failed or cancelled run whose job and concurrency key have a pending run again: its
+        resume and its retrigger are refused. Drawn on purpose, as above."""
+        run_id = data.draw(st.sampled_from(_resumable_keyed_runs(self)))
+        run = self.model.runs[run_id]
+        self.trigger_one(
+            job_name=run.job_name,
+            user=1,
+            idempotency_key=None,
+            concurrency_key=run.concurrency_key,
+            priority=0,
+            later=False,
+            coalesce="skip",
+        )
+        self.resume(run_id)
+        self.retrigger(run_id, None)
+
     @precondition(has_leases)
     @rule(
         drawn=st.lists(
@@ -536,27 +595,25 @@ class RunMachine(RuleBasedStateMachine):
         )
     )
     def finish(self, drawn: list[tuple[Lease, str]]) -> None:
-        endings = list(dict(drawn).items())  # one ending per lease: the last drawn
-        expected = {lease[0] for lease, _status in endings if self.model.holds(lease)}
+        rows = list(dict(drawn).items())  # one row per lease: the last drawn
+        expected = {lease[0] for lease, _status in rows if self.model.holds(lease)}
         before = self.snapshot()
 
         recorded = leases.finish(
             [
-                Ending(
+                FinishRow(
                     run_id,
                     generation,
                     RunStatus(status),  # type: ignore[arg-type]
                     output_of(generation) if status == COMPLETED else error_of(generation),
                 )
-                for (run_id, generation), status in endings
+                for (run_id, generation), status in rows
             ]
         )
 
         assert recorded == expected
-        reached(
-            "finish", "all" if len(recorded) == len(endings) else "some" if recorded else "none"
-        )
-        for (run_id, generation), status in endings:
+        reached("finish", "all" if len(recorded) == len(rows) else "some" if recorded else "none")
+        for (run_id, generation), status in rows:
             if self.model.holds((run_id, generation)):
                 self._finished(run_id, generation, status)
         self.assert_unchanged(before, but=expected)
@@ -774,7 +831,7 @@ class RunMachine(RuleBasedStateMachine):
     @invariant()
     def database_matches_model(self) -> None:
         rows = {row["id"]: row for row in Run.objects.values()}
-        valid = set(Run.objects.leased().values_list("pk", flat=True))
+        valid = set(Run.objects.validly_leased().values_list("pk", flat=True))
         steps: dict[UUID, list[tuple[str, int, str]]] = {}
         for run_id, name, index, status in Step.objects.values_list(
             "run_id", "name", "index", "status"

@@ -210,7 +210,9 @@ def debug_actions(caplog: pytest.LogCaptureFixture) -> set[str]:
     return {
         getattr(record, "action", "")
         for record in caplog.records
-        if record.name == "django_durably.worker" and record.levelno == logging.DEBUG
+        # Renewals are the lease keeper's; the rest is the worker loop's.
+        if record.name in ("django_durably.worker", "django_durably.keeper")
+        and record.levelno == logging.DEBUG
     }
 
 

@@ -14,26 +14,17 @@ from typing import Any
 
 import pytest
 from django.utils import timezone
-from model_bakery import baker
 
 from django_durably import process_until_idle
 from django_durably.jobs import TriggerItem
 from django_durably.models import AuditRecord, Run, RunLog, RunStatus, Step
 from tests import jobs
+from tests.factories import make_log, make_run_in, make_step
 
 pytestmark = pytest.mark.django_db(databases="__all__")
 
 MISSING = "00000000-0000-4000-8000-000000000000"
 ERROR = {"type": "builtins.RuntimeError", "message": "boom", "traceback": "Traceback ..."}
-
-
-def set_status(run: Run, status: str, **fields: Any) -> None:
-    """Move a run to ``status`` directly (building fixtures, not exercising transitions)."""
-    if status == RunStatus.LEASED:
-        fields.setdefault("lease_expires_at", timezone.now() + timedelta(minutes=5))
-    if status in (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED):
-        fields.setdefault("completed_at", timezone.now())
-    Run.objects.filter(pk=run.pk).update(status=status, **fields)
 
 
 def b64(value: Any) -> str:
@@ -148,10 +139,8 @@ def test_list_runs__exact_page_size_has_no_next_page(api, operator):
 
 def test_list_runs__filters_by_job_and_status_any_of(api, operator):
     noop = jobs.noop.trigger(None)
-    failed = jobs.three_steps.trigger({})
-    set_status(failed, RunStatus.FAILED)
-    completed = jobs.counted.trigger({"n": 1})
-    set_status(completed, RunStatus.COMPLETED)
+    failed = make_run_in(RunStatus.FAILED, job_name=jobs.three_steps.name, input={})
+    completed = make_run_in(RunStatus.COMPLETED, job_name=jobs.counted.name, input={"n": 1})
 
     def listed(query: str) -> set[str]:
         response = api.get(f"/runs?{query}", user=operator)
@@ -208,8 +197,7 @@ def test_list_runs__created_after_a_runs_own_time_includes_it(api, operator):
 
 
 def test_list_runs__include_lease(api, operator):
-    run = jobs.noop.trigger(None)
-    set_status(run, RunStatus.LEASED, lease_owner="w-9", lease_generation=2)
+    make_run_in(RunStatus.LEASED, lease_owner="w-9", lease_generation=2)
 
     item = api.get("/runs?include=lease", user=operator).json()["items"][0]
 
@@ -256,11 +244,11 @@ def test_list_runs__unknown_parameters_are_ignored(api, operator):
 
 
 def make_steps(run: Run, count: int) -> list[Step]:
+    """``count`` steps of ``run``, completed and failed in turn, made in reverse order."""
     started = timezone.now()
     return [
-        baker.make(
-            Step,
-            run=run,
+        make_step(
+            run,
             index=index,
             name=f"s{index}",
             status="completed" if index % 2 == 0 else "failed",
@@ -310,10 +298,7 @@ def test_list_steps__unknown_run_404(api, operator):
 
 def test_list_logs__oldest_first_paged_and_polled_with_after(api, operator):
     run = jobs.noop.trigger(None)
-    lines = [
-        baker.make(RunLog, run=run, level="info", message=f"line {i}", data={"i": i})
-        for i in range(4)
-    ]
+    lines = [make_log(run, message=f"line {i}", data={"i": i}) for i in range(4)]
 
     page = api.get(f"/runs/{run.pk}/logs?limit=3", user=operator).json()
     newer = api.get(f"/runs/{run.pk}/logs?after={lines[1].pk}", user=operator).json()
@@ -369,8 +354,7 @@ def test_cancel__again_is_a_no_op(api, operator):
 
 @pytest.mark.parametrize("status", ["completed", "failed"])
 def test_cancel__a_finished_run_409_with_its_status(api, operator, status):
-    run = jobs.noop.trigger(None)
-    set_status(run, status)
+    run = make_run_in(status)
 
     response = api.post(f"/runs/{run.pk}/cancel", user=operator)
 
@@ -384,8 +368,7 @@ def test_cancel__a_finished_run_409_with_its_status(api, operator, status):
 
 
 def test_resume__a_failed_run_goes_back_to_pending(api, operator):
-    run = jobs.noop.trigger(None)
-    set_status(run, RunStatus.FAILED, error=ERROR)
+    run = make_run_in(RunStatus.FAILED, error=ERROR)
 
     response = api.post(f"/runs/{run.pk}/resume", user=operator)
 
@@ -398,8 +381,7 @@ def test_resume__a_failed_run_goes_back_to_pending(api, operator):
 
 @pytest.mark.parametrize("status", ["pending", "leased", "completed"])
 def test_resume__other_statuses_409(api, operator, status):
-    run = jobs.noop.trigger(None)
-    set_status(run, status)
+    run = jobs.noop.trigger(None) if status == RunStatus.PENDING else make_run_in(status)
 
     response = api.post(f"/runs/{run.pk}/resume", user=operator)
 
@@ -409,8 +391,7 @@ def test_resume__other_statuses_409(api, operator, status):
 
 
 def test_resume__another_pending_run_holds_the_key_409(api, operator):
-    old = jobs.singleton.trigger(None)
-    set_status(old, RunStatus.FAILED)
+    old = make_run_in(RunStatus.FAILED, job_name=jobs.singleton.name, concurrency_key="singleton")
     pending = jobs.singleton.trigger(None)
 
     response = api.post(f"/runs/{old.pk}/resume", user=operator)
@@ -422,8 +403,9 @@ def test_resume__another_pending_run_holds_the_key_409(api, operator):
 
 
 def test_retrigger__a_finished_run_gives_a_new_pending_run_201(api, operator, db_alias):
-    run = jobs.noop.trigger({"x": 1}, labels={"tenant": "acme"})
-    set_status(run, RunStatus.COMPLETED, output={"x": 1})
+    run = make_run_in(
+        RunStatus.COMPLETED, input={"x": 1}, labels={"tenant": "acme"}, output={"x": 1}
+    )
 
     response = api.post(f"/runs/{run.pk}/retrigger", user=operator)
 
@@ -441,8 +423,7 @@ def test_retrigger__a_finished_run_gives_a_new_pending_run_201(api, operator, db
 def test_retrigger__the_same_idempotency_key_again_returns_the_first_new_run_200(
     api, operator, db_alias
 ):
-    run = jobs.noop.trigger({"x": 1})
-    set_status(run, RunStatus.FAILED)
+    run = make_run_in(RunStatus.FAILED, input={"x": 1})
     headers = {"Idempotency-Key": "retry-7"}
 
     first = api.post(f"/runs/{run.pk}/retrigger", user=operator, headers=headers)
@@ -456,8 +437,7 @@ def test_retrigger__the_same_idempotency_key_again_returns_the_first_new_run_200
 
 
 def test_retrigger__an_idempotency_key_too_long_422(api, operator, db_alias):
-    run = jobs.noop.trigger(None)
-    set_status(run, RunStatus.COMPLETED)
+    run = make_run_in(RunStatus.COMPLETED)
 
     response = api.post(
         f"/runs/{run.pk}/retrigger", user=operator, headers={"Idempotency-Key": "k" * 209}
@@ -469,8 +449,7 @@ def test_retrigger__an_idempotency_key_too_long_422(api, operator, db_alias):
 
 
 def test_retrigger__a_running_run_409(api, operator):
-    run = jobs.noop.trigger(None)
-    set_status(run, RunStatus.LEASED)
+    run = make_run_in(RunStatus.LEASED)
 
     response = api.post(f"/runs/{run.pk}/retrigger", user=operator)
 
@@ -480,8 +459,7 @@ def test_retrigger__a_running_run_409(api, operator):
 
 
 def test_retrigger__a_job_no_longer_registered_404(api, operator):
-    run = jobs.noop.trigger(None)
-    set_status(run, RunStatus.FAILED, job_name="tests.jobs.renamed_away")
+    run = make_run_in(RunStatus.FAILED, job_name="tests.jobs.renamed_away")
 
     response = api.post(f"/runs/{run.pk}/retrigger", user=operator)
 
@@ -490,8 +468,7 @@ def test_retrigger__a_job_no_longer_registered_404(api, operator):
 
 
 def test_retrigger__input_no_longer_valid_422(api, operator):
-    run = jobs.greet.trigger({"name": "ada"})
-    set_status(run, RunStatus.COMPLETED, input={"times": 2})
+    run = make_run_in(RunStatus.COMPLETED, job_name=jobs.greet.name, input={"times": 2})
 
     response = api.post(f"/runs/{run.pk}/retrigger", user=operator)
 
@@ -500,9 +477,8 @@ def test_retrigger__input_no_longer_valid_422(api, operator):
 
 
 def test_delete__a_finished_run_204_and_its_audit_stays(api, operator, db_alias):
-    run = jobs.noop.trigger(None)
-    set_status(run, RunStatus.CANCELLED)
-    baker.make(RunLog, run=run, level="info", message="x")
+    run = make_run_in(RunStatus.CANCELLED)
+    make_log(run, message="x")
 
     response = api.delete(f"/runs/{run.pk}", user=operator)
 
@@ -566,8 +542,7 @@ def test_api__trigger_then_process_then_inspect(api, operator):
 
 
 def test_list_runs__running_is_an_alias_of_leased(api, operator):
-    leased = jobs.noop.trigger(None)
-    set_status(leased, RunStatus.LEASED)
+    leased = make_run_in(RunStatus.LEASED)
     jobs.noop.trigger(None)
 
     running = api.get("/runs?status=running", user=operator)
@@ -582,8 +557,7 @@ def test_list_runs__input_output_and_error_are_not_read(api, operator, db_alias)
     from django.db import connections
     from django.test.utils import CaptureQueriesContext
 
-    run = jobs.noop.trigger({"big": "x" * 1000})
-    set_status(run, RunStatus.FAILED, output={"o": 1}, error=ERROR)
+    run = make_run_in(RunStatus.FAILED, input={"big": "x" * 1000}, output={"o": 1}, error=ERROR)
 
     with CaptureQueriesContext(connections[db_alias]) as queries:
         response = api.get("/runs", user=operator)

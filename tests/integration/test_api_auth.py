@@ -18,6 +18,7 @@ from django_durably.api import router
 from django_durably.models import AuditRecord, Run, RunStatus
 from tests import jobs
 from tests.api_hooks import API_KEY, ApiKey
+from tests.factories import make_run_in
 
 pytestmark = pytest.mark.django_db(databases="__all__")
 
@@ -33,12 +34,6 @@ def logged_in(user: Any, *, enforce_csrf_checks: bool = False) -> Client:
 
 def trigger(client: Client, job: str = "tests.jobs.noop", **body: Any) -> Any:
     return client.post(f"{BASE}/jobs/{job}/runs", body, content_type="application/json")
-
-
-def finished(status: str = RunStatus.COMPLETED, **options: Any) -> Run:
-    run = jobs.noop.trigger(None, **options)
-    Run.objects.filter(pk=run.pk).update(status=status)
-    return run
 
 
 # -- session auth ------------------------------------------------------------------------------
@@ -131,7 +126,7 @@ def test_session__every_endpoint_through_the_urlconf(operator):
 
 
 def test_csrf__unsafe_methods_without_a_token_403(operator):
-    run = finished()
+    run = make_run_in(RunStatus.COMPLETED)
     client = logged_in(operator, enforce_csrf_checks=True)
 
     refused = [
@@ -183,7 +178,7 @@ def test_csrf__with_the_token_in_the_header(operator):
 def test_permissions__each_action_needs_its_permission(
     make_user, permission, method, path, status, expected
 ):
-    run = finished(status)
+    run = jobs.noop.trigger(None) if status == RunStatus.PENDING else make_run_in(status)
     url = BASE + path.format(id=run.pk)
     without = logged_in(make_user("without", "view_run"))
     with_it = logged_in(make_user("with", "view_run", permission))

@@ -1,13 +1,16 @@
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 from django.conf import settings
+from django.db import connections
 
 from tests import jobs, routers
+from tests.concurrency import start
 
 
 @pytest.fixture(autouse=True)
@@ -31,6 +34,67 @@ def db_alias(request: pytest.FixtureRequest) -> Iterator[str]:
     routers.use(alias)
     yield alias
     routers.use("default")
+
+
+# -- signals -----------------------------------------------------------------------------------
+
+
+class Sent(NamedTuple):
+    """One signal as a receiver got it: its name, its keyword arguments (``signal`` left out), and
+    what ``observe`` saw when it was sent (``"in transaction!"`` if it was sent before the write it
+    describes committed)."""
+
+    name: str
+    kwargs: dict[str, Any]
+    seen: Any
+
+
+IN_TRANSACTION = "in transaction!"
+_receivers = itertools.count()
+
+
+@pytest.fixture
+def record_signals() -> Iterator[Callable[..., list[Sent]]]:
+    """``record_signals("run_cancelled", ...)``: a list that receives a :class:`Sent` for each of
+    those signals sent until the test ends, in order. Receivers only record (and check the sender
+    is ``Run``); the test asserts, so a failing check is never swallowed by a worker.
+
+    With ``observe=fn``, ``fn(name, kwargs)`` runs on another thread (its own connection) at the
+    moment of sending and its result is kept as ``seen``: what another process could see then.
+    """
+    from django_durably import signals
+    from django_durably.models import Run
+
+    connected: list[tuple[Any, str]] = []
+
+    def record(
+        *names: str, observe: Callable[[str, dict[str, Any]], Any] | None = None
+    ) -> list[Sent]:
+        sent: list[Sent] = []
+
+        def receiver_of(name: str) -> Callable[..., None]:
+            def receiver(sender: Any, **kwargs: Any) -> None:
+                kwargs.pop("signal")
+                assert sender is Run
+                if observe is None:
+                    seen = None
+                elif connections[routers.current()].in_atomic_block:
+                    seen = IN_TRANSACTION
+                else:
+                    seen = start(observe, name, kwargs).outcome()
+                sent.append(Sent(name, kwargs, seen))
+
+            return receiver
+
+        for name in names:
+            uid = f"record_signals:{next(_receivers)}"
+            getattr(signals, name).connect(receiver_of(name), weak=False, dispatch_uid=uid)
+            connected.append((getattr(signals, name), uid))
+        return sent
+
+    yield record
+    for signal, uid in connected:
+        signal.disconnect(dispatch_uid=uid)
 
 
 # -- HTTP API ----------------------------------------------------------------------------------

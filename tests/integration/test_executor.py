@@ -12,7 +12,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from django.db import connections, transaction
+from django.db import transaction
 from django.db.models.functions import Now
 from django.utils import timezone
 
@@ -226,28 +226,9 @@ def observe(name: str, kwargs: dict[str, Any]) -> Any:
 
 
 @pytest.fixture
-def received(db_alias: str) -> Iterator[list[tuple[str, dict[str, Any], Any]]]:
-    """Every signal sent, with its kwargs and what a *separate* connection saw at that moment.
-
-    Receivers only record; the test asserts, so a failing check is never swallowed by the worker.
-    """
-    seen: list[tuple[str, dict[str, Any], Any]] = []
-
-    def make_receiver(name: str) -> Any:
-        def receiver(sender: Any, **kwargs: Any) -> None:
-            kwargs.pop("signal")
-            assert sender is Run
-            in_transaction = connections[db_alias].in_atomic_block
-            observed = start(observe, name, kwargs).outcome()
-            seen.append((name, kwargs, ("in transaction!" if in_transaction else observed)))
-
-        return receiver
-
-    for name in SIGNALS:
-        getattr(signals, name).connect(make_receiver(name), weak=False, dispatch_uid=f"t:{name}")
-    yield seen
-    for name in SIGNALS:
-        getattr(signals, name).disconnect(dispatch_uid=f"t:{name}")
+def received(record_signals: Any) -> list[Any]:
+    """Every signal sent, with its kwargs and what a *separate* connection saw at that moment."""
+    return record_signals(*SIGNALS, observe=observe)
 
 
 def test_signals__a_completed_run_sends_each_event_after_its_write(received):

@@ -5,14 +5,13 @@ commit. Races between them are in test_operation_races.py."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
 import pytest
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AnonymousUser
-from django.db import connections, transaction
+from django.db import transaction
 from django.db.models import F
 from django.db.models.functions import Now
 from django.utils import timezone
@@ -44,7 +43,6 @@ from django_durably.operations import (
     retrigger_run,
 )
 from tests import jobs
-from tests.concurrency import start
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
@@ -554,26 +552,19 @@ def test_retrigger__pending_run_holding_the_concurrency_key_raises_pending_run_e
     assert audit_trail(original.pk) == []
 
 
-def test_retrigger__with_an_idempotency_key_twice_creates_one_run():
+def test_retrigger__with_an_idempotency_key_twice_creates_one_run(record_signals):
     original = make("failed")
-    announced: list[Any] = []
+    retriggered = record_signals("run_retriggered")
 
-    def receiver(sender: Any, **kwargs: Any) -> None:
-        announced.append(kwargs["new_run_id"])
-
-    signals.run_retriggered.connect(receiver, weak=False, dispatch_uid="ops:retriggered")
-    try:
-        first = retrigger_run(original.pk, idempotency_key="click-1")
-        second = retrigger_run(original.pk, idempotency_key="click-1")
-    finally:
-        signals.run_retriggered.disconnect(dispatch_uid="ops:retriggered")
+    first = retrigger_run(original.pk, idempotency_key="click-1")
+    second = retrigger_run(original.pk, idempotency_key="click-1")
 
     assert (first.disposition, second.disposition) == ("created", "idempotent")
     assert second.pk == first.pk
     assert Run.objects.count() == 2
     assert row(first)["idempotency_key"] == f"retrigger:{original.pk}:click-1"
     assert audit_trail(original.pk) == [("retrigger", "failed", "failed", "", "python")]
-    assert announced == [first.pk]
+    assert [kwargs["new_run_id"] for _, kwargs, _ in retriggered] == [first.pk]
 
 
 def test_retrigger__a_used_key_returns_its_run_whatever_the_original_became():
@@ -887,32 +878,14 @@ OPERATOR_SIGNALS = ("run_cancelled", "run_resumed", "run_retriggered", "run_dele
 SIGNAL_OF = dict(zip(OPERATIONS, OPERATOR_SIGNALS, strict=True))
 
 
+def status_of(name: str, kwargs: dict[str, Any]) -> Any:
+    return Run.objects.filter(pk=kwargs["run_id"]).values_list("status", flat=True).first()
+
+
 @pytest.fixture
-def sent(db_alias: str) -> Iterator[list[tuple[str, dict[str, Any], Any]]]:
+def sent(record_signals: Any) -> list[Any]:
     """Operator signals sent: name, kwargs, and the run's status as another connection saw it."""
-    seen: list[tuple[str, dict[str, Any], Any]] = []
-
-    def make_receiver(name: str) -> Any:
-        def receiver(sender: Any, **kwargs: Any) -> None:
-            kwargs.pop("signal")
-            assert sender is Run
-            if connections[db_alias].in_atomic_block:
-                seen.append((name, kwargs, "in transaction!"))
-                return
-            observed = start(
-                lambda: (
-                    Run.objects.filter(pk=kwargs["run_id"]).values_list("status", flat=True).first()
-                )
-            ).outcome()
-            seen.append((name, kwargs, observed))
-
-        return receiver
-
-    for name in OPERATOR_SIGNALS:
-        getattr(signals, name).connect(make_receiver(name), weak=False, dispatch_uid=f"ops:{name}")
-    yield seen
-    for name in OPERATOR_SIGNALS:
-        getattr(signals, name).disconnect(dispatch_uid=f"ops:{name}")
+    return record_signals(*OPERATOR_SIGNALS, observe=status_of)
 
 
 def test_signals__each_operation_sends_once_after_commit(sent):
@@ -975,20 +948,13 @@ def test_signals__each_operation_sends_once_after_commit(sent):
     ]
 
 
-def test_signals__retrigger_also_announces_the_new_run():
+def test_signals__retrigger_also_announces_the_new_run(record_signals):
     original = make("completed")
-    triggered: list[Run] = []
+    triggered = record_signals("run_triggered")
 
-    def receiver(sender: Any, run: Run, **kwargs: Any) -> None:
-        triggered.append(run)
+    new = retrigger_run(original.pk)
 
-    signals.run_triggered.connect(receiver, weak=False, dispatch_uid="ops:triggered")
-    try:
-        new = retrigger_run(original.pk)
-    finally:
-        signals.run_triggered.disconnect(dispatch_uid="ops:triggered")
-
-    assert [run.pk for run in triggered] == [new.pk]
+    assert [kwargs["run"].pk for _, kwargs, _ in triggered] == [new.pk]
 
 
 @pytest.mark.parametrize("operation", list(OPERATIONS))

@@ -16,7 +16,7 @@ import pytest
 from django.db import connections
 from django.utils import timezone
 
-from django_durably import cancel_run, leases, process_next, resume_run, signals
+from django_durably import cancel_run, leases, process_next, resume_run
 from django_durably.checkpoints import ModelStepStore
 from django_durably.exceptions import LeaseLost
 from django_durably.leases import LeaseHandle
@@ -229,15 +229,10 @@ def test_worker__cancel_reaches_the_running_attempt_before_its_next_step(db_alia
     assert Run.objects.get(pk=run.pk).status == "cancelled"
 
 
-def test_cancel__during_a_step_records_it_cancelled_and_sends_step_cancelled():
+def test_cancel__during_a_step_records_it_cancelled_and_sends_step_cancelled(record_signals):
     gate, entered = threading.Event(), threading.Event()
     jobs.FLAGS["gate"], jobs.FLAGS["gate:entered"] = gate, entered
-    received: list[dict[str, Any]] = []
-
-    def receiver(sender: Any, **kwargs: Any) -> None:
-        received.append(kwargs)
-
-    signals.step_cancelled.connect(receiver)
+    received = record_signals("step_cancelled")
     try:
         run = jobs.gated.trigger()
         worker = Worker(concurrency=1, poll_interval=0.05, lease_seconds=60, until_idle=True)
@@ -247,7 +242,6 @@ def test_cancel__during_a_step_records_it_cancelled_and_sends_step_cancelled():
         gate.set()
         thread.join(30)
     finally:
-        signals.step_cancelled.disconnect(receiver)
         gate.set()
 
     assert worker.stats.outcomes == {"cancelled": 1}
@@ -255,7 +249,7 @@ def test_cancel__during_a_step_records_it_cancelled_and_sends_step_cancelled():
         Step.objects.filter(run_id=run.pk).order_by("index").values_list("name", "status", "output")
     )
     assert steps == [("first", "completed", None), ("gate", "cancelled", None)]
-    assert [(r["run_id"], r["step_name"], r["index"], r["attempt"]) for r in received] == [
+    assert [(r["run_id"], r["step_name"], r["index"], r["attempt"]) for _, r, _ in received] == [
         (run.pk, "gate", 1, 1)
     ]
 

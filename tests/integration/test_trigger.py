@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
@@ -17,7 +17,6 @@ from django.db import connections, transaction
 from django.utils import timezone
 
 import django_durably
-from django_durably import signals
 from django_durably.exceptions import (
     InvalidInput,
     InvalidLabels,
@@ -29,6 +28,7 @@ from django_durably.exceptions import (
 from django_durably.jobs import TriggerItem
 from django_durably.models import Run, RunStatus
 from tests import jobs
+from tests.factories import make_run_in
 
 pytestmark = pytest.mark.django_db(databases="__all__")
 transactional = pytest.mark.django_db(transaction=True, databases="__all__")
@@ -36,26 +36,14 @@ transactional = pytest.mark.django_db(transaction=True, databases="__all__")
 RACE_ROUNDS = 20
 
 
-def set_status(run: Run, status: str) -> None:
-    """Move a run to ``status`` directly (building fixtures, not exercising transitions)."""
-    fields: dict[str, Any] = {"status": status}
-    if status == RunStatus.LEASED:
-        fields["lease_expires_at"] = timezone.now() + timedelta(minutes=5)
-    Run.objects.filter(pk=run.pk).update(**fields)
-
-
 @pytest.fixture
-def triggered() -> Iterator[list[Run]]:
-    """Runs passed to ``run_triggered``, in the order the signal was sent."""
-    received: list[Run] = []
+def triggered(record_signals: Any) -> list[Any]:
+    """``run_triggered`` as sent, in order (``runs_of(triggered)``: the runs it was sent with)."""
+    return record_signals("run_triggered")
 
-    def receiver(sender: Any, run: Run, **kwargs: Any) -> None:
-        assert sender is Run
-        received.append(run)
 
-    signals.run_triggered.connect(receiver, dispatch_uid="test_trigger.receiver")
-    yield received
-    signals.run_triggered.disconnect(dispatch_uid="test_trigger.receiver")
+def runs_of(sent: list[Any]) -> list[Run]:
+    return [kwargs["run"] for _, kwargs, _ in sent]
 
 
 # -- trigger -------------------------------------------------------------------------------------
@@ -208,8 +196,7 @@ def test_trigger_idempotency__is_per_job_name(db_alias):
     [RunStatus.LEASED, RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED],
 )
 def test_trigger_idempotency__hit_whatever_the_status(db_alias, status):
-    first = jobs.noop.trigger(idempotency_key="k")
-    set_status(first, status)
+    first = make_run_in(status, idempotency_key="k")
     again = jobs.noop.trigger(idempotency_key="k")
     assert again.disposition == "idempotent"
     assert again.pk == first.pk
@@ -227,11 +214,11 @@ def test_trigger_idempotency__wins_over_a_concurrency_conflict(db_alias):
 @transactional
 def test_trigger_idempotency__hit_sends_no_signal(db_alias, triggered):
     first = jobs.noop.trigger(idempotency_key="k")
-    assert [r.pk for r in triggered] == [first.pk]
+    assert [r.pk for r in runs_of(triggered)] == [first.pk]
     jobs.noop.trigger(idempotency_key="k")
-    set_status(first, RunStatus.COMPLETED)
+    Run.objects.filter(pk=first.pk).update(status=RunStatus.COMPLETED)
     jobs.noop.trigger(idempotency_key="k")
-    assert [r.pk for r in triggered] == [first.pk]
+    assert [r.pk for r in runs_of(triggered)] == [first.pk]
 
 
 # -- concurrency keys ----------------------------------------------------------------------------
@@ -279,8 +266,7 @@ def test_trigger_concurrency__key_is_per_job_name(db_alias):
     [RunStatus.LEASED, RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED],
 )
 def test_trigger_concurrency__only_pending_runs_conflict(db_alias, status):
-    first = jobs.singleton.trigger()
-    set_status(first, status)
+    first = make_run_in(status, job_name=jobs.singleton.name, concurrency_key="singleton")
     second = jobs.singleton.trigger()
     assert second.disposition == "created"
     assert second.pk != first.pk
@@ -301,26 +287,21 @@ def test_trigger_concurrency__after_completion_a_new_run_is_created(db_alias):
 
 
 @transactional
-def test_trigger_concurrency__coalesced_sends_run_coalesced_not_run_triggered(db_alias, triggered):
-    coalesced: list[dict[str, Any]] = []
+def test_trigger_concurrency__coalesced_sends_run_coalesced_not_run_triggered(
+    db_alias, triggered, record_signals
+):
+    coalesced = record_signals("run_coalesced")
 
-    def receiver(sender: Any, **kwargs: Any) -> None:
-        assert sender is Run
-        coalesced.append(kwargs)
+    first = jobs.singleton.trigger()
+    again = jobs.singleton.trigger(coalesce="skip")
+    with pytest.raises(PendingRunExists):
+        jobs.singleton.trigger()
 
-    signals.run_coalesced.connect(receiver, dispatch_uid="test_trigger.coalesced")
-    try:
-        first = jobs.singleton.trigger()
-        again = jobs.singleton.trigger(coalesce="skip")
-        with pytest.raises(PendingRunExists):
-            jobs.singleton.trigger()
-    finally:
-        signals.run_coalesced.disconnect(dispatch_uid="test_trigger.coalesced")
-
-    assert [r.pk for r in triggered] == [first.pk]
+    assert [r.pk for r in runs_of(triggered)] == [first.pk]
     assert again.pk == first.pk
     assert [
-        (c["run"].pk, c["run"].disposition, c["job_name"], c["concurrency_key"]) for c in coalesced
+        (c["run"].pk, c["run"].disposition, c["job_name"], c["concurrency_key"])
+        for _, c, _ in coalesced
     ] == [(first.pk, "coalesced", jobs.singleton.name, "singleton")]
 
 
@@ -522,7 +503,7 @@ def test_trigger_many__signals_once_per_created_run_after_commit(db_alias, trigg
         ]
     )
     assert [r.disposition for r in runs] == ["idempotent", "created", "idempotent", "created"]
-    assert [r.pk for r in triggered] == [runs[1].pk, runs[3].pk]
+    assert [r.pk for r in runs_of(triggered)] == [runs[1].pk, runs[3].pk]
 
 
 @transactional
@@ -541,8 +522,8 @@ def test_trigger_many__failed_batch_sends_no_signal(db_alias, triggered):
 def test_trigger_signal__sent_once_with_the_run(db_alias, triggered):
     run = jobs.noop.trigger({"a": 1})
     assert len(triggered) == 1
-    assert triggered[0].pk == run.pk
-    assert triggered[0].input == {"a": 1}
+    assert runs_of(triggered)[0].pk == run.pk
+    assert runs_of(triggered)[0].input == {"a": 1}
 
 
 @transactional
@@ -550,7 +531,7 @@ def test_trigger_signal__waits_for_the_outer_commit(db_alias, triggered):
     with transaction.atomic(using=db_alias):
         run = jobs.noop.trigger()
         assert triggered == []
-    assert [r.pk for r in triggered] == [run.pk]
+    assert [r.pk for r in runs_of(triggered)] == [run.pk]
 
 
 @transactional
@@ -571,7 +552,7 @@ def test_trigger_signal__captured_on_commit(
         jobs.noop.trigger(concurrency_key="c", coalesce="skip")
     assert len(callbacks) == 2
     assert len(triggered) == 2
-    assert triggered[0].pk == run.pk
+    assert runs_of(triggered)[0].pk == run.pk
 
 
 # -- labels --------------------------------------------------------------------------------------

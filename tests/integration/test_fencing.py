@@ -18,6 +18,7 @@ from django_durably.exceptions import JobCancelled, LeaseLost
 from django_durably.leases import LeaseHandle
 from django_durably.models import Run, RunLog, Step
 from tests import jobs
+from tests.leasing import claim_one, store_for
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
@@ -35,21 +36,6 @@ WRITES: dict[str, Callable[[ModelStepStore], None]] = {
         level="info", message="hello", data={"k": 1}, step_name="s"
     ),
 }
-
-
-def claim_one(worker_id: str = "w", **kwargs: Any) -> Run:
-    claimed = leases.claim(worker_id=worker_id, limit=1, **kwargs)
-    assert len(claimed) == 1, claimed
-    return claimed[0]
-
-
-def store_for(run: Run, generation: int | None = None) -> ModelStepStore:
-    handle = LeaseHandle(
-        run_id=run.pk,
-        generation=run.lease_generation if generation is None else generation,
-        deadline=time.monotonic() + 60,
-    )
-    return ModelStepStore(run, handle)
 
 
 def key(run: Run) -> tuple[Any, int]:

@@ -8,7 +8,6 @@ never by sleeps in the library.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -17,13 +16,12 @@ from django.db import connections
 from django.utils import timezone
 
 from django_durably import cancel_run, leases, process_next, resume_run
-from django_durably.checkpoints import ModelStepStore
 from django_durably.exceptions import LeaseLost
-from django_durably.leases import LeaseHandle
 from django_durably.models import Run, Step
 from django_durably.worker import Worker
 from tests import jobs
 from tests.concurrency import start, wait_event, wait_until
+from tests.leasing import handle_of, store_for
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
@@ -76,13 +74,9 @@ def test_claim__returns_the_lease_it_wrote_when_paused_after_committing(db_alias
 
     assert (claimed.pk, claimed.lease_generation, claimed.lease_owner) == (run.pk, 1, "w1")
     assert (second.lease_generation, second.lease_owner) == (2, "w2")
-    stale = LeaseHandle(
-        run_id=run.pk, generation=claimed.lease_generation, deadline=time.monotonic() + 60
-    )
+    stale = handle_of(claimed)
     with pytest.raises(LeaseLost):
-        ModelStepStore(claimed, stale).save_completed(
-            index=0, name="s", output=1, started_at=timezone.now()
-        )
+        store_for(claimed).save_completed(index=0, name="s", output=1, started_at=timezone.now())
     assert leases.renew([stale.key], 60) == {stale.key: "lost"}
     assert leases.release(run.pk, claimed.lease_generation) is False
     row = Run.objects.get(pk=run.pk)

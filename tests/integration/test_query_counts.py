@@ -19,6 +19,7 @@ from django_durably.models import Run
 from django_durably.worker import Worker
 from tests import jobs
 from tests.concurrency import start, wait_until
+from tests.leasing import handle_of
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
@@ -198,12 +199,6 @@ def test_a_resumed_run__replays_its_steps_with_one_query(db_alias):
 # -- recording several ends at once --------------------------------------------------------------
 
 
-def handle(run: Run) -> LeaseHandle:
-    return LeaseHandle(
-        run_id=run.pk, generation=run.lease_generation, deadline=time.monotonic() + 60
-    )
-
-
 def test_record__several_ends_in_one_statement_with_each_outcome(db_alias):
     jobs.noop.trigger_many([1, 2, 3, 4])
     done, failed, cancelled, stolen = leases.claim(worker_id="w", limit=4)
@@ -211,10 +206,12 @@ def test_record__several_ends_in_one_statement_with_each_outcome(db_alias):
     Run.objects.filter(pk=stolen.pk).update(lease_generation=stolen.lease_generation + 1)
     started = time.monotonic()
     ends = [
-        AttemptEnd(done, handle(done), "completed", started, output={"n": 1}),
-        AttemptEnd(failed, handle(failed), "failed", started, error={"type": "E", "message": "m"}),
-        AttemptEnd(cancelled, handle(cancelled), "completed", started, output=3),
-        AttemptEnd(stolen, handle(stolen), "completed", started, output=4),
+        AttemptEnd(done, handle_of(done), "completed", started, output={"n": 1}),
+        AttemptEnd(
+            failed, handle_of(failed), "failed", started, error={"type": "E", "message": "m"}
+        ),
+        AttemptEnd(cancelled, handle_of(cancelled), "completed", started, output=3),
+        AttemptEnd(stolen, handle_of(stolen), "completed", started, output=4),
     ]
 
     outcomes, sql = call_and_capture(db_alias, lambda: record(ends))
@@ -244,8 +241,8 @@ def test_record__a_completion_keeps_an_earlier_error_and_a_failure_an_earlier_ou
 
     outcomes = record(
         [
-            AttemptEnd(completes, handle(completes), "completed", 0.0, output={"new": True}),
-            AttemptEnd(fails, handle(fails), "failed", 0.0, error={"type": "New"}),
+            AttemptEnd(completes, handle_of(completes), "completed", 0.0, output={"new": True}),
+            AttemptEnd(fails, handle_of(fails), "failed", 0.0, error={"type": "New"}),
         ]
     )
 
@@ -260,8 +257,8 @@ def test_record__stopped_runs_write_nothing(db_alias):
     [claimed] = leases.claim(worker_id="w", limit=1)
 
     stopped = [
-        AttemptEnd(claimed, handle(claimed), "lost", 0.0),
-        AttemptEnd(claimed, handle(claimed), "cancelled", 0.0),
+        AttemptEnd(claimed, handle_of(claimed), "lost", 0.0),
+        AttemptEnd(claimed, handle_of(claimed), "cancelled", 0.0),
     ]
 
     outcomes, sql = call_and_capture(db_alias, lambda: record(stopped))

@@ -34,9 +34,9 @@ from ninja.utils import check_csrf
 from django_durably.conf import durably_settings
 from django_durably.database import db_alias
 from django_durably.exceptions import InvalidTrigger, RunNotFound
-from django_durably.jobs import MAX_KEY_LENGTH, TriggerItem, check_key
+from django_durably.jobs import TriggerItem
 from django_durably.models import Run, RunQuerySet
-from django_durably.triggering import LABEL_KEY_PATTERN, run_pk
+from django_durably.validation import LABEL_KEY_PATTERN, MAX_KEY_LENGTH, check_key, run_pk
 
 __all__ = [
     "DurablyAuth",

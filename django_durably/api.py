@@ -34,7 +34,8 @@ from django_durably.database import db_alias
 from django_durably.exceptions import (
     DurablyError,
     InvalidLabels,
-    InvalidTrigger,
+    InvalidQuery,
+    InvalidValue,
     JobNotFound,
     PendingRunExists,
     RunNotCancellable,
@@ -72,12 +73,12 @@ from django_durably.schemas import (
     ValidationErrorOut,
 )
 from django_durably.serialization import unstorable_text
-from django_durably.triggering import (
+from django_durably.triggering import trigger_runs
+from django_durably.validation import (
     LABEL_KEY_PATTERN,
     MAX_LABEL_KEY_LENGTH,
     MAX_LABEL_VALUE_LENGTH,
     MAX_LABELS,
-    trigger_runs,
 )
 
 __all__ = ["router"]
@@ -129,10 +130,6 @@ router.add_decorator(guard_body, mode="view")  # before auth: see ``guards``
 # -- errors ------------------------------------------------------------------------------------
 
 
-class InvalidQuery(InvalidTrigger):
-    """A query parameter is invalid."""
-
-
 _STATE_CODES: dict[type[RunStateError], str] = {
     RunNotCancellable: "run_not_cancellable",
     RunNotResumable: "run_not_resumable",
@@ -182,12 +179,12 @@ def _failure(
         if access.is_visible(request, exc.run_id):
             body["run_id"] = str(exc.run_id)
         return Status(409, body)
-    if isinstance(exc, InvalidTrigger):
+    if isinstance(exc, InvalidValue):
         return Status(422, {"detail": _field_errors(exc, loc)})
     raise exc
 
 
-def _field_errors(exc: InvalidTrigger, prefix: tuple[str, ...]) -> list[dict[str, Any]]:
+def _field_errors(exc: InvalidValue, prefix: tuple[str, ...]) -> list[dict[str, Any]]:
     """``exc.errors`` in ninja's 422 format, located under ``prefix``."""
     kind = re.sub(
         r"(?<!^)(?=[A-Z])", "_", type(exc).__name__
@@ -399,7 +396,7 @@ def list_runs(
         position = decode_cursor(cursor) if cursor else None
     except PermissionDenied as exc:
         return _failure(request, exc)
-    except InvalidTrigger as exc:
+    except InvalidValue as exc:
         return _failure(request, exc, loc=("query",))
     runs = filters.filter(access.visible_runs(request))
     if labels:

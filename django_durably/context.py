@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from datetime import datetime
@@ -18,28 +17,29 @@ from uuid import UUID
 
 from django.utils import timezone
 
-from django_durably.conf import durably_settings
-from django_durably.exceptions import (
-    DuplicateStepName,
-    DurablyInterrupt,
-    InvalidProgress,
-    InvalidStepName,
-    JobCancelled,
-)
-from django_durably.serialization import (
-    describe_exception,
-    storable_text,
-    to_json,
-    to_json_lenient,
-    unstorable_text,
-)
+from django_durably.exceptions import DuplicateStepName, DurablyInterrupt, JobCancelled
+from django_durably.serialization import describe_exception, storable_text, to_json_lenient
 from django_durably.types import JSON, LogLevel
+from django_durably.validation import (
+    MAX_PROGRESS_MESSAGE_LENGTH,
+    MAX_STEP_NAME_LENGTH,
+    check_progress,
+    check_step_name,
+    output_json,
+)
+
+__all__ = [
+    # The limits live in ``validation``; importable from here as they were.
+    "MAX_PROGRESS_MESSAGE_LENGTH",
+    "MAX_STEP_NAME_LENGTH",
+    "StepContext",
+    "StepLogger",
+    "StepStore",
+    "current_context",
+]
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-MAX_STEP_NAME_LENGTH = 255
-MAX_PROGRESS_MESSAGE_LENGTH = 1000
 
 job_logger = logging.getLogger("django_durably.jobs")
 
@@ -206,12 +206,7 @@ class StepContext:
         """Call a step's function, checkpoint its outcome and return its output as stored."""
         self._current_step = name
         try:
-            result = fn(*args, **kwargs)
-            output = to_json(
-                result,
-                what=f"Output of step {name!r}",
-                max_bytes=durably_settings.MAX_OUTPUT_BYTES,
-            )
+            output = output_json(fn(*args, **kwargs), what=f"Output of step {name!r}")
         except DurablyInterrupt:
             raise
         except Exception as exc:
@@ -229,21 +224,9 @@ class StepContext:
         self, current: float, total: float | None = None, message: str | None = None
     ) -> None:
         """Record how far the run is (shown in the admin and the API); fenced like a step."""
-        if not _is_count(current) or (total is not None and not _is_count(total)):
-            raise InvalidProgress(
-                f"progress(current={current!r}, total={total!r}): both must be non-negative numbers."
-            )
-        if message is not None and (
-            not isinstance(message, str) or len(message) > MAX_PROGRESS_MESSAGE_LENGTH
-        ):
-            raise InvalidProgress(
-                f"progress message must be a string of at most {MAX_PROGRESS_MESSAGE_LENGTH} "
-                "characters."
-            )
-        if message is not None:
-            message = storable_text(message)  # a stray NUL must not fail the write (PostgreSQL)
+        progress = check_progress(current, total, message)
         self.check()
-        self._store.save_progress({"current": current, "total": total, "message": message})
+        self._store.save_progress(progress)
 
     @contextlib.contextmanager
     def activate(self) -> Iterator[StepContext]:
@@ -255,13 +238,7 @@ class StepContext:
             _current.reset(token)
 
     def _claim_name(self, name: str) -> None:
-        if not isinstance(name, str) or not name or len(name) > MAX_STEP_NAME_LENGTH:
-            raise InvalidStepName(
-                f"Step names must be non-empty strings of at most {MAX_STEP_NAME_LENGTH} "
-                f"characters, got {name!r}."
-            )
-        if (problem := unstorable_text(name)) is not None:
-            raise InvalidStepName(f"Step name {name!r} {problem}, which databases cannot store.")
+        check_step_name(name)
         if name in self._seen:
             raise DuplicateStepName(name)
         self._seen.add(name)
@@ -278,12 +255,3 @@ class StepContext:
             extra={"run_id": str(self._run_id), "step_name": self._current_step, "data": stored},
         )
         self._store.save_log(level=level, message=text, data=stored, step_name=self._current_step)
-
-
-def _is_count(value: Any) -> bool:
-    return (
-        isinstance(value, int | float)
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-        and value >= 0
-    )

@@ -1,7 +1,9 @@
 """What django-durably needs of the database that stores runs: its migrations applied, and on
 SQLite, writers that wait for each other instead of failing.
 
-* :func:`db_alias` names the database that holds runs (routers decide).
+* :func:`db_alias` names the database that holds runs (routers decide), and
+  :func:`ensure_outside_transaction` refuses the calls that cannot work inside a caller's
+  transaction on it.
 * :func:`ensure_migrated` asks Django's migration executor (not a table probe) whether durably's
   migrations are applied, so a worker can refuse to start with a clear error. It costs a read of
   ``django_migrations`` and loading the migration files, once at start-up.
@@ -36,7 +38,7 @@ from django.db import DatabaseError, OperationalError, connections, router
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.migrations.executor import MigrationExecutor
 
-from django_durably.exceptions import DatabaseNotMigrated
+from django_durably.exceptions import DatabaseNotMigrated, DurablyError
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +68,21 @@ POSTGRES_UNDEFINED_TABLE = "42P01"
 def db_alias() -> str:
     """The database that holds runs (``DATABASE_ROUTERS`` may move them off ``default``)."""
     return router.db_for_write(apps.get_model(APP_LABEL, "Run"))
+
+
+def ensure_outside_transaction(what: str) -> None:
+    """Refuse calls that cannot work inside a caller's ``transaction.atomic()``.
+
+    A run is invisible to workers until its trigger commits, and a claim must commit before its job
+    runs (or the lease and checkpoints would be invisible to other processes).
+    """
+    if connections[db_alias()].in_atomic_block:
+        raise DurablyError(
+            f"{what} cannot be called inside a transaction (atomic block): runs must be committed "
+            "before a worker can claim them, and a claim must commit before its job runs. Call it "
+            "outside transaction.atomic(); in pytest-django tests, use "
+            "django_db(transaction=True)."
+        )
 
 
 # -- migrations --------------------------------------------------------------------------------

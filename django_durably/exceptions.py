@@ -65,7 +65,24 @@ class JobNotFound(DurablyError, LookupError):
         )
 
 
-class InvalidTrigger(DurablyError, ValueError):
+class InvalidValue(DurablyError, ValueError):
+    """A value given to django-durably is invalid; nothing was done.
+
+    The neutral base of :class:`InvalidTrigger` (a trigger's values) and :class:`InvalidQuery` (an
+    HTTP API query's). ``field`` names the value; ``errors`` lists the problems in pydantic's
+    format: dicts with ``loc`` (where, starting with ``field``), ``msg`` and optionally ``type``
+    and ``ctx``.
+    """
+
+    def __init__(
+        self, message: str, *, field: str, errors: list[dict[str, Any]] | None = None
+    ) -> None:
+        self.field = field
+        self.errors = errors or [{"loc": [field], "msg": message}]
+        super().__init__(message)
+
+
+class InvalidTrigger(InvalidValue):
     """The trigger request is invalid; nothing was created.
 
     ``index`` is the position (from 0) of the offending item when the request was a batch
@@ -80,10 +97,8 @@ class InvalidTrigger(DurablyError, ValueError):
         errors: list[dict[str, Any]] | None = None,
         index: int | None = None,
     ) -> None:
-        self.field = field
-        self.errors = errors or [{"loc": [field], "msg": message}]
+        super().__init__(message, field=field, errors=errors)
         self.index: int | None = None
-        super().__init__(message)
         if index is not None:
             self.at_index(index)
 
@@ -97,6 +112,10 @@ class InvalidTrigger(DurablyError, ValueError):
                 {**error, "loc": [index, *error.get("loc", [self.field])]} for error in self.errors
             ]
         return self
+
+
+class InvalidQuery(InvalidValue):
+    """A query parameter of the HTTP API is invalid (``field`` names it)."""
 
 
 class InvalidInput(InvalidTrigger):

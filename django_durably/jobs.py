@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from django_durably.conf import durably_settings
 from django_durably.exceptions import (
     ImproperlyConfiguredJob,
     InvalidInput,
@@ -27,22 +26,47 @@ from django_durably.exceptions import (
     NotJSONSerializable,
     OutputInvalid,
 )
-from django_durably.serialization import to_json, unstorable_text
+from django_durably.serialization import to_json
 from django_durably.types import JSON, Coalesce
+from django_durably.validation import (
+    MAX_KEY_LENGTH,
+    MAX_QUEUE_LENGTH,
+    PRIORITY_RANGE,
+    RESERVED_KEY_PREFIXES,
+    ReservedKey,
+    check_job_defaults,
+    check_job_name,
+    check_key,
+    check_optional_key,
+    output_json,
+)
 
 if TYPE_CHECKING:
     from django_durably.context import StepContext
     from django_durably.models import Run
 
+__all__ = [
+    # The limits and key rules live in ``validation``; importable from here as they were.
+    "MAX_KEY_LENGTH",
+    "MAX_QUEUE_LENGTH",
+    "PRIORITY_RANGE",
+    "RESERVED_KEY_PREFIXES",
+    "ConcurrencyKey",
+    "Job",
+    "ReservedKey",
+    "TriggerItem",
+    "check_key",
+    "define_job",
+    "get_job",
+    "job",
+    "register",
+    "registered_jobs",
+    "registry_conflicts",
+    "unregister",
+]
+
 I = TypeVar("I")  # noqa: E741 - the job's input type
 O = TypeVar("O")  # noqa: E741 - the job's output type
-
-MAX_KEY_LENGTH = 255
-MAX_QUEUE_LENGTH = 100
-PRIORITY_RANGE = (-(2**31), 2**31 - 1)
-RESERVED_KEY_PREFIXES = ("retrigger:", "schedule:")
-"""Idempotency keys starting with these belong to django-durably (retriggers, schedules): a trigger
-may not choose them, so nobody can plant the run that a retrigger or a schedule would return."""
 
 ConcurrencyKey = str | Callable[[Any], str] | None
 
@@ -84,7 +108,7 @@ class Job(Generic[I, O]):
 
     def using(self, *, queue: str | None = None, priority: int | None = None) -> Job[I, O]:
         """A copy of this job that triggers onto another queue or priority by default."""
-        _check_defaults(self.name, queue, priority)
+        check_job_defaults(self.name, queue, priority)
         changes: dict[str, Any] = {}
         if queue is not None:
             changes["queue"] = queue
@@ -150,10 +174,7 @@ class Job(Generic[I, O]):
         :class:`~django_durably.exceptions.WaitTimeout` (which does not cancel the run).
         A worker must be running for the run to make progress.
         """
-        triggering = _triggering()
-        triggering.ensure_outside_transaction("trigger_and_wait()")
-        run = self.trigger(input, **options)
-        finished: Run = triggering.wait_for_run(run.id, timeout=timeout)
+        finished: Run = _triggering().trigger_and_wait(self, input, timeout=timeout, **options)
         return finished
 
     # -- input and output ------------------------------------------------------------------------
@@ -169,11 +190,8 @@ class Job(Generic[I, O]):
         try:
             model = self.input_schema.model_validate(value)
         except ValidationError as exc:
-            raise InvalidInput(
-                f"Input of job {self.name!r} does not match {self.input_schema.__name__}: "
-                f"{_summarise(exc)}",
-                field="input",
-                errors=_error_details(exc, "input"),
+            raise _invalid_input(
+                exc, f"Input of job {self.name!r} does not match {self.input_schema.__name__}"
             ) from exc
         return model.model_dump(mode="json"), model
 
@@ -184,11 +202,9 @@ class Job(Generic[I, O]):
         try:
             return self.input_schema.model_validate(stored)
         except ValidationError as exc:
-            raise InvalidInput(
-                f"Stored input of job {self.name!r} no longer matches "
-                f"{self.input_schema.__name__}: {_summarise(exc)}",
-                field="input",
-                errors=_error_details(exc, "input"),
+            raise _invalid_input(
+                exc,
+                f"Stored input of job {self.name!r} no longer matches {self.input_schema.__name__}",
             ) from exc
 
     def prepare_output(self, value: Any) -> JSON:
@@ -204,11 +220,7 @@ class Job(Generic[I, O]):
                     f"{self.output_schema.__name__}: {_summarise(exc)}"
                 ) from exc
         try:
-            return to_json(
-                value,
-                what=f"Output of job {self.name!r}",
-                max_bytes=durably_settings.MAX_OUTPUT_BYTES,
-            )
+            return output_json(value, what=f"Output of job {self.name!r}")
         except NotJSONSerializable as exc:
             raise OutputInvalid(str(exc)) from exc
 
@@ -226,7 +238,17 @@ class Job(Generic[I, O]):
                     ) from exc
             else:
                 key = self.concurrency_key
-        return None if key is None else check_key(key, "concurrency_key")
+        return check_optional_key(key, "concurrency_key")
+
+
+def _invalid_input(exc: ValidationError, mismatch: str) -> InvalidInput:
+    """An input that fails the job's schema: ``mismatch`` says which (``"Input of job 'x' does not
+    match XIn"``), pydantic's errors say why."""
+    return InvalidInput(
+        f"{mismatch}: {_summarise(exc)}",
+        field="input",
+        errors=_error_details(exc, "input"),
+    )
 
 
 def _summarise(exc: ValidationError) -> str:
@@ -313,13 +335,8 @@ def define_job(
     """Check ``fn`` and the options, and build the :class:`Job` (without registering it)."""
     _validate_function(fn)
     qualified = f"{fn.__module__}.{fn.__qualname__}"
-    job_name = name if name is not None else qualified
-    if not is_short_text(job_name, MAX_KEY_LENGTH):
-        raise ImproperlyConfiguredJob(
-            f"Job name must be a non-empty string of at most {MAX_KEY_LENGTH} characters, "
-            f"got {job_name!r}."
-        )
-    _check_defaults(job_name, queue, priority)
+    job_name = check_job_name(name if name is not None else qualified)
+    check_job_defaults(job_name, queue, priority)
     if concurrency_key is not None and not (
         isinstance(concurrency_key, str) or callable(concurrency_key)
     ):
@@ -342,54 +359,6 @@ def define_job(
         output_schema=output_schema or inferred_output,
         module=qualified,
     )
-
-
-def is_short_text(value: Any, max_length: int) -> bool:
-    """A non-empty string of at most ``max_length`` characters."""
-    return isinstance(value, str) and 0 < len(value) <= max_length
-
-
-class ReservedKey(str):
-    """An idempotency key in one of the :data:`RESERVED_KEY_PREFIXES`, made by django-durably itself
-    (``operations.retrigger_run``, later schedules). Only keys of this type may use those prefixes."""
-
-    __slots__ = ()
-
-
-def check_key(value: Any, field: str) -> str:
-    """An idempotency or concurrency key as given to a trigger, or :class:`InvalidTrigger`.
-
-    An idempotency key in a reserved namespace (``retrigger:``, ``schedule:``) is refused unless it is
-    a :class:`ReservedKey`.
-    """
-    if not is_short_text(value, MAX_KEY_LENGTH):
-        raise InvalidTrigger(
-            f"{field} must be a non-empty string of at most {MAX_KEY_LENGTH} characters, "
-            f"got {value!r}.",
-            field=field,
-        )
-    if (problem := unstorable_text(value)) is not None:
-        raise InvalidTrigger(f"{field} {problem}.", field=field)
-    if (
-        field == "idempotency_key"
-        and value.startswith(RESERVED_KEY_PREFIXES)
-        and not isinstance(value, ReservedKey)
-    ):
-        prefix = next(p for p in RESERVED_KEY_PREFIXES if value.startswith(p))
-        raise InvalidTrigger(
-            f"{field} may not start with {prefix!r}: django-durably reserves the prefixes "
-            f"{', '.join(map(repr, RESERVED_KEY_PREFIXES))} for the keys it makes itself.",
-            field=field,
-        )
-    return str(value)
-
-
-def _check_defaults(job_name: str, queue: Any, priority: Any) -> None:
-    """The queue and priority a job declares (``@job()`` or ``using()``)."""
-    if queue is not None and not is_short_text(queue, MAX_QUEUE_LENGTH):
-        raise ImproperlyConfiguredJob(f"Job {job_name!r}: queue must be a short non-empty string.")
-    if priority is not None and (not isinstance(priority, int) or isinstance(priority, bool)):
-        raise ImproperlyConfiguredJob(f"Job {job_name!r}: priority must be an int.")
 
 
 def _validate_function(fn: Any) -> None:

@@ -24,7 +24,7 @@ from django.dispatch import Signal
 from django.utils import timezone
 
 from django_durably import signals
-from django_durably.database import db_alias, retry_if_locked
+from django_durably.database import db_alias, ensure_outside_transaction, retry_if_locked
 from django_durably.events import send_after_commit
 from django_durably.exceptions import (
     InvalidTrigger,
@@ -35,7 +35,7 @@ from django_durably.exceptions import (
     RunNotResumable,
     RunNotRetriggerable,
 )
-from django_durably.jobs import MAX_KEY_LENGTH, ReservedKey, TriggerItem, check_key, get_job
+from django_durably.jobs import TriggerItem, get_job
 from django_durably.leases import lock_oldest_finished
 from django_durably.leases.statements import ended_fields
 from django_durably.models import (
@@ -50,14 +50,8 @@ from django_durably.models import (
     RunStatus,
 )
 from django_durably.notifications import notify_cancelled, notify_ready
-from django_durably.triggering import (
-    ensure_outside_transaction,
-    run_of_idempotency_key,
-    run_pk,
-    trigger,
-    trigger_runs,
-    wait_for_run,
-)
+from django_durably.triggering import run_of_idempotency_key, trigger, trigger_runs, wait_for_run
+from django_durably.validation import MAX_KEY_LENGTH, ReservedKey, check_key, run_pk
 
 __all__ = [
     "CancelResult",

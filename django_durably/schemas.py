@@ -23,9 +23,16 @@ from pydantic import (
     WithJsonSchema,
 )
 
-from django_durably.jobs import MAX_KEY_LENGTH, MAX_QUEUE_LENGTH, PRIORITY_RANGE
 from django_durably.models import TERMINAL_STATUSES, RunStatus
-from django_durably.triggering import MAX_LABEL_KEY_LENGTH, MAX_LABEL_VALUE_LENGTH, MAX_LABELS
+from django_durably.validation import (
+    LABEL_KEY_CHARACTERS,
+    MAX_KEY_LENGTH,
+    MAX_LABEL_KEY_LENGTH,
+    MAX_LABEL_VALUE_LENGTH,
+    MAX_LABELS,
+    MAX_QUEUE_LENGTH,
+    PRIORITY_RANGE,
+)
 
 RunStatusName = Literal["pending", "leased", "completed", "failed", "cancelled"]
 RunStatusFilterName = Literal["pending", "leased", "running", "completed", "failed", "cancelled"]
@@ -40,7 +47,7 @@ MAX_PAGE_SIZE = 200
 
 # Text that databases can store: PostgreSQL refuses NUL characters in text and JSON.
 NO_NUL = r"^[^\x00]*$"
-LABEL_KEY = r"^[A-Za-z0-9._/-]+$"
+LABEL_KEY = f"^{LABEL_KEY_CHARACTERS}$"
 
 
 def _utc(value: datetime) -> datetime:

@@ -5,6 +5,7 @@ transaction. Idempotency keys and the one-pending-run-per-concurrency-key rule a
 constraints, so concurrent triggers cannot both win; a lost race is retried and resolved to the
 existing run.
 
+Every value of an item is checked by ``validation`` (the limits and rules of a trigger live there).
 On PostgreSQL the runs are inserted by one prepared statement whatever their number
 (``leases.insert_runs``), which also sends the workers' wake-up notification. Without keys to look
 up first that statement is the whole trigger: one round trip, its own transaction.
@@ -14,11 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -27,12 +26,11 @@ from django.db import IntegrityError, connections, transaction
 from django_durably import signals
 from django_durably.conf import durably_settings
 from django_durably.database import db_alias, missing_tables_as_not_migrated, retry_if_locked
+
+# Defined in ``database`` now; re-exported for the callers that import it from here.
+from django_durably.database import ensure_outside_transaction as ensure_outside_transaction
 from django_durably.events import send_after_commit
 from django_durably.exceptions import (
-    DurablyError,
-    InvalidInput,
-    InvalidLabels,
-    InvalidRunAfter,
     InvalidTrigger,
     PendingRunExists,
     RunCancelled,
@@ -40,24 +38,21 @@ from django_durably.exceptions import (
     RunNotFound,
     WaitTimeout,
 )
-from django_durably.jobs import (
-    MAX_QUEUE_LENGTH,
-    PRIORITY_RANGE,
-    Job,
-    TriggerItem,
-    check_key,
-    get_job,
-    is_short_text,
-)
+from django_durably.jobs import Job, TriggerItem, get_job
 from django_durably.leases import NewRun, insert_runs
 from django_durably.models import Run, RunLog, RunStatus
-from django_durably.serialization import dump, unstorable_text
 from django_durably.types import Coalesce
+from django_durably.validation import (
+    check_coalesce,
+    check_labels,
+    check_optional_key,
+    check_priority,
+    check_queue,
+    check_run_after,
+    input_json,
+    run_pk,
+)
 
-LABEL_KEY_PATTERN = re.compile(r"[A-Za-z0-9._/-]+")
-MAX_LABELS = 32
-MAX_LABEL_KEY_LENGTH = 100
-MAX_LABEL_VALUE_LENGTH = 500
 TRIGGER_RETRIES = 3
 
 
@@ -213,31 +208,23 @@ def _with_disposition(run: Run, disposition: str) -> Run:
 
 
 def _prepare(job: Job[Any, Any], item: TriggerItem) -> _Prepared:
+    """One item's run, its every value checked (``validation``), in the order the errors of an
+    item with several invalid values are reported."""
     stored_input, parsed_input = job.prepare_input(item.input)
-    stored_json = dump(stored_input)
-    size = len(stored_json.encode())
-    if size > durably_settings.MAX_INPUT_BYTES:
-        raise InvalidInput(
-            f"Input of job {job.name!r} is {size} bytes of JSON; the limit is "
-            f"{durably_settings.MAX_INPUT_BYTES} (DURABLY_MAX_INPUT_BYTES).",
-            field="input",
-        )
-    if item.coalesce not in ("error", "skip"):
-        raise InvalidTrigger(
-            f"coalesce must be 'error' or 'skip', got {item.coalesce!r}.", field="coalesce"
-        )
-    run_after = _run_after(item.run_after)
+    stored_json = input_json(job.name, stored_input)
+    coalesce = check_coalesce(item.coalesce)
+    run_after = check_run_after(item.run_after)
     return _Prepared(
         input_json=None if stored_input is None else stored_json,
         run_after=run_after,
         run=Run(
             job_name=job.name,
-            queue=_queue(
+            queue=check_queue(
                 item.queue
                 if item.queue is not None
                 else (job.queue or durably_settings.DEFAULT_QUEUE)
             ),
-            priority=_priority(
+            priority=check_priority(
                 next(
                     p
                     for p in (item.priority, job.priority, durably_settings.DEFAULT_PRIORITY)
@@ -245,100 +232,24 @@ def _prepare(job: Job[Any, Any], item: TriggerItem) -> _Prepared:
                 )
             ),
             input=stored_input,
-            idempotency_key=_idempotency_key(item.idempotency_key),
+            idempotency_key=check_optional_key(item.idempotency_key, "idempotency_key"),
             concurrency_key=job.resolve_concurrency_key(item.concurrency_key, parsed_input),
-            labels=validate_labels(item.labels),
+            labels=check_labels(item.labels),
             # Not given: the database clock's now, the column's default.
             **({} if run_after is None else {"run_after": run_after}),
         ),
-        coalesce=item.coalesce,
+        coalesce=coalesce,
     )
 
 
-def validate_labels(labels: Any) -> dict[str, str]:
-    """Check labels: a flat object of ``[A-Za-z0-9._/-]+`` keys and string values."""
-    if labels is None:
-        return {}
-    if not isinstance(labels, dict):
-        raise InvalidLabels(
-            f"labels must be an object of string keys and string values, got {type(labels).__name__}.",
-            field="labels",
-        )
-    if len(labels) > MAX_LABELS:
-        raise InvalidLabels(f"At most {MAX_LABELS} labels are allowed.", field="labels")
-    for key, value in labels.items():
-        if (
-            not isinstance(key, str)
-            or len(key) > MAX_LABEL_KEY_LENGTH
-            or not LABEL_KEY_PATTERN.fullmatch(key)
-        ):
-            raise InvalidLabels(
-                f"Label key {key!r} is invalid: keys are 1-{MAX_LABEL_KEY_LENGTH} characters of "
-                "letters, digits, '.', '_', '/' and '-'.",
-                field="labels",
-            )
-        if not isinstance(value, str) or len(value) > MAX_LABEL_VALUE_LENGTH:
-            raise InvalidLabels(
-                f"Label {key!r} has value {value!r}: values are strings of at most "
-                f"{MAX_LABEL_VALUE_LENGTH} characters.",
-                field="labels",
-            )
-        if (problem := unstorable_text(value)) is not None:
-            raise InvalidLabels(f"Label {key!r} has a value that {problem}.", field="labels")
-    return dict(labels)
-
-
-def _idempotency_key(key: Any) -> str | None:
-    return None if key is None else check_key(key, "idempotency_key")
-
-
-def _queue(queue: Any) -> str:
-    if not is_short_text(queue, MAX_QUEUE_LENGTH):
-        raise InvalidTrigger(
-            f"queue must be a non-empty string of at most {MAX_QUEUE_LENGTH} characters, "
-            f"got {queue!r}.",
-            field="queue",
-        )
-    return str(queue)
-
-
-def _priority(priority: Any) -> int:
-    low, high = PRIORITY_RANGE
-    if not isinstance(priority, int) or isinstance(priority, bool) or not low <= priority <= high:
-        raise InvalidTrigger(
-            f"priority must be an integer between {low} and {high}, got {priority!r}.",
-            field="priority",
-        )
-    return priority
-
-
-def _run_after(run_after: Any) -> datetime | None:
-    if run_after is None:
-        return None
-    if not isinstance(run_after, datetime):
-        raise InvalidRunAfter(
-            f"run_after must be a timezone-aware datetime, got {type(run_after).__name__}.",
-            field="run_after",
-        )
-    if run_after.tzinfo is None or run_after.utcoffset() is None:
-        raise InvalidRunAfter(
-            f"run_after must be timezone-aware, got the naive datetime {run_after.isoformat()}; "
-            "use django.utils.timezone.now() + timedelta(...) or attach a tzinfo.",
-            field="run_after",
-        )
-    return run_after
-
-
-def run_pk(run_id: UUID | str) -> UUID:
-    if isinstance(run_id, UUID):
-        return run_id
-    try:
-        return UUID(str(run_id))
-    except ValueError:
-        raise RunNotFound(run_id) from None
-
-
 # -- waiting -----------------------------------------------------------------------------------
+
+
+def trigger_and_wait(job: Job[Any, Any], input: Any, *, timeout: float, **options: Any) -> Run:
+    """:meth:`Job.trigger_and_wait <django_durably.jobs.Job.trigger_and_wait>`."""
+    ensure_outside_transaction("trigger_and_wait()")
+    run = job.trigger(input, **options)
+    return wait_for_run(run.id, timeout=timeout)
 
 
 def wait_for_run(
@@ -393,18 +304,3 @@ def wait_for_run(
             raise WaitTimeout(run.pk, timeout, run.status)
         time.sleep(min(interval, remaining))
         interval = min(interval * 1.5, max(1.0, interval))
-
-
-def ensure_outside_transaction(what: str) -> None:
-    """Refuse calls that cannot work inside a caller's ``transaction.atomic()``.
-
-    A run is invisible to workers until its trigger commits, and a claim must commit before its job
-    runs (or the lease and checkpoints would be invisible to other processes).
-    """
-    if connections[db_alias()].in_atomic_block:
-        raise DurablyError(
-            f"{what} cannot be called inside a transaction (atomic block): runs must be committed "
-            "before a worker can claim them, and a claim must commit before its job runs. Call it "
-            "outside transaction.atomic(); in pytest-django tests, use "
-            "django_db(transaction=True)."
-        )

@@ -15,6 +15,7 @@ from django.db import DatabaseError
 from django_durably.conf import durably_settings
 from django_durably.database import db_alias, ensure_migrated
 from django_durably.exceptions import DatabaseNotMigrated
+from django_durably.validation import MAX_QUEUE_LENGTH, is_short_text
 from django_durably.worker import DEFAULT_GRACE_PERIOD, Worker, WorkerStats
 
 VERBOSITY_LEVELS = {0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG, 3: logging.DEBUG}
@@ -51,8 +52,8 @@ def non_negative_float(value: str) -> float:
 
 
 def queue_name(value: str) -> str:
-    if not value or len(value) > 100:
-        raise argparse.ArgumentTypeError("a queue name is 1-100 characters")
+    if not is_short_text(value, MAX_QUEUE_LENGTH):
+        raise argparse.ArgumentTypeError(f"a queue name is 1-{MAX_QUEUE_LENGTH} characters")
     return value
 
 

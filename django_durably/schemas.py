@@ -7,6 +7,8 @@ caller asks for them with ``?include=lease``.
 No ``from __future__ import annotations`` here: ninja and pydantic read these annotations at runtime.
 """
 
+import inspect
+import logging
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
@@ -23,6 +25,7 @@ from pydantic import (
     WithJsonSchema,
 )
 
+from django_durably.conf import durably_settings
 from django_durably.models import TERMINAL_STATUSES, RunStatus
 from django_durably.validation import (
     LABEL_KEY_CHARACTERS,
@@ -33,6 +36,8 @@ from django_durably.validation import (
     MAX_QUEUE_LENGTH,
     PRIORITY_RANGE,
 )
+
+logger = logging.getLogger(__name__)
 
 RunStatusName = Literal["pending", "leased", "completed", "failed", "cancelled"]
 RunStatusFilterName = Literal["pending", "leased", "running", "completed", "failed", "cancelled"]
@@ -166,6 +171,39 @@ class JobOut(Schema):
     output_schema: dict[str, Any] | None = Field(
         description="JSON schema of the output, when the job declares a pydantic output model."
     )
+
+    # Read from a registered Job.
+    @staticmethod
+    def resolve_description(job: Any) -> str:
+        return str((inspect.getdoc(job.fn) or "").split("\n\n")[0].strip())
+
+    @staticmethod
+    def resolve_queue(job: Any) -> str:
+        return str(job.queue or durably_settings.DEFAULT_QUEUE)
+
+    @staticmethod
+    def resolve_priority(job: Any) -> int:
+        return int(durably_settings.DEFAULT_PRIORITY if job.priority is None else job.priority)
+
+    @staticmethod
+    def resolve_input_schema(job: Any) -> dict[str, Any] | None:
+        return _json_schema(job.input_schema)
+
+    @staticmethod
+    def resolve_output_schema(job: Any) -> dict[str, Any] | None:
+        return _json_schema(job.output_schema)
+
+
+def _json_schema(model: Any) -> dict[str, Any] | None:
+    if model is None:
+        return None
+    try:
+        schema: dict[str, Any] = model.model_json_schema()
+    except Exception:
+        # A model pydantic cannot describe must not break the listing: show it as free-form.
+        logger.warning("No JSON schema for %s.", model, exc_info=True)
+        return None
+    return schema
 
 
 # -- runs --------------------------------------------------------------------------------------

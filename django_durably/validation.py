@@ -1,12 +1,14 @@
 """Every limit and rule on what a trigger, a job declaration, a step and a run-list query may hold.
 
-One place for each rule, read by everything that applies or documents it: triggering and the job
-decorator (``jobs``, ``triggering``), the step context (``context``), the HTTP API's schemas and
-label filters (``schemas``, ``api``), scopes (``access``), the system checks and the worker
-command. Each check raises a typed error naming the field: :class:`InvalidTrigger` and its
-subclasses for a trigger's values, :class:`ImproperlyConfiguredJob` for a job's declaration,
-:class:`InvalidStepName` and :class:`InvalidProgress` inside a job, :class:`RunNotFound` for an id
-that is not a run's.
+One place for each rule, read by everything that applies or documents it: the job decorator and
+triggering (``jobs``, ``triggering``), the step context (``context``), the HTTP API's schemas and
+its run-list label filters (``schemas``, ``api``), scopes (``access``), the system checks and the
+worker command. The byte limits are settings (``DURABLY_MAX_INPUT_BYTES``,
+``DURABLY_MAX_OUTPUT_BYTES``); the rest are the constants below. Each check raises a typed error
+naming the field: :class:`InvalidTrigger` and its subclasses for a trigger's values,
+:class:`ImproperlyConfiguredJob` for a job's declaration, :class:`InvalidStepName` and
+:class:`InvalidProgress` inside a job, :class:`InvalidLabels` for a run-list label filter,
+:class:`RunNotFound` for an id that is not a run's.
 
 Below ``jobs`` and ``models``: user code imports ``jobs`` (and so this module) before Django's app
 registry is ready, so nothing here imports models.

@@ -79,14 +79,10 @@ def make_audit_record(run: Run, **fields: Any) -> AuditRecord:
 ERROR = {"type": "builtins.RuntimeError", "message": "boom", "traceback": "Tb"}  # of a failed run
 
 
-def make_run_in(status: str = "pending", **fields: Any) -> Run:
-    """A run of the registered job ``tests.jobs.noop`` (so it can be retriggered) left in
-    ``status`` as a worker or an operator would leave it: ``leased`` holds a live lease (attempt 1,
-    generation 1, started 3 s ago); a finished run was leased once too, started 90 s ago and ended
-    now, and a ``failed`` one carries an error. Any field can be given (``job_name``, ``input``,
-    ``concurrency_key``... for a run of another job)."""
+def _left_in(status: str) -> dict[str, Any]:
+    """The fields of a run left in ``status`` as a worker or an operator would leave it."""
     now = timezone.now()
-    values: dict[str, Any] = {"status": status, "job_name": noop.name}
+    values: dict[str, Any] = {"status": status}
     if status != RunStatus.PENDING:
         values |= {"attempt": 1, "lease_generation": 1, "lease_owner": "worker-1"}
     if status == RunStatus.LEASED:
@@ -98,4 +94,20 @@ def make_run_in(status: str = "pending", **fields: Any) -> Run:
         values |= {"started_at": now - timedelta(seconds=90), "completed_at": now}
     if status == RunStatus.FAILED:
         values["error"] = ERROR
-    return make_run(**(values | fields))
+    return values
+
+
+def make_run_in(status: str = "pending", **fields: Any) -> Run:
+    """A run of the registered job ``tests.jobs.noop`` (so it can be retriggered) left in
+    ``status`` as a worker or an operator would leave it: ``leased`` holds a live lease (attempt 1,
+    generation 1, started 3 s ago); a finished run was leased once too, started 90 s ago and ended
+    now, and a ``failed`` one carries an error. Any field can be given."""
+    return make_run(**({"job_name": noop.name} | _left_in(status) | fields))
+
+
+def move_to(run: Run, status: str, **fields: Any) -> Run:
+    """``run``, made by ``trigger()`` (its job's input, keys and options as the library stores
+    them), moved to ``status`` and left there as ``make_run_in`` leaves a new run, with ``fields``
+    on top. Returns the run as stored. A fixture, not a transition: nothing checks the move."""
+    assert Run.objects.filter(pk=run.pk).update(**(_left_in(status) | fields)) == 1
+    return Run.objects.get(pk=run.pk)

@@ -18,7 +18,7 @@ from django_durably.api import router
 from django_durably.models import AuditRecord, Run, RunStatus
 from tests import jobs
 from tests.api_hooks import API_KEY, ApiKey
-from tests.factories import make_run_in
+from tests.factories import move_to
 
 pytestmark = pytest.mark.django_db(databases="__all__")
 
@@ -126,7 +126,7 @@ def test_session__every_endpoint_through_the_urlconf(operator):
 
 
 def test_csrf__unsafe_methods_without_a_token_403(operator):
-    run = make_run_in(RunStatus.COMPLETED)
+    run = move_to(jobs.noop.trigger(None), RunStatus.COMPLETED)
     client = logged_in(operator, enforce_csrf_checks=True)
 
     refused = [
@@ -178,7 +178,7 @@ def test_csrf__with_the_token_in_the_header(operator):
 def test_permissions__each_action_needs_its_permission(
     make_user, permission, method, path, status, expected
 ):
-    run = jobs.noop.trigger(None) if status == RunStatus.PENDING else make_run_in(status)
+    run = move_to(jobs.noop.trigger(None), status)
     url = BASE + path.format(id=run.pk)
     without = logged_in(make_user("without", "view_run"))
     with_it = logged_in(make_user("with", "view_run", permission))

@@ -19,7 +19,7 @@ from django_durably import process_until_idle
 from django_durably.jobs import TriggerItem
 from django_durably.models import AuditRecord, Run, RunLog, RunStatus, Step
 from tests import jobs
-from tests.factories import make_log, make_run_in, make_step
+from tests.factories import make_log, make_step, move_to
 
 pytestmark = pytest.mark.django_db(databases="__all__")
 
@@ -139,8 +139,10 @@ def test_list_runs__exact_page_size_has_no_next_page(api, operator):
 
 def test_list_runs__filters_by_job_and_status_any_of(api, operator):
     noop = jobs.noop.trigger(None)
-    failed = make_run_in(RunStatus.FAILED, job_name=jobs.three_steps.name, input={})
-    completed = make_run_in(RunStatus.COMPLETED, job_name=jobs.counted.name, input={"n": 1})
+    failed = jobs.three_steps.trigger({})
+    move_to(failed, RunStatus.FAILED)
+    completed = jobs.counted.trigger({"n": 1})
+    move_to(completed, RunStatus.COMPLETED)
 
     def listed(query: str) -> set[str]:
         response = api.get(f"/runs?{query}", user=operator)
@@ -197,7 +199,8 @@ def test_list_runs__created_after_a_runs_own_time_includes_it(api, operator):
 
 
 def test_list_runs__include_lease(api, operator):
-    make_run_in(RunStatus.LEASED, lease_owner="w-9", lease_generation=2)
+    run = jobs.noop.trigger(None)
+    move_to(run, RunStatus.LEASED, lease_owner="w-9", lease_generation=2)
 
     item = api.get("/runs?include=lease", user=operator).json()["items"][0]
 
@@ -354,7 +357,8 @@ def test_cancel__again_is_a_no_op(api, operator):
 
 @pytest.mark.parametrize("status", ["completed", "failed"])
 def test_cancel__a_finished_run_409_with_its_status(api, operator, status):
-    run = make_run_in(status)
+    run = jobs.noop.trigger(None)
+    move_to(run, status)
 
     response = api.post(f"/runs/{run.pk}/cancel", user=operator)
 
@@ -368,7 +372,8 @@ def test_cancel__a_finished_run_409_with_its_status(api, operator, status):
 
 
 def test_resume__a_failed_run_goes_back_to_pending(api, operator):
-    run = make_run_in(RunStatus.FAILED, error=ERROR)
+    run = jobs.noop.trigger(None)
+    move_to(run, RunStatus.FAILED, error=ERROR)
 
     response = api.post(f"/runs/{run.pk}/resume", user=operator)
 
@@ -381,7 +386,8 @@ def test_resume__a_failed_run_goes_back_to_pending(api, operator):
 
 @pytest.mark.parametrize("status", ["pending", "leased", "completed"])
 def test_resume__other_statuses_409(api, operator, status):
-    run = jobs.noop.trigger(None) if status == RunStatus.PENDING else make_run_in(status)
+    run = jobs.noop.trigger(None)
+    move_to(run, status)
 
     response = api.post(f"/runs/{run.pk}/resume", user=operator)
 
@@ -391,7 +397,8 @@ def test_resume__other_statuses_409(api, operator, status):
 
 
 def test_resume__another_pending_run_holds_the_key_409(api, operator):
-    old = make_run_in(RunStatus.FAILED, job_name=jobs.singleton.name, concurrency_key="singleton")
+    old = jobs.singleton.trigger(None)
+    move_to(old, RunStatus.FAILED)
     pending = jobs.singleton.trigger(None)
 
     response = api.post(f"/runs/{old.pk}/resume", user=operator)
@@ -403,9 +410,8 @@ def test_resume__another_pending_run_holds_the_key_409(api, operator):
 
 
 def test_retrigger__a_finished_run_gives_a_new_pending_run_201(api, operator, db_alias):
-    run = make_run_in(
-        RunStatus.COMPLETED, input={"x": 1}, labels={"tenant": "acme"}, output={"x": 1}
-    )
+    run = jobs.noop.trigger({"x": 1}, labels={"tenant": "acme"})
+    move_to(run, RunStatus.COMPLETED, output={"x": 1})
 
     response = api.post(f"/runs/{run.pk}/retrigger", user=operator)
 
@@ -423,7 +429,8 @@ def test_retrigger__a_finished_run_gives_a_new_pending_run_201(api, operator, db
 def test_retrigger__the_same_idempotency_key_again_returns_the_first_new_run_200(
     api, operator, db_alias
 ):
-    run = make_run_in(RunStatus.FAILED, input={"x": 1})
+    run = jobs.noop.trigger({"x": 1})
+    move_to(run, RunStatus.FAILED)
     headers = {"Idempotency-Key": "retry-7"}
 
     first = api.post(f"/runs/{run.pk}/retrigger", user=operator, headers=headers)
@@ -437,7 +444,8 @@ def test_retrigger__the_same_idempotency_key_again_returns_the_first_new_run_200
 
 
 def test_retrigger__an_idempotency_key_too_long_422(api, operator, db_alias):
-    run = make_run_in(RunStatus.COMPLETED)
+    run = jobs.noop.trigger(None)
+    move_to(run, RunStatus.COMPLETED)
 
     response = api.post(
         f"/runs/{run.pk}/retrigger", user=operator, headers={"Idempotency-Key": "k" * 209}
@@ -449,7 +457,8 @@ def test_retrigger__an_idempotency_key_too_long_422(api, operator, db_alias):
 
 
 def test_retrigger__a_running_run_409(api, operator):
-    run = make_run_in(RunStatus.LEASED)
+    run = jobs.noop.trigger(None)
+    move_to(run, RunStatus.LEASED)
 
     response = api.post(f"/runs/{run.pk}/retrigger", user=operator)
 
@@ -459,7 +468,8 @@ def test_retrigger__a_running_run_409(api, operator):
 
 
 def test_retrigger__a_job_no_longer_registered_404(api, operator):
-    run = make_run_in(RunStatus.FAILED, job_name="tests.jobs.renamed_away")
+    run = jobs.noop.trigger(None)
+    move_to(run, RunStatus.FAILED, job_name="tests.jobs.renamed_away")
 
     response = api.post(f"/runs/{run.pk}/retrigger", user=operator)
 
@@ -468,7 +478,8 @@ def test_retrigger__a_job_no_longer_registered_404(api, operator):
 
 
 def test_retrigger__input_no_longer_valid_422(api, operator):
-    run = make_run_in(RunStatus.COMPLETED, job_name=jobs.greet.name, input={"times": 2})
+    run = jobs.greet.trigger({"name": "ada"})
+    move_to(run, RunStatus.COMPLETED, input={"times": 2})
 
     response = api.post(f"/runs/{run.pk}/retrigger", user=operator)
 
@@ -477,7 +488,8 @@ def test_retrigger__input_no_longer_valid_422(api, operator):
 
 
 def test_delete__a_finished_run_204_and_its_audit_stays(api, operator, db_alias):
-    run = make_run_in(RunStatus.CANCELLED)
+    run = jobs.noop.trigger(None)
+    move_to(run, RunStatus.CANCELLED)
     make_log(run, message="x")
 
     response = api.delete(f"/runs/{run.pk}", user=operator)
@@ -542,7 +554,8 @@ def test_api__trigger_then_process_then_inspect(api, operator):
 
 
 def test_list_runs__running_is_an_alias_of_leased(api, operator):
-    leased = make_run_in(RunStatus.LEASED)
+    leased = jobs.noop.trigger(None)
+    move_to(leased, RunStatus.LEASED)
     jobs.noop.trigger(None)
 
     running = api.get("/runs?status=running", user=operator)
@@ -557,7 +570,8 @@ def test_list_runs__input_output_and_error_are_not_read(api, operator, db_alias)
     from django.db import connections
     from django.test.utils import CaptureQueriesContext
 
-    run = make_run_in(RunStatus.FAILED, input={"big": "x" * 1000}, output={"o": 1}, error=ERROR)
+    run = jobs.noop.trigger({"big": "x" * 1000})
+    move_to(run, RunStatus.FAILED, output={"o": 1}, error=ERROR)
 
     with CaptureQueriesContext(connections[db_alias]) as queries:
         response = api.get("/runs", user=operator)

@@ -28,7 +28,7 @@ from django_durably.exceptions import (
 from django_durably.jobs import TriggerItem
 from django_durably.models import Run, RunStatus
 from tests import jobs
-from tests.factories import make_run_in
+from tests.factories import move_to
 
 pytestmark = pytest.mark.django_db(databases="__all__")
 transactional = pytest.mark.django_db(transaction=True, databases="__all__")
@@ -196,7 +196,7 @@ def test_trigger_idempotency__is_per_job_name(db_alias):
     [RunStatus.LEASED, RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED],
 )
 def test_trigger_idempotency__hit_whatever_the_status(db_alias, status):
-    first = make_run_in(status, idempotency_key="k")
+    first = move_to(jobs.noop.trigger(idempotency_key="k"), status)
     again = jobs.noop.trigger(idempotency_key="k")
     assert again.disposition == "idempotent"
     assert again.pk == first.pk
@@ -216,7 +216,7 @@ def test_trigger_idempotency__hit_sends_no_signal(db_alias, triggered):
     first = jobs.noop.trigger(idempotency_key="k")
     assert [r.pk for r in runs_of(triggered)] == [first.pk]
     jobs.noop.trigger(idempotency_key="k")
-    Run.objects.filter(pk=first.pk).update(status=RunStatus.COMPLETED)
+    move_to(first, RunStatus.COMPLETED)
     jobs.noop.trigger(idempotency_key="k")
     assert [r.pk for r in runs_of(triggered)] == [first.pk]
 
@@ -266,7 +266,7 @@ def test_trigger_concurrency__key_is_per_job_name(db_alias):
     [RunStatus.LEASED, RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED],
 )
 def test_trigger_concurrency__only_pending_runs_conflict(db_alias, status):
-    first = make_run_in(status, job_name=jobs.singleton.name, concurrency_key="singleton")
+    first = move_to(jobs.singleton.trigger(), status)
     second = jobs.singleton.trigger()
     assert second.disposition == "created"
     assert second.pk != first.pk

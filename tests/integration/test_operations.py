@@ -12,7 +12,6 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AnonymousUser
 from django.db import transaction
-from django.db.models import F
 from django.db.models.functions import Now
 from django.utils import timezone
 
@@ -43,6 +42,7 @@ from django_durably.operations import (
     retrigger_run,
 )
 from tests import jobs
+from tests.factories import make_log, make_step, move_to
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
@@ -57,39 +57,6 @@ OPERATIONS = {
 
 
 # -- building runs in a given status -------------------------------------------------------------
-
-
-def lease(run: Run) -> Run:
-    """Lease ``run`` as a claim would (fixture building: the claim itself is tested elsewhere)."""
-    assert Run.objects.filter(pk=run.pk, status="pending").update(
-        status="leased",
-        lease_generation=F("lease_generation") + 1,
-        attempt=F("attempt") + 1,
-        lease_owner="ops-test",
-        lease_expires_at=leases.lease_expiry(60),
-        started_at=Now(),
-    )
-    return Run.objects.get(pk=run.pk)
-
-
-def put(run: Run, status: str) -> Run:
-    """Move a fresh pending run to ``status`` through the lease-holder paths."""
-    if status == "pending":
-        return run
-    leased = lease(run)
-    if status == "completed":
-        assert leases.complete(run.pk, leased.lease_generation, {"done": True})
-    elif status == "failed":
-        assert leases.fail(run.pk, leased.lease_generation, ERROR)
-    elif status == "cancelled":
-        Run.objects.filter(pk=run.pk).update(
-            status="cancelled", completed_at=Now(), lease_expires_at=None
-        )
-    return Run.objects.get(pk=run.pk)
-
-
-def make(status: str, job: Any = jobs.noop, input: Any = None, **options: Any) -> Run:
-    return put(job.trigger(input, **options), status)
 
 
 def failed_three_steps() -> Run:
@@ -206,7 +173,7 @@ def test_operations__malformed_id_raises_run_not_found(operation, bad):
 
 @pytest.mark.parametrize("operation", list(OPERATIONS))
 def test_operations__accept_the_id_as_a_string(operation):
-    run = make("pending" if operation == "cancel" else "failed")
+    run = move_to(jobs.noop.trigger(), "pending" if operation == "cancel" else "failed")
     result = OPERATIONS[operation](str(run.pk))
     if operation == "retrigger":
         assert result.pk != run.pk
@@ -232,7 +199,7 @@ def test_cancel__pending_run(db_alias):
 
 
 def test_cancel__leased_run_fences_the_lease_holder_out():
-    leased = lease(jobs.noop.trigger())
+    leased = move_to(jobs.noop.trigger(), "leased")
 
     result = cancel_run(leased.pk)
 
@@ -252,7 +219,7 @@ def test_cancel__leased_run_fences_the_lease_holder_out():
 
 
 def test_cancel__leased_run_with_an_expired_lease():
-    leased = lease(jobs.noop.trigger())
+    leased = move_to(jobs.noop.trigger(), "leased")
     Run.objects.filter(pk=leased.pk).update(lease_expires_at=Now() - timedelta(seconds=5))
 
     assert cancel_run(leased.pk).from_status == "leased"
@@ -274,7 +241,7 @@ def test_cancel__already_cancelled_is_a_no_op():
 
 @pytest.mark.parametrize("status", ["completed", "failed"])
 def test_cancel__finished_run_raises_run_not_cancellable(status):
-    run = make(status)
+    run = move_to(jobs.noop.trigger(), status)
     before = row(run)
 
     with pytest.raises(RunNotCancellable) as raised:
@@ -378,7 +345,7 @@ def test_resume__cancelled_run_replays_the_steps_done_before_the_cancel():
 
 def test_resume__a_stale_lease_holder_stays_fenced_out():
     """Cancelled while leased, then resumed: the worker that held the lease can write nothing."""
-    leased = lease(jobs.noop.trigger())
+    leased = move_to(jobs.noop.trigger(), "leased")
     generation = leased.lease_generation
     cancel_run(leased.pk)
     resume_run(leased.pk)
@@ -394,8 +361,7 @@ def test_resume__a_stale_lease_holder_stays_fenced_out():
 
 @pytest.mark.parametrize("status", ["pending", "leased", "completed"])
 def test_resume__other_statuses_raise_run_not_resumable(status):
-    run = jobs.noop.trigger()
-    run = lease(run) if status == "leased" else put(run, status)
+    run = move_to(jobs.noop.trigger(), status)
     before = row(run)
 
     with pytest.raises(RunNotResumable) as raised:
@@ -409,7 +375,7 @@ def test_resume__other_statuses_raise_run_not_resumable(status):
 
 @pytest.mark.parametrize("status", ["failed", "cancelled"])
 def test_resume__pending_run_holding_the_concurrency_key_raises_pending_run_exists(status):
-    stopped = make(status, jobs.per_user, {"user": 1})
+    stopped = move_to(jobs.per_user.trigger({"user": 1}), status)
     waiting = jobs.per_user.trigger({"user": 1})
     before = row(stopped)
 
@@ -436,15 +402,16 @@ def test_resume__pending_run_holding_the_concurrency_key_raises_pending_run_exis
 
 @pytest.mark.parametrize("status", FINISHED)
 def test_retrigger__creates_a_new_pending_run_with_the_same_options(status):
-    original = make(
+    original = move_to(
+        jobs.noop.trigger(
+            {"x": [1, 2]},
+            idempotency_key="nightly-2026-01-01",
+            concurrency_key="tenant:acme",
+            labels={"tenant": "acme", "kind": "report"},
+            queue="reports",
+            priority=7,
+        ),
         status,
-        jobs.noop,
-        {"x": [1, 2]},
-        idempotency_key="nightly-2026-01-01",
-        concurrency_key="tenant:acme",
-        labels={"tenant": "acme", "kind": "report"},
-        queue="reports",
-        priority=7,
     )
     before = row(original)
 
@@ -477,7 +444,7 @@ def test_retrigger__creates_a_new_pending_run_with_the_same_options(status):
 
 
 def test_retrigger__twice_creates_two_runs_without_a_concurrency_key():
-    original = make("completed", jobs.noop, 1, idempotency_key="once")
+    original = move_to(jobs.noop.trigger(1, idempotency_key="once"), "completed")
 
     first, second = retrigger_run(original.pk), retrigger_run(original.pk)
 
@@ -488,7 +455,7 @@ def test_retrigger__twice_creates_two_runs_without_a_concurrency_key():
 
 
 def test_retrigger__validates_against_the_current_input_schema():
-    original = make("completed", jobs.greet, {"name": "ada"})
+    original = move_to(jobs.greet.trigger({"name": "ada"}), "completed")
     assert original.input == {"name": "ada", "times": 1}
     # The schema changed since (simulated by a stored input the current schema rejects).
     Run.objects.filter(pk=original.pk).update(input={"nom": "ada"})
@@ -503,7 +470,7 @@ def test_retrigger__validates_against_the_current_input_schema():
 
 
 def test_retrigger__input_is_normalised_by_the_current_schema():
-    original = make("failed", jobs.greet, {"name": "ada"})
+    original = move_to(jobs.greet.trigger({"name": "ada"}), "failed")
     Run.objects.filter(pk=original.pk).update(
         input={"name": "ada"}
     )  # stored before `times` existed
@@ -514,7 +481,7 @@ def test_retrigger__input_is_normalised_by_the_current_schema():
 
 
 def test_retrigger__unregistered_job_raises_job_not_found():
-    original = make("completed")
+    original = move_to(jobs.noop.trigger(), "completed")
     Run.objects.filter(pk=original.pk).update(job_name="tests.jobs.removed")
 
     with pytest.raises(JobNotFound) as raised:
@@ -527,9 +494,7 @@ def test_retrigger__unregistered_job_raises_job_not_found():
 
 @pytest.mark.parametrize("status", ["pending", "leased"])
 def test_retrigger__unfinished_run_raises_run_not_retriggerable(status):
-    run = jobs.noop.trigger()
-    if status == "leased":
-        run = lease(run)
+    run = move_to(jobs.noop.trigger(), status)
 
     with pytest.raises(RunNotRetriggerable) as raised:
         retrigger_run(run.pk)
@@ -541,7 +506,7 @@ def test_retrigger__unfinished_run_raises_run_not_retriggerable(status):
 
 
 def test_retrigger__pending_run_holding_the_concurrency_key_raises_pending_run_exists():
-    original = make("failed", jobs.per_user, {"user": 3})
+    original = move_to(jobs.per_user.trigger({"user": 3}), "failed")
     waiting = jobs.per_user.trigger({"user": 3})
 
     with pytest.raises(PendingRunExists) as raised:
@@ -553,7 +518,7 @@ def test_retrigger__pending_run_holding_the_concurrency_key_raises_pending_run_e
 
 
 def test_retrigger__with_an_idempotency_key_twice_creates_one_run(record_signals):
-    original = make("failed")
+    original = move_to(jobs.noop.trigger(), "failed")
     retriggered = record_signals("run_retriggered")
 
     first = retrigger_run(original.pk, idempotency_key="click-1")
@@ -568,7 +533,7 @@ def test_retrigger__with_an_idempotency_key_twice_creates_one_run(record_signals
 
 
 def test_retrigger__a_used_key_returns_its_run_whatever_the_original_became():
-    original = make("failed")
+    original = move_to(jobs.noop.trigger(), "failed")
     first = retrigger_run(original.pk, idempotency_key="k")
     resume_run(original.pk)  # pending again: a fresh retrigger would be refused
 
@@ -580,7 +545,7 @@ def test_retrigger__a_used_key_returns_its_run_whatever_the_original_became():
 
 
 def test_retrigger__the_same_key_on_two_runs_makes_two_runs():
-    one, two = make("completed"), make("completed")
+    one, two = move_to(jobs.noop.trigger(), "completed"), move_to(jobs.noop.trigger(), "completed")
 
     from_one = retrigger_run(one.pk, idempotency_key="k")
     from_two = retrigger_run(two.pk, idempotency_key="k")
@@ -599,7 +564,7 @@ def test_retrigger__the_same_key_on_two_runs_makes_two_runs():
     ],
 )
 def test_retrigger__a_bad_idempotency_key_is_an_invalid_trigger(key, message):
-    original = make("completed")
+    original = move_to(jobs.noop.trigger(), "completed")
 
     with pytest.raises(InvalidTrigger, match=message) as raised:
         retrigger_run(original.pk, idempotency_key=key)
@@ -623,7 +588,7 @@ def test_delete__finished_run_with_its_steps_and_logs(status):
             resume_run(run.pk)
             cancel_run(run.pk)
     assert row(run)["status"] == status
-    RunLog.objects.create(run_id=run.pk, level="info", message="one more line")
+    make_log(run, message="one more line")
     assert Step.objects.filter(run_id=run.pk).exists()
     kept = jobs.three_steps.trigger({})
     process_next()
@@ -656,9 +621,7 @@ def test_delete__finished_run_with_its_steps_and_logs(status):
 
 @pytest.mark.parametrize("status", ["pending", "leased"])
 def test_delete__unfinished_run_raises_run_not_deletable(status):
-    run = jobs.noop.trigger()
-    if status == "leased":
-        run = lease(run)
+    run = move_to(jobs.noop.trigger(), status)
 
     with pytest.raises(RunNotDeletable) as raised:
         delete_run(run.pk)
@@ -672,32 +635,24 @@ def test_delete__unfinished_run_raises_run_not_deletable(status):
 # -- purge ---------------------------------------------------------------------------------------
 
 
-def finished_at(run: Run, age: timedelta) -> Run:
-    """Backdate ``run``'s finish (fixture building)."""
-    Run.objects.filter(pk=run.pk).update(completed_at=timezone.now() - age)
-    return run
-
-
 def test_purge__deletes_only_finished_runs_older_than_the_cutoff():
     old = {
-        status: finished_at(make(status, jobs.three_steps, {}), timedelta(days=40))
+        status: move_to(
+            jobs.three_steps.trigger({}), status, completed_at=timezone.now() - timedelta(days=40)
+        )
         for status in FINISHED
     }
-    recent = finished_at(make("completed"), timedelta(days=10))
+    recent = move_to(
+        jobs.noop.trigger(), "completed", completed_at=timezone.now() - timedelta(days=10)
+    )
     old_pending = jobs.noop.trigger(1)
-    old_leased = lease(jobs.noop.trigger(2))
+    old_leased = move_to(jobs.noop.trigger(2), "leased")
     Run.objects.filter(pk__in=[old_pending.pk, old_leased.pk]).update(
         created_at=timezone.now() - timedelta(days=400)
     )
     old_ids = [run.pk for run in old.values()]
-    Step.objects.create(
-        run_id=old["completed"].pk,
-        index=0,
-        name="s",
-        status="completed",
-        started_at=timezone.now(),
-    )
-    RunLog.objects.create(run_id=old["failed"].pk, level="info", message="m")
+    make_step(old["completed"], name="s")
+    make_log(old["failed"], message="m")
 
     assert purgeable_runs(timedelta(days=30)).count() == 3
     assert purge_runs(timedelta(days=30)) == 3
@@ -715,7 +670,12 @@ def test_purge__deletes_only_finished_runs_older_than_the_cutoff():
 
 
 def test_purge__respects_the_limit_oldest_first():
-    runs = [finished_at(make("completed"), timedelta(days=40 + i)) for i in range(5)]
+    runs = [
+        move_to(
+            jobs.noop.trigger(), "completed", completed_at=timezone.now() - timedelta(days=40 + i)
+        )
+        for i in range(5)
+    ]
 
     assert purge_runs(timedelta(days=30), limit=2) == 2
     assert set(Run.objects.values_list("pk", flat=True)) == {r.pk for r in runs[:3]}
@@ -726,7 +686,12 @@ def test_purge__respects_the_limit_oldest_first():
 
 
 def test_purge__only_the_given_statuses():
-    runs = {status: finished_at(make(status), timedelta(days=40)) for status in FINISHED}
+    runs = {
+        status: move_to(
+            jobs.noop.trigger(), status, completed_at=timezone.now() - timedelta(days=40)
+        )
+        for status in FINISHED
+    }
 
     assert purgeable_runs(timedelta(days=30), ["failed", "cancelled"]).count() == 2
     assert purge_runs(timedelta(days=30), statuses=["failed"]) == 1
@@ -736,8 +701,12 @@ def test_purge__only_the_given_statuses():
 
 
 def test_purge__accepts_an_aware_cutoff_datetime():
-    old = finished_at(make("completed"), timedelta(hours=3))
-    newer = finished_at(make("completed"), timedelta(hours=1))
+    old = move_to(
+        jobs.noop.trigger(), "completed", completed_at=timezone.now() - timedelta(hours=3)
+    )
+    newer = move_to(
+        jobs.noop.trigger(), "completed", completed_at=timezone.now() - timedelta(hours=1)
+    )
 
     assert purge_runs(timezone.now() - timedelta(hours=2)) == 1
 
@@ -747,7 +716,7 @@ def test_purge__accepts_an_aware_cutoff_datetime():
 
 @pytest.mark.parametrize("limit", [0, -1, True, 1.5, "10", None])
 def test_purge__bad_limit_raises_value_error(limit):
-    finished_at(make("completed"), timedelta(days=40))
+    move_to(jobs.noop.trigger(), "completed", completed_at=timezone.now() - timedelta(days=40))
     with pytest.raises(ValueError, match="limit must be a positive integer"):
         purge_runs(timedelta(days=30), limit)
     assert Run.objects.count() == 1
@@ -764,7 +733,7 @@ def test_purge__bad_limit_raises_value_error(limit):
     ],
 )
 def test_purge__bad_older_than_raises_value_error(older_than, message):
-    finished_at(make("completed"), timedelta(days=40))
+    move_to(jobs.noop.trigger(), "completed", completed_at=timezone.now() - timedelta(days=40))
     with pytest.raises(ValueError, match=message):
         purge_runs(older_than)
     with pytest.raises(ValueError, match=message):
@@ -774,7 +743,7 @@ def test_purge__bad_older_than_raises_value_error(older_than, message):
 
 @pytest.mark.parametrize("statuses", [["pending"], ["leased", "failed"], ["nope"]])
 def test_purge__unfinished_statuses_raise_value_error(statuses):
-    finished_at(make("failed"), timedelta(days=40))
+    move_to(jobs.noop.trigger(), "failed", completed_at=timezone.now() - timedelta(days=40))
     with pytest.raises(ValueError, match="only finished runs can be purged"):
         purge_runs(timedelta(days=30), statuses=statuses)
     assert Run.objects.count() == 1
@@ -863,8 +832,7 @@ def test_audit__written_in_the_same_transaction_as_the_change(db_alias):
     ],
 )
 def test_audit__no_record_when_the_operation_raises(operation, status, error):
-    run = jobs.noop.trigger()
-    run = lease(run) if status == "leased" else put(run, status)
+    run = move_to(jobs.noop.trigger(), status)
 
     with pytest.raises(error):
         OPERATIONS[operation](run.pk, actor="someone")
@@ -949,7 +917,7 @@ def test_signals__each_operation_sends_once_after_commit(sent):
 
 
 def test_signals__retrigger_also_announces_the_new_run(record_signals):
-    original = make("completed")
+    original = move_to(jobs.noop.trigger(), "completed")
     triggered = record_signals("run_triggered")
 
     new = retrigger_run(original.pk)
@@ -959,7 +927,7 @@ def test_signals__retrigger_also_announces_the_new_run(record_signals):
 
 @pytest.mark.parametrize("operation", list(OPERATIONS))
 def test_signals__not_sent_inside_an_uncommitted_transaction(sent, db_alias, operation):
-    run = make("pending" if operation == "cancel" else "failed")
+    run = move_to(jobs.noop.trigger(), "pending" if operation == "cancel" else "failed")
 
     with transaction.atomic(using=db_alias):
         OPERATIONS[operation](run.pk)
@@ -971,7 +939,7 @@ def test_signals__not_sent_inside_an_uncommitted_transaction(sent, db_alias, ope
 
 @pytest.mark.parametrize("operation", list(OPERATIONS))
 def test_signals__not_sent_when_the_transaction_rolls_back(sent, db_alias, operation):
-    run = make("pending" if operation == "cancel" else "failed")
+    run = move_to(jobs.noop.trigger(), "pending" if operation == "cancel" else "failed")
 
     with pytest.raises(RuntimeError), transaction.atomic(using=db_alias):
         OPERATIONS[operation](run.pk)
@@ -987,8 +955,7 @@ def test_signals__not_sent_when_the_transaction_rolls_back(sent, db_alias, opera
     [("cancel", "completed"), ("resume", "leased"), ("retrigger", "pending"), ("delete", "leased")],
 )
 def test_signals__not_sent_when_the_operation_raises(sent, operation, status):
-    run = jobs.noop.trigger()
-    run = lease(run) if status == "leased" else put(run, status)
+    run = move_to(jobs.noop.trigger(), status)
 
     with pytest.raises(RunStateError):
         OPERATIONS[operation](run.pk)
@@ -1018,7 +985,7 @@ def test_operations__module_lists_its_public_names():
 
 
 def test_retrigger__a_planted_retrigger_key_cannot_be_triggered():
-    original = make("completed")
+    original = move_to(jobs.noop.trigger(), "completed")
     planted = f"retrigger:{original.pk}:k"
 
     with pytest.raises(InvalidTrigger, match="reserves the prefixes"):

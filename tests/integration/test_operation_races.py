@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from django.db.models import F, Q
+from django.db.models import Q
 from django.db.models.functions import Now
 
 from django_durably import leases, process_next
@@ -36,6 +36,7 @@ from django_durably.operations import (
 )
 from tests import jobs
 from tests.concurrency import start, wait_until
+from tests.factories import make_step, move_to
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
@@ -59,28 +60,6 @@ def race(first: Callable[[], Any], second: Callable[[], Any]) -> tuple[Any, Any]
 
     threads = start(lined_up, first), start(lined_up, second)
     return threads[0].outcome(), threads[1].outcome()
-
-
-def finished(status: str, job: Any = jobs.noop, input: Any = None, **options: Any) -> Run:
-    """A run that was claimed once and then failed, completed or was cancelled (fixture building)."""
-    run = job.trigger(input, **options)
-    assert Run.objects.filter(pk=run.pk).update(
-        status="leased",
-        lease_generation=F("lease_generation") + 1,
-        attempt=F("attempt") + 1,
-        lease_owner="setup",
-        lease_expires_at=leases.lease_expiry(60),
-        started_at=Now(),
-    )
-    if status == "failed":
-        assert leases.fail(run.pk, 1, ERROR)
-    elif status == "completed":
-        assert leases.complete(run.pk, 1, {"done": True})
-    else:
-        Run.objects.filter(pk=run.pk).update(
-            status="cancelled", completed_at=Now(), lease_expires_at=None
-        )
-    return Run.objects.get(pk=run.pk)
 
 
 def trail(run_id: Any) -> list[tuple[str, str, str]]:
@@ -194,13 +173,7 @@ def test_race__cancel_against_claim():
         if expired:
             # A worker that died holding the lease: the run is claimable again.
             generation = 1
-            Run.objects.filter(pk=run.pk).update(
-                status="leased",
-                lease_generation=1,
-                attempt=1,
-                lease_owner="dead",
-                lease_expires_at=Now(),
-            )
+            move_to(run, "leased", lease_owner="dead", lease_expires_at=Now())
 
         claimed, result = race(
             lambda: leases.claim(worker_id="claimer", limit=1),
@@ -242,7 +215,7 @@ def test_race__resume_against_resume():
     """Exactly one resume wins; the other raises RunNotResumable carrying ``pending``."""
     for i in range(ITERATIONS):
         origin = ("failed", "cancelled")[i % 2]
-        run = finished(origin)
+        run = move_to(jobs.noop.trigger(), origin)
 
         results = race(lambda r=run.pk: resume_run(r), lambda r=run.pk: resume_run(r))
 
@@ -262,7 +235,7 @@ def test_race__resumes_of_two_runs_sharing_a_concurrency_key():
     so exactly one resume wins and the other raises PendingRunExists naming the winner."""
     for i in range(ITERATIONS):
         first, second = (
-            finished(("failed", "cancelled")[(i + n) % 2], jobs.per_user, {"user": i})
+            move_to(jobs.per_user.trigger({"user": i}), ("failed", "cancelled")[(i + n) % 2])
             for n in range(2)
         )
 
@@ -299,7 +272,7 @@ def test_race__resume_against_cancel():
     seen: Counter[str] = Counter()
     for i in range(2 * ITERATIONS):
         origin = ("failed", "cancelled")[i % 2]
-        run = finished(origin)
+        run = move_to(jobs.noop.trigger(), origin)
 
         resumed, cancelled = race(lambda r=run.pk: resume_run(r), lambda r=run.pk: cancel_run(r))
 
@@ -334,10 +307,8 @@ def test_race__delete_against_resume():
     winners: Counter[str] = Counter()
     for i in range(ITERATIONS):
         origin = ("failed", "cancelled", "completed")[i % 3]
-        run = finished(origin)
-        Step.objects.create(
-            run_id=run.pk, index=0, name="s", status="completed", started_at=run.started_at
-        )
+        run = move_to(jobs.noop.trigger(), origin)
+        make_step(run, name="s", started_at=run.started_at)
 
         deleted, resumed = race(lambda r=run.pk: delete_run(r), lambda r=run.pk: resume_run(r))
 
@@ -378,13 +349,14 @@ def test_race__retrigger_against_retrigger():
     the original's idempotency key."""
     for i in range(ITERATIONS):
         keyed = i % 2 == 0
-        original = finished(
+        original = move_to(
+            jobs.noop.trigger(
+                {"i": i},
+                idempotency_key=f"once-{i}",
+                concurrency_key=f"key-{i}" if keyed else None,
+                labels={"i": str(i)},
+            ),
             ("completed", "failed", "cancelled")[i % 3],
-            jobs.noop,
-            {"i": i},
-            idempotency_key=f"once-{i}",
-            concurrency_key=f"key-{i}" if keyed else None,
-            labels={"i": str(i)},
         )
 
         results = race(
@@ -418,7 +390,7 @@ def test_race__retrigger_against_retrigger_with_the_same_idempotency_key():
     """A double click: both requests return the one run that was created, and one audit record
     names it."""
     for i in range(ITERATIONS):
-        original = finished("failed", jobs.noop, {"i": i}, labels={"i": str(i)})
+        original = move_to(jobs.noop.trigger({"i": i}, labels={"i": str(i)}), "failed")
 
         results = race(
             lambda r=original.pk: retrigger_run(r, idempotency_key="click"),

@@ -5,25 +5,22 @@ from __future__ import annotations
 
 import argparse
 import math
-import time
 from datetime import timedelta
 from io import StringIO
 from typing import Any
 
 import pytest
 from django.core.management import CommandError, call_command, execute_from_command_line
-from django.db.models import F
-from django.db.models.functions import Now
 from django.utils import timezone
 
-from django_durably import checks, executor, leases, process_until_idle
+from django_durably import checks, executor, process_until_idle
 from django_durably.maintenance import Retention
 from django_durably.management.commands.durably_prune import batch_size, duration
 from django_durably.models import AuditRecord, Run, RunLog, Step
 from django_durably.worker import Worker
 from tests import jobs
-from tests.concurrency import start, wait_until
-from tests.factories import make_run
+from tests.concurrency import holds, start, wait_until
+from tests.factories import make_log, make_step, move_to
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
@@ -31,43 +28,23 @@ DAY = timedelta(days=1)
 
 
 def finished(status: str, age: timedelta, *, with_rows: bool = False) -> Run:
-    """A run that finished ``age`` ago (fixture building: status set directly)."""
-    run = jobs.noop.trigger()
-    Run.objects.filter(pk=run.pk).update(
-        status=status,
-        attempt=1,
-        lease_generation=1,
-        started_at=Now(),
-        completed_at=timezone.now() - age,
-    )
+    """A run that finished ``age`` ago (``with_rows``: with a step and a log line). It started
+    recently, so only a purge by the time it finished deletes it."""
+    run = move_to(jobs.noop.trigger(), status, completed_at=timezone.now() - age)
     if with_rows:
-        Step.objects.create(
-            run_id=run.pk, index=0, name="s", status="completed", started_at=timezone.now()
-        )
-        RunLog.objects.create(run_id=run.pk, level="info", message="line")
+        make_step(run, name="s")
+        make_log(run, message="line")
     return run
 
 
 def unfinished() -> list[Run]:
     """A pending run (due in an hour) and a leased run, both created long ago."""
     pending = jobs.noop.trigger(run_after=timezone.now() + timedelta(hours=1))
-    leased = jobs.noop.trigger()
-    Run.objects.filter(pk=leased.pk).update(
-        status="leased",
-        lease_generation=F("lease_generation") + 1,
-        lease_expires_at=leases.lease_expiry(60),
-    )
+    leased = move_to(jobs.noop.trigger(), "leased")
     Run.objects.filter(pk__in=[pending.pk, leased.pk]).update(
         created_at=timezone.now() - 1000 * DAY
     )
     return [pending, leased]
-
-
-def holds(predicate: Any, seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        assert predicate()
-        time.sleep(0.02)
 
 
 def remaining() -> set[Any]:
@@ -278,7 +255,11 @@ def test_retention__one_purge_per_interval(settings, interval):
         second = finished("failed", 2 * DAY)
         if interval == 3600:
             # It waits for the next interval, an hour away.
-            holds(lambda: Run.objects.filter(pk=second.pk).exists(), seconds=0.5)
+            holds(
+                lambda: Run.objects.filter(pk=second.pk).exists(),
+                seconds=0.5,
+                what="the second run to wait for the next interval",
+            )
         else:
             wait_until(lambda: not Run.objects.filter(pk=second.pk).exists(), what="the next purge")
     finally:
@@ -295,22 +276,12 @@ def fresh_retention(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(executor, "_retention", Retention())
 
 
-def finished_run(status: str, age: timedelta) -> Run:
-    return make_run(
-        status=status,
-        attempt=1,
-        lease_generation=1,
-        started_at=timezone.now() - age,
-        completed_at=timezone.now() - age,
-    )
-
-
 def test_process_until_idle__purges_old_finished_runs_once_nothing_is_ready(
     settings, fresh_retention
 ):
     settings.DURABLY_RETENTION = timedelta(days=30)
-    old = [finished_run(status, 31 * DAY) for status in ("completed", "failed", "cancelled")]
-    recent = finished_run("completed", 29 * DAY)
+    old = [finished(status, 31 * DAY) for status in ("completed", "failed", "cancelled")]
+    recent = finished("completed", 29 * DAY)
     kept = unfinished()
     ready = jobs.noop.trigger("processed, then kept")
 
@@ -323,7 +294,7 @@ def test_process_until_idle__purges_old_finished_runs_once_nothing_is_ready(
 
 def test_process_until_idle__does_not_purge_when_it_stops_at_max_runs(settings, fresh_retention):
     settings.DURABLY_RETENTION = timedelta(days=30)
-    old = finished_run("completed", 31 * DAY)
+    old = finished("completed", 31 * DAY)
     jobs.noop.trigger_many([1, 2])
 
     assert process_until_idle(max_runs=1) == 1
@@ -332,7 +303,7 @@ def test_process_until_idle__does_not_purge_when_it_stops_at_max_runs(settings, 
 
 
 def test_process_until_idle__keeps_finished_runs_without_retention(fresh_retention):
-    old = finished_run("completed", 10_000 * DAY)
+    old = finished("completed", 10_000 * DAY)
 
     assert process_until_idle() == 0
 
@@ -342,10 +313,10 @@ def test_process_until_idle__keeps_finished_runs_without_retention(fresh_retenti
 def test_process_until_idle__purges_at_most_once_per_interval(settings, fresh_retention):
     settings.DURABLY_RETENTION = timedelta(days=1)
     settings.DURABLY_RETENTION_INTERVAL = 3600
-    first = finished_run("completed", 2 * DAY)
+    first = finished("completed", 2 * DAY)
     process_until_idle()
     assert not Run.objects.filter(pk=first.pk).exists()
-    second = finished_run("failed", 2 * DAY)
+    second = finished("failed", 2 * DAY)
 
     process_until_idle()
     assert Run.objects.filter(pk=second.pk).exists()  # the next purge is an hour away

@@ -54,7 +54,27 @@ _receivers = itertools.count()
 
 
 @pytest.fixture
-def record_signals() -> Iterator[Callable[..., list[Sent]]]:
+def on_signal() -> Iterator[Callable[[str, Callable[..., None]], None]]:
+    """``on_signal("step_completed", receiver)``: connect ``receiver`` to that signal of
+    ``django_durably.signals`` until the test ends."""
+    from django_durably import signals
+
+    connected: list[tuple[Any, str]] = []
+
+    def connect(name: str, receiver: Callable[..., None]) -> None:
+        uid = f"on_signal:{next(_receivers)}"
+        getattr(signals, name).connect(receiver, weak=False, dispatch_uid=uid)
+        connected.append((getattr(signals, name), uid))
+
+    yield connect
+    for signal, uid in connected:
+        signal.disconnect(dispatch_uid=uid)
+
+
+@pytest.fixture
+def record_signals(
+    on_signal: Callable[[str, Callable[..., None]], None],
+) -> Callable[..., list[Sent]]:
     """``record_signals("run_cancelled", ...)``: a list that receives a :class:`Sent` for each of
     those signals sent until the test ends, in order. Receivers only record (and check the sender
     is ``Run``); the test asserts, so a failing check is never swallowed by a worker.
@@ -62,10 +82,7 @@ def record_signals() -> Iterator[Callable[..., list[Sent]]]:
     With ``observe=fn``, ``fn(name, kwargs)`` runs on another thread (its own connection) at the
     moment of sending and its result is kept as ``seen``: what another process could see then.
     """
-    from django_durably import signals
     from django_durably.models import Run
-
-    connected: list[tuple[Any, str]] = []
 
     def record(
         *names: str, observe: Callable[[str, dict[str, Any]], Any] | None = None
@@ -87,14 +104,10 @@ def record_signals() -> Iterator[Callable[..., list[Sent]]]:
             return receiver
 
         for name in names:
-            uid = f"record_signals:{next(_receivers)}"
-            getattr(signals, name).connect(receiver_of(name), weak=False, dispatch_uid=uid)
-            connected.append((getattr(signals, name), uid))
+            on_signal(name, receiver_of(name))
         return sent
 
-    yield record
-    for signal, uid in connected:
-        signal.disconnect(dispatch_uid=uid)
+    return record
 
 
 # -- HTTP API ----------------------------------------------------------------------------------

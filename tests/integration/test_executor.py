@@ -29,7 +29,6 @@ from django_durably import (
     process_next,
     process_one,
     process_until_idle,
-    signals,
     wait_for_run,
 )
 from django_durably.keeper import LeaseKeeper
@@ -327,18 +326,15 @@ def test_signals__run_cancelled_after_commit(received, db_alias):
     ]
 
 
-def test_signals__cancelled_run_sends_no_completion(received):
+def test_signals__cancelled_run_sends_no_completion(received, on_signal):
     run = jobs.swallows_interrupts.trigger()
 
     def cancel_after_first_step(sender: Any, *, step_name: str, **kwargs: Any) -> None:
         if step_name == "s0":
             cancel_run(run.pk)
 
-    signals.step_completed.connect(cancel_after_first_step, weak=False)
-    try:
-        outcome = process_next()
-    finally:
-        signals.step_completed.disconnect(cancel_after_first_step)
+    on_signal("step_completed", cancel_after_first_step)
+    outcome = process_next()
 
     assert outcome is not None
     assert outcome.status == "cancelled"

@@ -8,18 +8,12 @@ import uuid
 import pytest
 from django.db.models.functions import Now
 
-from django_durably import leases, process_next, process_one
+from django_durably import cancel_run, leases, process_next, process_one, resume_run
 from django_durably.models import Run, RunLog, Step
-from django_durably.signals import step_completed
 from tests import jobs
+from tests.factories import make_run, move_to
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
-
-
-def resume_by_hand(run: Run) -> None:
-    # The resume operation arrives in a later issue; until then, put the run back to pending with
-    # a direct UPDATE, which is what resume will do (completed steps are kept).
-    assert Run.objects.filter(pk=run.pk).update(status="pending", error=None) == 1
 
 
 def steps_of(run: Run) -> list[tuple[int, str, str, int]]:
@@ -55,7 +49,7 @@ def test_replay__failed_run_resumed_never_reruns_completed_steps():
     assert Step.objects.get(run_id=run.pk, name="a").output == 1
     assert jobs.CALLS == {"a": 1, "b": 1}
 
-    resume_by_hand(run)
+    resume_run(run.pk)
     del jobs.FLAGS["fail"]
     assert process_one() is True
 
@@ -80,7 +74,7 @@ def test_replay__completed_run_resumed_again_runs_no_step():
     run = jobs.three_steps.trigger({})
     process_one()
     # A completed run cannot be resumed; force it back to check that even then replay holds.
-    resume_by_hand(run)
+    move_to(run, "pending")
 
     assert process_one() is True
 
@@ -210,7 +204,7 @@ def test_output__pydantic_input_and_output():
 
 
 def test_unknown_job__run_fails_with_job_not_found():
-    run = Run.objects.create(job_name="gone.job", input={})
+    run = make_run(job_name="gone.job")
 
     outcome = process_next()
 
@@ -223,20 +217,15 @@ def test_unknown_job__run_fails_with_job_not_found():
     assert not Step.objects.filter(run_id=run.pk).exists()
 
 
-def test_interrupts__except_exception_cannot_swallow_a_cancel():
+def test_interrupts__except_exception_cannot_swallow_a_cancel(on_signal):
     run = jobs.swallows_interrupts.trigger()
 
     def cancel_after_first_step(sender, *, run_id, step_name, **kwargs):
         if run_id == run.pk and step_name == "s0":
-            from django_durably import cancel_run
-
             cancel_run(run_id)
 
-    step_completed.connect(cancel_after_first_step, weak=False)
-    try:
-        outcome = process_next()
-    finally:
-        step_completed.disconnect(cancel_after_first_step)
+    on_signal("step_completed", cancel_after_first_step)
+    outcome = process_next()
 
     assert outcome is not None
     assert outcome.status == "cancelled"
@@ -250,7 +239,7 @@ def test_interrupts__except_exception_cannot_swallow_a_cancel():
     ]
 
 
-def test_interrupts__except_exception_cannot_swallow_a_lost_lease():
+def test_interrupts__except_exception_cannot_swallow_a_lost_lease(on_signal):
     run = jobs.swallows_interrupts.trigger()
 
     def steal_after_first_step(sender, *, run_id, step_name, **kwargs):
@@ -258,11 +247,8 @@ def test_interrupts__except_exception_cannot_swallow_a_lost_lease():
             Run.objects.filter(pk=run_id).update(lease_expires_at=Now())
             assert [r.pk for r in leases.claim(worker_id="thief")] == [run_id]
 
-    step_completed.connect(steal_after_first_step, weak=False)
-    try:
-        outcome = process_next()
-    finally:
-        step_completed.disconnect(steal_after_first_step)
+    on_signal("step_completed", steal_after_first_step)
+    outcome = process_next()
 
     assert outcome is not None
     assert outcome.status == "lost"

@@ -49,6 +49,25 @@ def start(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> BackgroundThread
     return thread
 
 
+def start_worker(worker: Any) -> threading.Thread:
+    """Run ``worker.run()`` on a thread, and return once the worker says it has ``started``.
+
+    The thread closes its database connections when it ends. Unlike :func:`start`, it keeps no
+    exception: one reaches pytest, which fails the test (an unhandled thread exception is an error).
+    """
+
+    def target() -> None:
+        try:
+            worker.run()
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    wait_event(worker.started, what=f"{worker!r} to start")
+    return thread
+
+
 def wait_until(
     predicate: Callable[[], Any],
     *,

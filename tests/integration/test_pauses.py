@@ -20,7 +20,7 @@ from django_durably.exceptions import LeaseLost
 from django_durably.models import Run, Step
 from django_durably.worker import Worker
 from tests import jobs
-from tests.concurrency import start, wait_event, wait_until
+from tests.concurrency import start, start_worker, wait_event, wait_until
 from tests.leasing import handle_of, store_for
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
@@ -120,12 +120,6 @@ def attempt_gates() -> Iterator[Callable[[int], tuple[threading.Event, threading
         gate.set()
 
 
-def run_worker(worker: Worker) -> threading.Thread:
-    thread = start(worker.run)
-    assert worker.started.wait(10)
-    return thread
-
-
 def test_worker__an_old_attempt_ending_keeps_the_new_attempt_of_the_same_run(attempt_gates):
     """Attempt 1 is inside a step when the run is cancelled and resumed; the same worker claims
     attempt 2 in its other slot. When attempt 1 ends (lost), attempt 2 is still in flight, and a
@@ -134,7 +128,7 @@ def test_worker__an_old_attempt_ending_keeps_the_new_attempt_of_the_same_run(att
     gate_2, entered_2 = attempt_gates(2)
     run = jobs.gated_per_attempt.trigger()
     worker = Worker(concurrency=2, poll_interval=0.05, grace_period=30, lease_seconds=60)
-    thread = run_worker(worker)
+    thread = start_worker(worker)
     try:
         wait_event(entered_1, what="attempt 1 to enter its gate step")
         cancel_run(run.pk)
@@ -204,7 +198,7 @@ def test_worker__cancel_reaches_the_running_attempt_before_its_next_step(db_alia
     gate, entered = between_steps
     run = jobs.pauses_between_steps.trigger()
     worker = Worker(concurrency=1, poll_interval=0.05, lease_seconds=60, until_idle=True)
-    thread = run_worker(worker)
+    thread = start_worker(worker)
     try:
         wait_event(entered, what="the job to pause between its steps")
         assert cancel_run(run.pk).cancelled is True
@@ -230,7 +224,7 @@ def test_cancel__during_a_step_records_it_cancelled_and_sends_step_cancelled(rec
     try:
         run = jobs.gated.trigger()
         worker = Worker(concurrency=1, poll_interval=0.05, lease_seconds=60, until_idle=True)
-        thread = run_worker(worker)
+        thread = start_worker(worker)
         wait_event(entered, what="the job to enter its gate step")
         cancel_run(run.pk)
         gate.set()

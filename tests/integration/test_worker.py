@@ -4,37 +4,15 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 
 import pytest
-from django.db import connections
 
 from django_durably.models import Run, Step
 from django_durably.worker import Worker
 from tests import jobs
+from tests.concurrency import start_worker, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
-
-
-def wait_until(predicate, timeout: float = 20.0, message: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {message}")
-        time.sleep(0.01)
-
-
-def start_worker(worker: Worker) -> threading.Thread:
-    def target() -> None:
-        try:
-            worker.run()
-        finally:
-            connections.close_all()
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    assert worker.started.wait(10)
-    return thread
 
 
 def test_worker__until_idle_drains_every_run_once():
@@ -69,7 +47,11 @@ def test_worker__picks_up_a_run_triggered_while_idle():
     thread = start_worker(worker)
     try:
         run = jobs.noop.trigger({"late": True})
-        wait_until(lambda: Run.objects.get(pk=run.pk).status == "completed", message="the late run")
+        wait_until(
+            lambda: Run.objects.get(pk=run.pk).status == "completed",
+            timeout=20,
+            what="the late run",
+        )
     finally:
         worker.stop()
         thread.join(10)
@@ -111,7 +93,7 @@ def test_worker__grace_period_over_hands_the_run_back():
     assert Run.objects.ready().filter(pk=run.pk).exists()
     jobs.FLAGS["gate"].set()
     # The abandoned job thread stops at its next step boundary and writes nothing.
-    wait_until(lambda: jobs.CALLS["entered:gate"] == 1, message="gate entered")
+    wait_until(lambda: jobs.CALLS["entered:gate"] == 1, timeout=20, what="gate entered")
     assert not Step.objects.filter(run_id=run.pk, name="last").exists()
 
 
@@ -144,13 +126,15 @@ def test_worker__records_ends_that_come_in_together_in_one_write(monkeypatch):
 
     def held_record(ends, **kwargs):
         if not batches:  # hold the first write until all three jobs have ended
-            wait_until(lambda: len(ends) + len(worker._ended) == 3, message="all three ends")
+            wait_until(
+                lambda: len(ends) + len(worker._ended) == 3, timeout=20, what="all three ends"
+            )
         batches.append(len(ends))
         return real_record(ends, **kwargs)
 
     monkeypatch.setattr(worker_module, "record", held_record)
     thread = start_worker(worker)
-    wait_until(lambda: jobs.CALLS["entered:gate"] == 3, message="three jobs at the gate")
+    wait_until(lambda: jobs.CALLS["entered:gate"] == 3, timeout=20, what="three jobs at the gate")
     jobs.FLAGS["gate"].set()
     thread.join(20)
 
@@ -170,12 +154,16 @@ def test_worker__does_not_write_ends_while_its_keeper_renews():
     holding = True
     thread = start_worker(worker)
     try:
-        wait_until(lambda: jobs.CALLS["counted:1"] == 1, message="the job ran")
-        wait_until(lambda: worker._busy == 0 and not worker._ended, message="its end taken up")
+        wait_until(lambda: jobs.CALLS["counted:1"] == 1, timeout=20, what="the job ran")
+        wait_until(
+            lambda: worker._busy == 0 and not worker._ended, timeout=20, what="its end taken up"
+        )
         assert Run.objects.get(pk=run.pk).status == "leased"  # the write waits for the renewal
         worker.keeper.writing.release()
         holding = False
-        wait_until(lambda: Run.objects.get(pk=run.pk).status == "completed", message="written")
+        wait_until(
+            lambda: Run.objects.get(pk=run.pk).status == "completed", timeout=20, what="written"
+        )
     finally:
         if holding:
             worker.keeper.writing.release()
@@ -222,7 +210,7 @@ def test_worker__logs_claims_renewals_wake_ups_and_ends_at_debug(caplog):
     run = jobs.gated.trigger()
     worker = Worker(concurrency=1, until_idle=True, poll_interval=0.05, renew_interval=0.05)
     thread = start_worker(worker)
-    wait_until(lambda: "renewed" in debug_actions(caplog), message="a renewal logged")
+    wait_until(lambda: "renewed" in debug_actions(caplog), timeout=20, what="a renewal logged")
 
     jobs.FLAGS["gate"].set()
     thread.join(20)

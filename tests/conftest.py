@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
@@ -108,6 +109,34 @@ def record_signals(
         return sent
 
     return record
+
+
+# -- gates ---------------------------------------------------------------------------------------
+
+
+class Gate(NamedTuple):
+    """A gate of the jobs in ``tests/jobs.py`` (``wait_for_gate``): a job sets ``entered`` on
+    arriving and waits there until the test sets ``opened``."""
+
+    opened: threading.Event
+    entered: threading.Event
+
+
+@pytest.fixture
+def gates() -> Iterator[Callable[[str], Gate]]:
+    """``gate, entered = gates("gate")``: the gate of that name (the same events on each call).
+    Every gate is opened when the test ends, so no job thread is left waiting at one."""
+    made: dict[str, Gate] = {}
+
+    def gate(name: str) -> Gate:
+        if name not in made:
+            made[name] = Gate(threading.Event(), threading.Event())
+            jobs.FLAGS[name], jobs.FLAGS[f"{name}:entered"] = made[name]
+        return made[name]
+
+    yield gate
+    for opened, _entered in made.values():
+        opened.set()
 
 
 # -- HTTP API ----------------------------------------------------------------------------------

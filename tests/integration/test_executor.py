@@ -405,8 +405,8 @@ def test_wait_for_run__times_out_without_cancelling(claimed):
     assert run.status == expected
 
 
-def test_wait_for_run__passes_new_progress_and_log_lines_while_it_polls():
-    jobs.FLAGS["report"] = threading.Event()
+def test_wait_for_run__passes_new_progress_and_log_lines_while_it_polls(gates):
+    gate, _ = gates("report")
     run = jobs.reports_at_a_gate.trigger()
     worker = start(process_one)
     progress: list[dict[str, Any]] = []
@@ -415,7 +415,7 @@ def test_wait_for_run__passes_new_progress_and_log_lines_while_it_polls():
     def on_progress(value: dict[str, Any]) -> None:
         progress.append(value)
         if value["current"] == 1:
-            jobs.FLAGS["report"].set()  # the job goes on only once the wait has seen it halfway
+            gate.set()  # the job goes on only once the wait has seen it halfway
 
     waited = wait_for_run(
         run.pk, timeout=20, poll_interval=0.01, on_progress=on_progress, on_log=lines.append
@@ -561,14 +561,8 @@ def fast_renewals(settings: Any) -> None:
     settings.DURABLY_RENEW_INTERVAL = 0.25
 
 
-def open_gate(name: str) -> tuple[threading.Event, threading.Event]:
-    gate, entered = threading.Event(), threading.Event()
-    jobs.FLAGS[name], jobs.FLAGS[f"{name}:entered"] = gate, entered
-    return gate, entered
-
-
-def test_keeper__renewal_keeps_a_step_longer_than_the_lease_alive(fast_renewals):
-    gate, entered = open_gate("gate")
+def test_keeper__renewal_keeps_a_step_longer_than_the_lease_alive(fast_renewals, gates):
+    gate, entered = gates("gate")
     run = jobs.gated.trigger()
     worker = start(process_next, lease_seconds=2)
     try:
@@ -599,8 +593,10 @@ def test_keeper__renewal_keeps_a_step_longer_than_the_lease_alive(fast_renewals)
     assert jobs.CALLS["gated:last"] == 1
 
 
-def test_keeper__cancel_stops_the_job_at_its_next_step_boundary(keeper_refusals, fast_renewals):
-    gate, entered = open_gate("pause")
+def test_keeper__cancel_stops_the_job_at_its_next_step_boundary(
+    keeper_refusals, fast_renewals, gates
+):
+    gate, entered = gates("pause")
     run = jobs.pauses_between_steps.trigger()
     refused = keeper_refusals.setdefault(str(run.pk), threading.Event())
     worker = start(process_next, lease_seconds=3)
@@ -623,8 +619,8 @@ def test_keeper__cancel_stops_the_job_at_its_next_step_boundary(keeper_refusals,
     ]
 
 
-def test_keeper__cancel_during_a_long_step_is_not_persisted(keeper_refusals, fast_renewals):
-    gate, entered = open_gate("gate")
+def test_keeper__cancel_during_a_long_step_is_not_persisted(keeper_refusals, fast_renewals, gates):
+    gate, entered = gates("gate")
     run = jobs.gated.trigger()
     refused = keeper_refusals.setdefault(str(run.pk), threading.Event())
     worker = start(process_next, lease_seconds=3)

@@ -8,7 +8,7 @@ never by sleeps in the library.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -103,29 +103,12 @@ def test_renew__two_attempts_of_one_run_are_told_apart():
 # -- 2. a worker tracks attempts, not run ids ---------------------------------------------------
 
 
-@pytest.fixture
-def attempt_gates() -> Iterator[Callable[[int], tuple[threading.Event, threading.Event]]]:
-    """``gates(n)``: the (gate, entered) events of attempt ``n`` of ``jobs.gated_per_attempt``."""
-    opened: list[threading.Event] = []
-
-    def gates(attempt: int) -> tuple[threading.Event, threading.Event]:
-        name = f"attempt-{attempt}"
-        if name not in jobs.FLAGS:
-            jobs.FLAGS[name], jobs.FLAGS[f"{name}:entered"] = threading.Event(), threading.Event()
-            opened.append(jobs.FLAGS[name])
-        return jobs.FLAGS[name], jobs.FLAGS[f"{name}:entered"]
-
-    yield gates
-    for gate in opened:  # never leave a slot thread waiting
-        gate.set()
-
-
-def test_worker__an_old_attempt_ending_keeps_the_new_attempt_of_the_same_run(attempt_gates):
+def test_worker__an_old_attempt_ending_keeps_the_new_attempt_of_the_same_run(gates):
     """Attempt 1 is inside a step when the run is cancelled and resumed; the same worker claims
     attempt 2 in its other slot. When attempt 1 ends (lost), attempt 2 is still in flight, and a
     stop waits for it and records it, instead of exiting and leaving it leased."""
-    gate_1, entered_1 = attempt_gates(1)
-    gate_2, entered_2 = attempt_gates(2)
+    gate_1, entered_1 = gates("attempt-1")
+    gate_2, entered_2 = gates("attempt-2")
     run = jobs.gated_per_attempt.trigger()
     worker = Worker(concurrency=2, poll_interval=0.05, grace_period=30, lease_seconds=60)
     thread = start_worker(worker)
@@ -162,19 +145,10 @@ def test_worker__an_old_attempt_ending_keeps_the_new_attempt_of_the_same_run(att
 # -- 3. a cancel stops the job before its next step starts --------------------------------------
 
 
-@pytest.fixture
-def between_steps() -> Iterator[tuple[threading.Event, threading.Event]]:
-    """The (gate, entered) events of ``jobs.pauses_between_steps``, which waits outside any step."""
-    gate, entered = threading.Event(), threading.Event()
-    jobs.FLAGS["pause"], jobs.FLAGS["pause:entered"] = gate, entered
-    yield gate, entered
-    gate.set()
-
-
-def test_process_next__cancel_between_steps_stops_the_next_step(between_steps):
+def test_process_next__cancel_between_steps_stops_the_next_step(gates):
     """In-process, with no listener and no renewal due (60 s lease): the step boundary reads the
     run, so the step after a cancel never starts."""
-    gate, entered = between_steps
+    gate, entered = gates("pause")  # jobs.pauses_between_steps waits there, outside any step
     run = jobs.pauses_between_steps.trigger()
     job = start(process_next, lease_seconds=60)
     wait_event(entered, what="the job to pause between its steps")
@@ -191,11 +165,11 @@ def test_process_next__cancel_between_steps_stops_the_next_step(between_steps):
     ]
 
 
-def test_worker__cancel_reaches_the_running_attempt_before_its_next_step(db_alias, between_steps):
+def test_worker__cancel_reaches_the_running_attempt_before_its_next_step(db_alias, gates):
     """A worker: on PostgreSQL the cancel's notification marks the attempt cancelled at once (no
     renewal is due for 20 s); on SQLite the step boundary reads the run. Either way the next step
     never starts."""
-    gate, entered = between_steps
+    gate, entered = gates("pause")  # jobs.pauses_between_steps waits there, outside any step
     run = jobs.pauses_between_steps.trigger()
     worker = Worker(concurrency=1, poll_interval=0.05, lease_seconds=60, until_idle=True)
     thread = start_worker(worker)
@@ -217,9 +191,8 @@ def test_worker__cancel_reaches_the_running_attempt_before_its_next_step(db_alia
     assert Run.objects.get(pk=run.pk).status == "cancelled"
 
 
-def test_cancel__during_a_step_records_it_cancelled_and_sends_step_cancelled(record_signals):
-    gate, entered = threading.Event(), threading.Event()
-    jobs.FLAGS["gate"], jobs.FLAGS["gate:entered"] = gate, entered
+def test_cancel__during_a_step_records_it_cancelled_and_sends_step_cancelled(record_signals, gates):
+    gate, entered = gates("gate")
     received = record_signals("step_cancelled")
     try:
         run = jobs.gated.trigger()

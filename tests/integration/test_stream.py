@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
 from contextlib import closing
 from datetime import UTC, datetime
@@ -62,9 +61,8 @@ def test_format_event__times_in_iso_8601_as_the_api_has_them():
     )
 
 
-def test_run_events__snapshot_then_each_change_then_end():
-    jobs.FLAGS["gate"] = threading.Event()
-    jobs.FLAGS["gate:entered"] = threading.Event()
+def test_run_events__snapshot_then_each_change_then_end(gates):
+    gate, entered = gates("gate")
     run = jobs.gated.trigger()
     stream = run_events(Run.objects.all(), run.pk, poll_interval=0.01, progress_interval=0)
 
@@ -75,8 +73,8 @@ def test_run_events__snapshot_then_each_change_then_end():
     assert snapshot[1]["id"] == str(run.pk)
 
     worker = start(process_next)
-    assert jobs.FLAGS["gate:entered"].wait(20)
-    jobs.FLAGS["gate"].set()
+    assert entered.wait(20)
+    gate.set()
     events = collect(stream)
     assert worker.outcome().status == "completed"
 
@@ -101,8 +99,6 @@ def test_run_events__logs_and_progress():
 
 
 def test_run_events__logs_progress_and_steps_as_they_happen():
-    jobs.FLAGS["gate"] = threading.Event()
-    jobs.FLAGS["gate:entered"] = threading.Event()
     run = jobs.three_steps.trigger({})
     stream = run_events(Run.objects.all(), run.pk, poll_interval=0.01, progress_interval=0)
     assert parse(next(stream))[0] == "snapshot"
@@ -151,17 +147,16 @@ def test_run_events__stops_after_max_seconds():
 # -- issue 13, item 11: order, previews, log lines ---------------------------------------------
 
 
-def test_run_events__the_leased_status_comes_before_the_attempts_steps():
-    jobs.FLAGS["gate"] = threading.Event()
-    jobs.FLAGS["gate:entered"] = threading.Event()
+def test_run_events__the_leased_status_comes_before_the_attempts_steps(gates):
+    gate, entered = gates("gate")
     run = jobs.gated.trigger()
     with closing(run_events(Run.objects.all(), run.pk, poll_interval=0.3)) as stream:
         assert parse(next(stream))[0] == "snapshot"
         worker = start(process_next)
-        assert jobs.FLAGS["gate:entered"].wait(20)  # claimed, and step "first" written
+        assert entered.wait(20)  # claimed, and step "first" written
 
         first_two = [parse(next(stream)) for _ in range(2)]
-        jobs.FLAGS["gate"].set()
+        gate.set()
         collect(stream)
     worker.outcome()
 
@@ -197,15 +192,14 @@ def test_run_events__small_outputs_are_sent_whole():
     assert "output_preview" not in step
 
 
-def test_run_events__a_log_line_outside_a_step_has_an_empty_step_name():
-    jobs.FLAGS["report"] = threading.Event()
-    jobs.FLAGS["report:entered"] = threading.Event()
+def test_run_events__a_log_line_outside_a_step_has_an_empty_step_name(gates):
+    gate, entered = gates("report")
     run = jobs.reports_at_a_gate.trigger()
     with closing(run_events(Run.objects.all(), run.pk, poll_interval=0.01)) as stream:
         next(stream)
         worker = start(process_next)
-        assert jobs.FLAGS["report:entered"].wait(20)
-        jobs.FLAGS["report"].set()
+        assert entered.wait(20)
+        gate.set()
         events = collect(stream)
     worker.outcome()
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 
 import pytest
 
@@ -58,16 +57,15 @@ def test_worker__picks_up_a_run_triggered_while_idle():
     assert not thread.is_alive()
 
 
-def test_worker__graceful_stop_lets_the_running_job_finish():
-    jobs.FLAGS["gate"] = threading.Event()
-    jobs.FLAGS["gate:entered"] = threading.Event()
+def test_worker__graceful_stop_lets_the_running_job_finish(gates):
+    gate, entered = gates("gate")
     run = jobs.gated.trigger()
     worker = Worker(concurrency=1, poll_interval=0.05, grace_period=20)
     thread = start_worker(worker)
-    assert jobs.FLAGS["gate:entered"].wait(20)
+    assert entered.wait(20)
     worker.stop()
     jobs.noop.trigger("not claimed after the stop")
-    jobs.FLAGS["gate"].set()
+    gate.set()
     thread.join(20)
     assert not thread.is_alive()
     run.refresh_from_db()
@@ -75,13 +73,12 @@ def test_worker__graceful_stop_lets_the_running_job_finish():
     assert Run.objects.get(job_name=jobs.noop.name).status == "pending"
 
 
-def test_worker__grace_period_over_hands_the_run_back():
-    jobs.FLAGS["gate"] = threading.Event()
-    jobs.FLAGS["gate:entered"] = threading.Event()
+def test_worker__grace_period_over_hands_the_run_back(gates):
+    gate, entered = gates("gate")
     run = jobs.gated.trigger()
     worker = Worker(concurrency=1, poll_interval=0.05, grace_period=0.2)
     thread = start_worker(worker)
-    assert jobs.FLAGS["gate:entered"].wait(20)
+    assert entered.wait(20)
     generation = Run.objects.get(pk=run.pk).lease_generation
     worker.stop()
     thread.join(20)
@@ -91,34 +88,33 @@ def test_worker__grace_period_over_hands_the_run_back():
     assert handed_back.status == "leased"
     assert handed_back.lease_generation == generation
     assert Run.objects.ready().filter(pk=run.pk).exists()
-    jobs.FLAGS["gate"].set()
+    gate.set()
     # The abandoned job thread stops at its next step boundary and writes nothing.
     wait_until(lambda: jobs.CALLS["entered:gate"] == 1, timeout=20, what="gate entered")
     assert not Step.objects.filter(run_id=run.pk, name="last").exists()
 
 
-def test_worker__hard_stop_hands_back_at_once():
-    jobs.FLAGS["gate"] = threading.Event()
-    jobs.FLAGS["gate:entered"] = threading.Event()
+def test_worker__hard_stop_hands_back_at_once(gates):
+    gate, entered = gates("gate")
     run = jobs.gated.trigger()
     worker = Worker(concurrency=1, poll_interval=0.05, grace_period=60)
     thread = start_worker(worker)
-    assert jobs.FLAGS["gate:entered"].wait(20)
+    assert entered.wait(20)
     worker.stop()
     worker.stop(hard=True)
     thread.join(10)
     assert not thread.is_alive()
     assert Run.objects.ready().filter(pk=run.pk).exists()
-    jobs.FLAGS["gate"].set()
+    gate.set()
 
 
-def test_worker__records_ends_that_come_in_together_in_one_write(monkeypatch):
+def test_worker__records_ends_that_come_in_together_in_one_write(monkeypatch, gates):
     """Group commit: a slot does not write its run's end; the claim loop writes every end that came
     in since its last write in one ``record()`` (one statement on PostgreSQL, see
     test_query_counts)."""
     from django_durably import worker as worker_module
 
-    jobs.FLAGS["gate"] = threading.Event()
+    gate, _ = gates("gate")
     runs = [jobs.gated.trigger() for _ in range(3)]
     worker = Worker(concurrency=3, until_idle=True, poll_interval=0.05)
     batches: list[int] = []
@@ -135,7 +131,7 @@ def test_worker__records_ends_that_come_in_together_in_one_write(monkeypatch):
     monkeypatch.setattr(worker_module, "record", held_record)
     thread = start_worker(worker)
     wait_until(lambda: jobs.CALLS["entered:gate"] == 3, timeout=20, what="three jobs at the gate")
-    jobs.FLAGS["gate"].set()
+    gate.set()
     thread.join(20)
 
     assert not thread.is_alive()
@@ -176,17 +172,16 @@ def test_worker__does_not_write_ends_while_its_keeper_renews():
 
 
 @pytest.mark.parametrize("hard", [False, True], ids=["grace-over", "hard-stop"])
-def test_worker__counts_runs_it_hands_back_as_released(hard):
-    jobs.FLAGS["gate"] = threading.Event()
-    jobs.FLAGS["gate:entered"] = threading.Event()
+def test_worker__counts_runs_it_hands_back_as_released(hard, gates):
+    gate, entered = gates("gate")
     run = jobs.gated.trigger()
     worker = Worker(concurrency=1, poll_interval=0.05, grace_period=0 if not hard else 60)
     thread = start_worker(worker)
-    assert jobs.FLAGS["gate:entered"].wait(20)
+    assert entered.wait(20)
 
     worker.stop(hard=hard)
     thread.join(20)
-    jobs.FLAGS["gate"].set()
+    gate.set()
 
     assert not thread.is_alive()
     assert worker.stats.claimed == 1
@@ -204,15 +199,15 @@ def debug_actions(caplog: pytest.LogCaptureFixture) -> set[str]:
     }
 
 
-def test_worker__logs_claims_renewals_wake_ups_and_ends_at_debug(caplog):
+def test_worker__logs_claims_renewals_wake_ups_and_ends_at_debug(caplog, gates):
     caplog.set_level(logging.DEBUG, logger="django_durably")
-    jobs.FLAGS["gate"] = threading.Event()
+    gate, _ = gates("gate")
     run = jobs.gated.trigger()
     worker = Worker(concurrency=1, until_idle=True, poll_interval=0.05, renew_interval=0.05)
     thread = start_worker(worker)
     wait_until(lambda: "renewed" in debug_actions(caplog), timeout=20, what="a renewal logged")
 
-    jobs.FLAGS["gate"].set()
+    gate.set()
     thread.join(20)
 
     assert not thread.is_alive()

@@ -49,6 +49,27 @@ def start(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> BackgroundThread
     return thread
 
 
+def at_once(
+    *fns: Callable[[], Any],
+    catch: type[BaseException] | tuple[type[BaseException], ...] = (),
+    timeout: float = 30,
+) -> list[Any]:
+    """Call each of ``fns`` on its own thread (with its own database connections), all released
+    together by a barrier: a race. Returns what each returned, or the exception it raised if that
+    is one of ``catch``; any other exception is raised here."""
+    barrier = threading.Barrier(len(fns))
+
+    def lined_up(fn: Callable[[], Any]) -> Any:
+        barrier.wait(10)
+        try:
+            return fn()
+        except catch as exc:
+            return exc
+
+    threads = [start(lined_up, fn) for fn in fns]
+    return [thread.outcome(timeout) for thread in threads]
+
+
 def start_worker(worker: Any) -> threading.Thread:
     """Run ``worker.run()`` on a thread, and return once the worker says it has ``started``.
 

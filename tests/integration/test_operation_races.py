@@ -7,7 +7,6 @@ the same story; the outcome counts are kept so a failure shows what the other it
 
 from __future__ import annotations
 
-import threading
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -35,31 +34,20 @@ from django_durably.operations import (
     retrigger_run,
 )
 from tests import jobs
-from tests.concurrency import start, wait_until
+from tests.concurrency import at_once, wait_until
 from tests.factories import make_step, move_to
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
 ITERATIONS = 24
+# What a loser of a race raises.
+LOST = (RunNotCancellable, RunNotResumable, RunNotDeletable, RunNotFound, PendingRunExists)
 ERROR = {"type": "builtins.RuntimeError", "message": "boom", "traceback": ""}
 
 
-def race(first: Callable[[], Any], second: Callable[[], Any]) -> tuple[Any, Any]:
-    """Run both callables at once on their own threads (and connections); return what each
-    returned, or the typed error it raised."""
-    barrier = threading.Barrier(2)
-
-    def lined_up(fn: Callable[[], Any]) -> Any:
-        barrier.wait(10)
-        try:
-            return fn()
-        except (RunNotCancellable, RunNotResumable, RunNotDeletable, RunNotFound) as exc:
-            return exc
-        except PendingRunExists as exc:
-            return exc
-
-    threads = start(lined_up, first), start(lined_up, second)
-    return threads[0].outcome(), threads[1].outcome()
+def race(first: Callable[[], Any], second: Callable[[], Any]) -> list[Any]:
+    """Run both at once; return what each returned, or the typed error it raised."""
+    return at_once(first, second, catch=LOST)
 
 
 def trail(run_id: Any) -> list[tuple[str, str, str]]:

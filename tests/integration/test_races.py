@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
+from collections.abc import Callable
+from functools import partial
 
 import pytest
 from django.db.models import Q
@@ -12,7 +14,7 @@ from django_durably import cancel_run, leases, process_next, process_until_idle
 from django_durably.exceptions import RunNotCancellable
 from django_durably.models import Run, Step
 from tests import jobs
-from tests.concurrency import start, wait_event, wait_until
+from tests.concurrency import at_once, start, wait_event, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
@@ -55,18 +57,12 @@ def test_race__cancel_against_completion_has_exactly_one_winner():
     winners = Counter()
     for i in range(ITERATIONS):
         run = jobs.three_steps.trigger({})
-        barrier = threading.Barrier(2)
         # Cancel at different points: at once (often while pending), as soon as the run is seen
         # running (among its step writes), once its last step is stored, or once its final log
         # line is stored (then only the completion write is left to race against).
         moment = ("at once", "running", "last step", "logged")[i % 4]
 
-        def work(barrier=barrier):
-            barrier.wait(10)
-            return process_next()
-
-        def cancel(run_id=run.pk, barrier=barrier, moment=moment):
-            barrier.wait(10)
+        def cancel(run_id=run.pk, moment=moment):
             runs = Run.objects.filter(pk=run_id)
             if moment == "running":
                 seen = runs.exclude(status="pending")
@@ -76,13 +72,9 @@ def test_race__cancel_against_completion_has_exactly_one_winner():
                 seen = runs.filter(Q(logs__isnull=False) | ~Q(status__in=["pending", "leased"]))
             if moment != "at once":
                 wait_until(seen.exists, interval=0.001, what=f"the run to reach {moment!r}")
-            try:
-                return cancel_run(run_id)
-            except RunNotCancellable as exc:
-                return exc
+            return cancel_run(run_id)
 
-        worker, canceller = start(work), start(cancel)
-        outcome, cancelled = worker.outcome(), canceller.outcome()
+        outcome, cancelled = at_once(process_next, cancel, catch=RunNotCancellable)
 
         run.refresh_from_db()
         if run.status == "completed":
@@ -105,17 +97,15 @@ def test_race__cancel_against_completion_has_exactly_one_winner():
     assert Run.objects.filter(status__in=["completed", "cancelled"]).count() == ITERATIONS
 
 
+def claim_one_as(worker_id: str) -> Callable[[], list[Run]]:
+    return partial(leases.claim, worker_id=worker_id, limit=1)
+
+
 def test_race__two_claims_on_one_pending_run_get_it_once():
     for _ in range(ITERATIONS):
         run = jobs.noop.trigger()
-        barrier = threading.Barrier(2)
 
-        def claim(worker_id, barrier=barrier):
-            barrier.wait(10)
-            return leases.claim(worker_id=worker_id, limit=1)
-
-        first, second = start(claim, "first"), start(claim, "second")
-        results = [first.outcome(), second.outcome()]
+        results = at_once(claim_one_as("first"), claim_one_as("second"))
 
         winners = [claimed for claimed in results if claimed]
         assert len(winners) == 1, results
@@ -133,14 +123,8 @@ def test_race__two_claims_on_one_expired_lease_get_it_once():
     [held] = leases.claim(worker_id="gone", limit=1)
     for generation in range(2, ITERATIONS + 2):
         Run.objects.filter(pk=held.pk).update(lease_expires_at=held.created_at)
-        barrier = threading.Barrier(2)
 
-        def claim(worker_id, barrier=barrier):
-            barrier.wait(10)
-            return leases.claim(worker_id=worker_id, limit=1)
-
-        first, second = start(claim, "first"), start(claim, "second")
-        results = [first.outcome(), second.outcome()]
+        results = at_once(claim_one_as("first"), claim_one_as("second"))
 
         winners = [claimed for claimed in results if claimed]
         assert len(winners) == 1, results
@@ -157,15 +141,18 @@ def test_race__concurrent_claims_lease_one_run_per_concurrency_key():
             job.trigger({"user": 1}, concurrency_key="user:1", queue=f"q{i}")
             for i, job in enumerate(sharing)
         ]
-        barrier = threading.Barrier(len(sharing))
-
-        def claim(i, barrier=barrier, own_queues=own_queues):
-            barrier.wait(10)
-            queues = [f"q{i}"] if own_queues else None
-            return leases.claim(worker_id=f"w{i}", queues=queues, limit=2)
-
-        claimers = [start(claim, i) for i in range(len(sharing))]
-        claimed = [run for claimer in claimers for run in claimer.outcome()]
+        claims = at_once(
+            *(
+                partial(
+                    leases.claim,
+                    worker_id=f"w{i}",
+                    queues=[f"q{i}"] if own_queues else None,
+                    limit=2,
+                )
+                for i in range(len(sharing))
+            )
+        )
+        claimed = [run for runs_claimed in claims for run in runs_claimed]
 
         assert len(claimed) == 1, claimed
         assert Run.objects.filter(status="leased", concurrency_key="user:1").count() == 1
@@ -175,14 +162,10 @@ def test_race__concurrent_claims_lease_one_run_per_concurrency_key():
 def test_race__workers_processing_until_idle_complete_each_run_exactly_once():
     total, threads = 50, 4
     runs = jobs.counted.trigger_many([{"n": n} for n in range(total)])
-    barrier = threading.Barrier(threads)
 
-    def work(worker_id):
-        barrier.wait(10)
-        return process_until_idle(worker_id=worker_id)
-
-    workers = [start(work, f"w{i}") for i in range(threads)]
-    processed = [worker.outcome(timeout=60) for worker in workers]
+    processed = at_once(
+        *(partial(process_until_idle, worker_id=f"w{i}") for i in range(threads)), timeout=60
+    )
 
     assert sum(processed) == total
     assert Run.objects.filter(pk__in=[r.pk for r in runs], status="completed").count() == total

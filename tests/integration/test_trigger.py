@@ -6,14 +6,13 @@ Every test runs on SQLite and on PostgreSQL (``db_alias`` is autouse in tests/in
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
 
 import pytest
-from django.db import connections, transaction
+from django.db import transaction
 from django.utils import timezone
 
 import django_durably
@@ -28,6 +27,7 @@ from django_durably.exceptions import (
 from django_durably.jobs import TriggerItem
 from django_durably.models import Run, RunStatus
 from tests import jobs
+from tests.concurrency import at_once
 from tests.factories import move_to
 
 pytestmark = pytest.mark.django_db(databases="__all__")
@@ -923,27 +923,7 @@ def test_trigger__huge_input_with_the_default_limit(db_alias):
 
 def race(*attempts: Callable[[], Any]) -> list[Any]:
     """Run each callable in its own thread, started together; return results or exceptions."""
-    barrier = threading.Barrier(len(attempts))
-    results: list[Any] = [None] * len(attempts)
-
-    def target(position: int, attempt: Callable[[], Any]) -> None:
-        try:
-            barrier.wait(timeout=10)
-            results[position] = attempt()
-        except Exception as exc:  # reported to the test, which asserts on it
-            results[position] = exc
-        finally:
-            connections.close_all()
-
-    threads = [
-        threading.Thread(target=target, args=(i, attempt)) for i, attempt in enumerate(attempts)
-    ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-        assert not thread.is_alive(), "a racing trigger hung"
-    return results
+    return at_once(*attempts, catch=Exception, timeout=60)
 
 
 @pytest.mark.slow

@@ -593,20 +593,26 @@ def test_keeper__renewal_keeps_a_step_longer_than_the_lease_alive(fast_renewals,
     assert jobs.CALLS["gated:last"] == 1
 
 
-def test_keeper__cancel_stops_the_job_at_its_next_step_boundary(
-    keeper_refusals, fast_renewals, gates
-):
-    gate, entered = gates("pause")
-    run = jobs.pauses_between_steps.trigger()
-    refused = keeper_refusals.setdefault(str(run.pk), threading.Event())
+def cancelled_at(gate: Any, job: Any, refusals: dict[str, threading.Event]) -> tuple[Run, Any]:
+    """Process a run of ``job`` (3 s leases) until it arrives at ``gate``, cancel it there, and
+    open the gate once the lease keeper has noticed: the run, and how processing it ended."""
+    opened, entered = gate
+    run = job.trigger()
+    refused = refusals.setdefault(str(run.pk), threading.Event())
     worker = start(process_next, lease_seconds=3)
     try:
-        wait_event(entered, what="the job to pause between steps")
+        wait_event(entered, what=f"the job to arrive at its gate ({job.name})")
         assert cancel_run(run.pk).cancelled is True
         wait_event(refused, what="the keeper to notice the cancel")
     finally:
-        gate.set()
-    outcome = worker.outcome()
+        opened.set()
+    return run, worker.outcome()
+
+
+def test_keeper__cancel_stops_the_job_at_its_next_step_boundary(
+    keeper_refusals, fast_renewals, gates
+):
+    run, outcome = cancelled_at(gates("pause"), jobs.pauses_between_steps, keeper_refusals)
 
     assert outcome.status == "cancelled"
     # The check before "next" stopped the job: its function never ran.
@@ -620,17 +626,7 @@ def test_keeper__cancel_stops_the_job_at_its_next_step_boundary(
 
 
 def test_keeper__cancel_during_a_long_step_is_not_persisted(keeper_refusals, fast_renewals, gates):
-    gate, entered = gates("gate")
-    run = jobs.gated.trigger()
-    refused = keeper_refusals.setdefault(str(run.pk), threading.Event())
-    worker = start(process_next, lease_seconds=3)
-    try:
-        wait_event(entered, what="the job to enter its long step")
-        cancel_run(run.pk)
-        wait_event(refused, what="the keeper to notice the cancel")
-    finally:
-        gate.set()
-    outcome = worker.outcome()
+    run, outcome = cancelled_at(gates("gate"), jobs.gated, keeper_refusals)
 
     assert outcome.status == "cancelled"
     assert jobs.CALLS["entered:gate"] == 1

@@ -79,6 +79,12 @@ def completed_steps(run: Run) -> list[str]:
     return list(rows.values_list("name", flat=True))
 
 
+def assert_refused(error: RunStateError, run: Run, status: str, verb: str) -> None:
+    """``error`` says ``run`` cannot be <verb> because it is ``status``."""
+    assert (error.run_id, error.status) == (run.pk, status)
+    assert str(error) == f"Run {run.pk} cannot be {verb}: it is {status}."
+
+
 def audit_trail(run_id: Any) -> list[tuple[str, str, str, str, str]]:
     records = AuditRecord.objects.filter(run_uuid=run_id).order_by("id")
     return list(records.values_list("action", "from_status", "to_status", "actor", "source"))
@@ -247,9 +253,8 @@ def test_cancel__finished_run_raises_run_not_cancellable(status):
     with pytest.raises(RunNotCancellable) as raised:
         cancel_run(run.pk)
 
-    assert (raised.value.run_id, raised.value.status) == (run.pk, status)
+    assert_refused(raised.value, run, status, "cancelled")
     assert isinstance(raised.value, RunStateError)
-    assert str(raised.value) == f"Run {run.pk} cannot be cancelled: it is {status}."
     assert row(run) == before
     assert audit_trail(run.pk) == []
 
@@ -367,8 +372,7 @@ def test_resume__other_statuses_raise_run_not_resumable(status):
     with pytest.raises(RunNotResumable) as raised:
         resume_run(run.pk)
 
-    assert (raised.value.run_id, raised.value.status) == (run.pk, status)
-    assert str(raised.value) == f"Run {run.pk} cannot be resumed: it is {status}."
+    assert_refused(raised.value, run, status, "resumed")
     assert row(run) == before
     assert audit_trail(run.pk) == []
 
@@ -499,8 +503,7 @@ def test_retrigger__unfinished_run_raises_run_not_retriggerable(status):
     with pytest.raises(RunNotRetriggerable) as raised:
         retrigger_run(run.pk)
 
-    assert (raised.value.run_id, raised.value.status) == (run.pk, status)
-    assert str(raised.value) == f"Run {run.pk} cannot be retriggered: it is {status}."
+    assert_refused(raised.value, run, status, "retriggered")
     assert Run.objects.count() == 1
     assert audit_trail(run.pk) == []
 
@@ -626,8 +629,7 @@ def test_delete__unfinished_run_raises_run_not_deletable(status):
     with pytest.raises(RunNotDeletable) as raised:
         delete_run(run.pk)
 
-    assert (raised.value.run_id, raised.value.status) == (run.pk, status)
-    assert str(raised.value) == f"Run {run.pk} cannot be deleted: it is {status}."
+    assert_refused(raised.value, run, status, "deleted")
     assert row(run)["status"] == status
     assert audit_trail(run.pk) == []
 

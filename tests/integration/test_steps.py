@@ -16,6 +16,13 @@ from tests.factories import make_run, move_to
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
 
+def processed(run: Run) -> Run:
+    """``run`` (the only ready run) processed once in this thread, as stored then."""
+    assert process_one() is True
+    run.refresh_from_db()
+    return run
+
+
 def steps_of(run: Run) -> list[tuple[int, str, str, int]]:
     return list(
         Step.objects.filter(run_id=run.pk)
@@ -86,11 +93,8 @@ def test_replay__completed_run_resumed_again_runs_no_step():
 
 
 def test_step_index__counts_every_step_reached():
-    run = jobs.three_steps.trigger({})
+    run = processed(jobs.three_steps.trigger({}))
 
-    process_one()
-
-    run.refresh_from_db()
     assert steps_of(run) == [
         (0, "a", "completed", 1),
         (1, "b", "completed", 1),
@@ -117,11 +121,8 @@ def test_step_times__a_step_never_finishes_before_it_started():
 
 
 def test_logs_and_progress__are_stored_with_the_run():
-    run = jobs.logs_and_progress.trigger()
+    run = processed(jobs.logs_and_progress.trigger())
 
-    process_one()
-
-    run.refresh_from_db()
     assert run.status == "completed", run.error
     assert run.progress == {"current": 2, "total": 2, "message": "all done"}
     lines = list(RunLog.objects.filter(run_id=run.pk).order_by("id"))
@@ -133,11 +134,8 @@ def test_logs_and_progress__are_stored_with_the_run():
 
 
 def test_logs_and_progress__three_steps_logs_outside_steps():
-    run = jobs.three_steps.trigger({})
+    run = processed(jobs.three_steps.trigger({}))
 
-    process_one()
-
-    run.refresh_from_db()
     assert run.progress == {"current": 3, "total": 3, "message": "done"}
     [line] = RunLog.objects.filter(run_id=run.pk)
     assert (line.level, line.message, line.data) == ("info", "finished", {"a": 1, "b": "b"})
@@ -163,22 +161,16 @@ def test_output__failing_the_output_schema_fails_the_run():
 
 
 def test_output__non_json_output_fails_the_run():
-    run = jobs.non_json_output.trigger()
+    run = processed(jobs.non_json_output.trigger())
 
-    process_one()
-
-    run.refresh_from_db()
     assert run.status == "failed"
     assert run.error["type"] == "django_durably.exceptions.OutputInvalid"
     assert "JSON-serializable" in run.error["message"]
 
 
 def test_output__non_json_step_output_fails_the_step_and_the_run():
-    run = jobs.non_json_step.trigger()
+    run = processed(jobs.non_json_step.trigger())
 
-    process_one()
-
-    run.refresh_from_db()
     assert run.status == "failed"
     assert run.error["type"] == "django_durably.exceptions.NotJSONSerializable"
     assert "Output of step 'bad'" in run.error["message"]
@@ -189,11 +181,8 @@ def test_output__non_json_step_output_fails_the_step_and_the_run():
 
 
 def test_output__pydantic_input_and_output():
-    run = jobs.greet.trigger({"name": "ada", "times": 2})
+    run = processed(jobs.greet.trigger({"name": "ada", "times": 2}))
 
-    process_one()
-
-    run.refresh_from_db()
     assert run.status == "completed", run.error
     assert run.input == {"name": "ada", "times": 2}
     assert run.output == {"text": "hello ada hello ada"}

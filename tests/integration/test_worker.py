@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import threading
+from typing import Any
 
 import pytest
 
@@ -12,6 +14,22 @@ from tests import jobs
 from tests.concurrency import start_worker, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
+
+
+@pytest.fixture
+def in_the_gate(gates: Any) -> Any:
+    """``run, worker, thread = in_the_gate(**options)``: a run of ``jobs.gated`` inside its gate
+    step on a one-slot worker started with those options (the gate: ``gates("gate")``)."""
+
+    def start(**options: Any) -> tuple[Run, Worker, threading.Thread]:
+        _, entered = gates("gate")
+        run = jobs.gated.trigger()
+        worker = Worker(concurrency=1, poll_interval=0.05, **options)
+        thread = start_worker(worker)
+        assert entered.wait(20)
+        return run, worker, thread
+
+    return start
 
 
 def test_worker__until_idle_drains_every_run_once():
@@ -57,12 +75,9 @@ def test_worker__picks_up_a_run_triggered_while_idle():
     assert not thread.is_alive()
 
 
-def test_worker__graceful_stop_lets_the_running_job_finish(gates):
-    gate, entered = gates("gate")
-    run = jobs.gated.trigger()
-    worker = Worker(concurrency=1, poll_interval=0.05, grace_period=20)
-    thread = start_worker(worker)
-    assert entered.wait(20)
+def test_worker__graceful_stop_lets_the_running_job_finish(gates, in_the_gate):
+    gate, _ = gates("gate")
+    run, worker, thread = in_the_gate(grace_period=20)
     worker.stop()
     jobs.noop.trigger("not claimed after the stop")
     gate.set()
@@ -73,12 +88,9 @@ def test_worker__graceful_stop_lets_the_running_job_finish(gates):
     assert Run.objects.get(job_name=jobs.noop.name).status == "pending"
 
 
-def test_worker__grace_period_over_hands_the_run_back(gates):
-    gate, entered = gates("gate")
-    run = jobs.gated.trigger()
-    worker = Worker(concurrency=1, poll_interval=0.05, grace_period=0.2)
-    thread = start_worker(worker)
-    assert entered.wait(20)
+def test_worker__grace_period_over_hands_the_run_back(gates, in_the_gate):
+    gate, _ = gates("gate")
+    run, worker, thread = in_the_gate(grace_period=0.2)
     generation = Run.objects.get(pk=run.pk).lease_generation
     worker.stop()
     thread.join(20)
@@ -94,12 +106,9 @@ def test_worker__grace_period_over_hands_the_run_back(gates):
     assert not Step.objects.filter(run_id=run.pk, name="last").exists()
 
 
-def test_worker__hard_stop_hands_back_at_once(gates):
-    gate, entered = gates("gate")
-    run = jobs.gated.trigger()
-    worker = Worker(concurrency=1, poll_interval=0.05, grace_period=60)
-    thread = start_worker(worker)
-    assert entered.wait(20)
+def test_worker__hard_stop_hands_back_at_once(gates, in_the_gate):
+    gate, _ = gates("gate")
+    run, worker, thread = in_the_gate(grace_period=60)
     worker.stop()
     worker.stop(hard=True)
     thread.join(10)
@@ -172,12 +181,9 @@ def test_worker__does_not_write_ends_while_its_keeper_renews():
 
 
 @pytest.mark.parametrize("hard", [False, True], ids=["grace-over", "hard-stop"])
-def test_worker__counts_runs_it_hands_back_as_released(hard, gates):
-    gate, entered = gates("gate")
-    run = jobs.gated.trigger()
-    worker = Worker(concurrency=1, poll_interval=0.05, grace_period=0 if not hard else 60)
-    thread = start_worker(worker)
-    assert entered.wait(20)
+def test_worker__counts_runs_it_hands_back_as_released(hard, gates, in_the_gate):
+    gate, _ = gates("gate")
+    run, worker, thread = in_the_gate(grace_period=0 if not hard else 60)
 
     worker.stop(hard=hard)
     thread.join(20)

@@ -79,10 +79,19 @@ def completed_steps(run: Run) -> list[str]:
     return list(rows.values_list("name", flat=True))
 
 
-def assert_refused(error: RunStateError, run: Run, status: str, verb: str) -> None:
-    """``error`` says ``run`` cannot be <verb> because it is ``status``."""
-    assert (error.run_id, error.status) == (run.pk, status)
-    assert str(error) == f"Run {run.pk} cannot be {verb}: it is {status}."
+def refused(
+    operation: Any, run: Run, error: type[RunStateError], status: str, verb: str
+) -> RunStateError:
+    """``operation(run)`` raises ``error``, saying the run cannot be <verb> because it is
+    ``status``, and changes nothing: the row is as it was and no audit record is written."""
+    before = row(run)
+    with pytest.raises(error) as raised:
+        operation(run.pk)
+    assert (raised.value.run_id, raised.value.status) == (run.pk, status)
+    assert str(raised.value) == f"Run {run.pk} cannot be {verb}: it is {status}."
+    assert row(run) == before
+    assert audit_trail(run.pk) == []
+    return raised.value
 
 
 def audit_trail(run_id: Any) -> list[tuple[str, str, str, str, str]]:
@@ -248,15 +257,10 @@ def test_cancel__already_cancelled_is_a_no_op():
 @pytest.mark.parametrize("status", ["completed", "failed"])
 def test_cancel__finished_run_raises_run_not_cancellable(status):
     run = move_to(jobs.noop.trigger(), status)
-    before = row(run)
 
-    with pytest.raises(RunNotCancellable) as raised:
-        cancel_run(run.pk)
+    error = refused(cancel_run, run, RunNotCancellable, status, "cancelled")
 
-    assert_refused(raised.value, run, status, "cancelled")
-    assert isinstance(raised.value, RunStateError)
-    assert row(run) == before
-    assert audit_trail(run.pk) == []
+    assert isinstance(error, RunStateError)
 
 
 # -- resume --------------------------------------------------------------------------------------
@@ -367,14 +371,8 @@ def test_resume__a_stale_lease_holder_stays_fenced_out():
 @pytest.mark.parametrize("status", ["pending", "leased", "completed"])
 def test_resume__other_statuses_raise_run_not_resumable(status):
     run = move_to(jobs.noop.trigger(), status)
-    before = row(run)
 
-    with pytest.raises(RunNotResumable) as raised:
-        resume_run(run.pk)
-
-    assert_refused(raised.value, run, status, "resumed")
-    assert row(run) == before
-    assert audit_trail(run.pk) == []
+    refused(resume_run, run, RunNotResumable, status, "resumed")
 
 
 @pytest.mark.parametrize("status", ["failed", "cancelled"])
@@ -500,12 +498,9 @@ def test_retrigger__unregistered_job_raises_job_not_found():
 def test_retrigger__unfinished_run_raises_run_not_retriggerable(status):
     run = move_to(jobs.noop.trigger(), status)
 
-    with pytest.raises(RunNotRetriggerable) as raised:
-        retrigger_run(run.pk)
+    refused(retrigger_run, run, RunNotRetriggerable, status, "retriggered")
 
-    assert_refused(raised.value, run, status, "retriggered")
     assert Run.objects.count() == 1
-    assert audit_trail(run.pk) == []
 
 
 def test_retrigger__pending_run_holding_the_concurrency_key_raises_pending_run_exists():
@@ -626,12 +621,7 @@ def test_delete__finished_run_with_its_steps_and_logs(status):
 def test_delete__unfinished_run_raises_run_not_deletable(status):
     run = move_to(jobs.noop.trigger(), status)
 
-    with pytest.raises(RunNotDeletable) as raised:
-        delete_run(run.pk)
-
-    assert_refused(raised.value, run, status, "deleted")
-    assert row(run)["status"] == status
-    assert audit_trail(run.pk) == []
+    refused(delete_run, run, RunNotDeletable, status, "deleted")
 
 
 # -- purge ---------------------------------------------------------------------------------------

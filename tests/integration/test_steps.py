@@ -4,6 +4,7 @@ failures, logs, progress and output validation."""
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import pytest
 from django.db.models.functions import Now
@@ -21,6 +22,17 @@ def processed(run: Run) -> Run:
     assert process_one() is True
     run.refresh_from_db()
     return run
+
+
+def ended(run: Run, status: str) -> Any:
+    """Process the next ready run, ``run``: it ends ``status``, as its outcome says and as stored
+    (``run`` is read back). Returns the outcome."""
+    outcome = process_next()
+    assert outcome is not None
+    assert outcome.status == status
+    run.refresh_from_db()
+    assert run.status == status
+    return outcome
 
 
 def steps_of(run: Run) -> list[tuple[int, str, str, int]]:
@@ -147,12 +159,8 @@ def test_logs_and_progress__three_steps_logs_outside_steps():
 def test_output__failing_the_output_schema_fails_the_run():
     run = jobs.bad_output.trigger()
 
-    outcome = process_next()
+    outcome = ended(run, "failed")
 
-    assert outcome is not None
-    assert outcome.status == "failed"
-    run.refresh_from_db()
-    assert run.status == "failed"
     assert run.output is None
     assert run.error["type"] == "django_durably.exceptions.OutputInvalid"
     assert "does not match GreetingOut" in run.error["message"]
@@ -195,12 +203,8 @@ def test_output__pydantic_input_and_output():
 def test_unknown_job__run_fails_with_job_not_found():
     run = make_run(job_name="gone.job")
 
-    outcome = process_next()
+    ended(run, "failed")
 
-    assert outcome is not None
-    assert outcome.status == "failed"
-    run.refresh_from_db()
-    assert run.status == "failed"
     assert run.error["type"] == "django_durably.exceptions.JobNotFound"
     assert "'gone.job'" in run.error["message"]
     assert not Step.objects.filter(run_id=run.pk).exists()
@@ -214,12 +218,8 @@ def test_interrupts__except_exception_cannot_swallow_a_cancel(on_signal):
             cancel_run(run_id)
 
     on_signal("step_completed", cancel_after_first_step)
-    outcome = process_next()
+    ended(run, "cancelled")
 
-    assert outcome is not None
-    assert outcome.status == "cancelled"
-    run.refresh_from_db()
-    assert run.status == "cancelled"
     assert run.output is None
     assert jobs.CALLS["swallowed"] == 0  # the job's `except Exception` never saw JobCancelled
     assert jobs.CALLS["swallow:2"] == 0

@@ -76,7 +76,7 @@ from tests import jobs
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
-DEFAULT_EXAMPLES = 100
+DEFAULT_EXAMPLES = 60
 EXAMPLES = int(os.environ.get("DURABLY_STATE_MACHINE_EXAMPLES", DEFAULT_EXAMPLES))
 STEPS = int(os.environ.get("DURABLY_STATE_MACHINE_STEPS", "40"))
 MACHINE_SETTINGS = settings(
@@ -550,14 +550,36 @@ class RunMachine(RuleBasedStateMachine):
             self.assert_unchanged(before)
             self.assert_refusal(lease)
 
-    @precondition(has_holding_leases)
-    @rule(data=st.data(), name=st.sampled_from(STEP_NAMES))
-    def persist_a_step_twice(self, data: st.DataObject, name: str) -> None:
-        """The holder writes one checkpoint twice (a replay gone wrong): the second is refused by
-        the database and nothing is written. Drawn on purpose: random draws rarely line it up."""
-        lease = data.draw(st.sampled_from(_holding_leases(self)))
-        self.persist_step(lease, name, 0)
-        self.persist_step(lease, name, 1)
+    @rule()
+    def a_run_through_its_life(self) -> None:
+        """One run through transitions that random draws reach rarely, in order, each through the
+        rules above (so the model checks every one): a checkpoint written twice (the database
+        refuses the second), a resume and a retrigger of a running run (refused), its completion,
+        then a renewal, a checkpoint, a cancel and a resume under the finished lease (refused), and
+        its deletion. Its priority puts it first in the claim."""
+        run_id = self.trigger_one(
+            job_name=jobs.noop.name,
+            user=1,
+            idempotency_key=None,
+            concurrency_key=None,
+            priority=9,
+            later=False,
+            coalesce="error",
+        )
+        assert run_id is not None
+        self.claim_runs("w1", 1)
+        lease = self.claimed[-1]
+        assert lease[0] == run_id
+        self.persist_step(lease, "a", 0)
+        self.persist_step(lease, "a", 1)
+        self.resume(run_id)
+        self.retrigger(run_id, None)
+        self.complete_or_fail(lease, completed=True)
+        self.renew([lease])
+        self.persist_step(lease, "b", 1)
+        self.cancel(run_id)
+        self.resume(run_id)
+        self.delete(run_id)
 
     @precondition(has_holding_leases)
     @rule(data=st.data(), name=st.sampled_from(STEP_NAMES))

@@ -18,7 +18,8 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import connections, router
 
 from django_durably.conf import durably_settings
-from django_durably.jobs import MAX_QUEUE_LENGTH, PRIORITY_RANGE, registry_conflicts
+from django_durably.jobs import registry_conflicts
+from django_durably.validation import MAX_QUEUE_LENGTH, PRIORITY_RANGE
 
 SUPPORTED_VENDORS = ("postgresql", "sqlite")
 

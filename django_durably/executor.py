@@ -23,7 +23,7 @@ from django_durably import leases, signals
 from django_durably.checkpoints import ModelStepStore
 from django_durably.conf import durably_settings
 from django_durably.context import StepContext
-from django_durably.database import db_alias
+from django_durably.database import db_alias, ensure_outside_transaction
 from django_durably.events import send_after_commit, send_worker_error
 from django_durably.exceptions import JobCancelled, JobNotFound, LeaseLost
 from django_durably.jobs import get_job
@@ -32,7 +32,6 @@ from django_durably.leases import LeaseHandle
 from django_durably.maintenance import Retention
 from django_durably.models import Run, RunStatus
 from django_durably.serialization import describe_exception
-from django_durably.triggering import ensure_outside_transaction
 from django_durably.types import JSON
 
 logger = logging.getLogger(__name__)

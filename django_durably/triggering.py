@@ -25,10 +25,12 @@ from django.db import IntegrityError, connections, transaction
 
 from django_durably import signals
 from django_durably.conf import durably_settings
-from django_durably.database import db_alias, missing_tables_as_not_migrated, retry_if_locked
-
-# Defined in ``database`` now; re-exported for the callers that import it from here.
-from django_durably.database import ensure_outside_transaction as ensure_outside_transaction
+from django_durably.database import (
+    db_alias,
+    ensure_outside_transaction,
+    missing_tables_as_not_migrated,
+    retry_if_locked,
+)
 from django_durably.events import send_after_commit
 from django_durably.exceptions import (
     InvalidTrigger,

@@ -1,10 +1,14 @@
 """Holding a lease in a test as a worker holds one: claim a run, then the lease handle and the step
-store its attempt would use (for tests of lease-holder writes without running a job)."""
+store its attempt would use (for tests of lease-holder writes without running a job); and looking
+at a lease by the database clock."""
 
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 from typing import Any
+
+from django.db.models.functions import Now
 
 from django_durably import leases
 from django_durably.checkpoints import ModelStepStore
@@ -32,3 +36,23 @@ def handle_of(run: Run, generation: int | None = None, *, seconds: float = 60) -
 def store_for(run: Run, generation: int | None = None) -> ModelStepStore:
     """The step store of the attempt holding ``run``'s lease (or ``generation``)."""
     return ModelStepStore(run, handle_of(run, generation))
+
+
+def expire(run: Run) -> None:
+    """End ``run``'s lease a second ago by the database clock (its holder died)."""
+    assert Run.objects.filter(pk=run.pk).update(lease_expires_at=Now() - timedelta(seconds=1))
+
+
+def db_now_and_expiry(run: Run) -> tuple[Any, Any]:
+    """The database clock now, and when ``run``'s lease expires by it."""
+    return (
+        Run.objects.filter(pk=run.pk)
+        .annotate(now=Now())
+        .values_list("now", "lease_expires_at")
+        .get()
+    )
+
+
+def snapshot(run: Run) -> dict[str, Any]:
+    """``run``'s row as stored, every field (to show a refused write changed nothing)."""
+    return dict(Run.objects.filter(pk=run.pk).values().get())

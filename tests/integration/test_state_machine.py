@@ -18,7 +18,7 @@ concurrency key); typed errors carry the status the model says the run has. Not 
 ``waiting`` status and retries (the last rows of section 3), which the library does not have yet.
 
 Lease expiry is arranged, not waited for: a rule moves ``lease_expires_at`` one second behind the
-database clock with an UPDATE (as ``test_fencing.expire`` does), and every claim and renewal asks
+database clock with an UPDATE (as ``tests.leasing.expire`` does), and every claim and renewal asks
 for a long lease so nothing lapses on its own. A real short lease would expire between whichever
 two rules a slow machine happened to be running, so the model could not know which leases are
 valid, and waiting for it would cost a lease length per expiry (hundreds per run). The guards under

@@ -11,11 +11,10 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 from django.db import DatabaseError, OperationalError, connections, transaction
@@ -35,6 +34,7 @@ from tests import jobs
 from tests.concurrency import start
 from tests.databases import deferred_sqlite, empty_database, sqlite_lock_held, swapped_connection
 from tests.factories import make_run
+from tests.sql import before_first
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
@@ -53,25 +53,6 @@ def sqlite_only(db_alias: str) -> str:
 def a_concurrent_write() -> None:
     """Another connection (another thread's) writes and commits: a run nobody looks at."""
     start(make_run, job_name="tests.elsewhere").outcome()
-
-
-def before_first(
-    prefix: str, action: Callable[[], Any], *, seen: list[str] | None = None
-) -> Callable[..., Any]:
-    """An ``execute_wrapper`` hook that calls ``action`` once, just before the first statement
-    starting with ``prefix`` runs; every statement with that prefix is appended to ``seen``."""
-    done: list[bool] = []
-
-    def hook(execute: Callable[..., Any], sql: str, params: Any, many: bool, context: Any) -> Any:
-        if sql.lstrip().upper().startswith(prefix):
-            if seen is not None:
-                seen.append(sql)
-            if not done:
-                done.append(True)
-                action()
-        return execute(sql, params, many, context)
-
-    return hook
 
 
 INSERT_RUN = 'INSERT INTO "DURABLY_RUN"'

@@ -22,6 +22,7 @@ from django_durably.worker import Worker
 from tests import jobs
 from tests.concurrency import start, start_worker, wait_event, wait_until
 from tests.leasing import handle_of, store_for
+from tests.sql import keyword
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
@@ -46,7 +47,7 @@ class PauseAfterClaimCommit:
             self.paused.set()
             assert self.resume.wait(30), "the test never let the claim go on"
         result = execute(sql, params, many, context)
-        if sql.lstrip().upper().startswith("UPDATE") and "lease_owner" in sql:
+        if keyword(sql) == "UPDATE" and "lease_owner" in sql:
             self.claimed = True
         return result
 

@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 from django.db import connections
-from django.test.utils import CaptureQueriesContext
 
 from django_durably import cancel_run, leases, process_one, resume_run
 from django_durably.executor import AttemptEnd, record
@@ -20,43 +19,17 @@ from django_durably.worker import Worker
 from tests import jobs
 from tests.concurrency import start, wait_until
 from tests.leasing import handle_of
+from tests.sql import (
+    call_and_capture,
+    is_postgres,
+    keyword,
+    recording,
+    statements,
+    transactions,
+    writes,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
-
-
-def call_and_capture(db_alias: str, fn: Any) -> tuple[Any, list[str]]:
-    """What ``fn()`` returns, and the SQL statements it sends on this thread's connection to
-    ``db_alias``."""
-    with CaptureQueriesContext(connections[db_alias]) as captured:
-        result = fn()
-    return result, [query["sql"] for query in captured.captured_queries]
-
-
-def statements(db_alias: str, fn: Any) -> list[str]:
-    return call_and_capture(db_alias, fn)[1]
-
-
-def writes(sql: list[str]) -> list[str]:
-    return [s for s in sql if s.lstrip().upper().startswith(("UPDATE", "INSERT", "WITH"))]
-
-
-def transactions(sql: list[str]) -> int:
-    """Transactions among ``sql``: explicit ones (SQLite's ``BEGIN``), plus each write outside one
-    (autocommit)."""
-    count, explicit = 0, False
-    for statement in sql:
-        word = statement.lstrip().split(None, 1)[0].upper()
-        if word == "BEGIN":
-            count, explicit = count + 1, True
-        elif word in ("COMMIT", "ROLLBACK"):
-            explicit = False
-        elif not explicit and word in ("UPDATE", "INSERT", "WITH", "DELETE"):
-            count += 1
-    return count
-
-
-def is_postgres(db_alias: str) -> bool:
-    return connections[db_alias].vendor == "postgresql"
 
 
 def test_a_trigger_without_keys__one_statement_on_postgresql(db_alias):
@@ -67,7 +40,7 @@ def test_a_trigger_without_keys__one_statement_on_postgresql(db_alias):
         # The insert and the workers' wake-up, in autocommit: one round trip.
         assert len(sql) == 1, sql
     else:
-        assert [s.split(None, 1)[0].upper() for s in sql] == ["BEGIN", "INSERT", "COMMIT"], sql
+        assert [keyword(s) for s in sql] == ["BEGIN", "INSERT", "COMMIT"], sql
 
 
 @pytest.mark.parametrize("batch", [1, 10, 1000])
@@ -80,7 +53,7 @@ def test_a_batch__one_statement_on_postgresql_whatever_its_size(db_alias, batch)
         assert len(sql) == 1, sql  # one row per element of each array parameter
     else:
         # Django's bulk_create splits the INSERT to stay within SQLite's parameters per statement.
-        assert [s.split(None, 1)[0].upper() for s in sql if not s.startswith("INSERT")] == [
+        assert [keyword(s) for s in sql if not s.startswith("INSERT")] == [
             "BEGIN",
             "COMMIT",
         ], sql
@@ -94,7 +67,7 @@ def test_a_trigger_with_keys__looks_them_up_and_inserts_in_one_transaction(db_al
     assert transactions(sql) == 1, sql
     # BEGIN, the run of the idempotency key, the pending run of the concurrency key, the insert
     # (with the wake-up on PostgreSQL), COMMIT.
-    assert [s.lstrip().split(None, 1)[0].upper() for s in sql] == [
+    assert [keyword(s) for s in sql] == [
         "BEGIN",
         "SELECT",
         "SELECT",
@@ -132,10 +105,7 @@ def test_each_step_in_process__a_cancel_check_and_one_write_transaction(db_alias
     # Then PostgreSQL: the step's insert and the run's counters in one statement. SQLite: the same
     # two writes as two statements in one transaction (BEGIN, UPDATE, INSERT, COMMIT).
     assert per_step == (2 if is_postgres(db_alias) else 5), with_steps
-    reads = [
-        len([s for s in sql if s.lstrip().upper().startswith("SELECT")])
-        for sql in (without, with_steps)
-    ]
+    reads = [len([s for s in sql if keyword(s) == "SELECT"]) for sql in (without, with_steps)]
     assert reads[1] - reads[0] == steps, with_steps
     assert (transactions(with_steps) - transactions(without)) / steps == 1, with_steps
     assert Run.objects.filter(status="completed").count() == 2
@@ -147,11 +117,9 @@ def test_each_step_in_a_postgresql_worker__one_statement(db_alias, steps):
     if not is_postgres(db_alias):
         pytest.skip("SQLite has no notifications: its step boundary reads the run")
     slot_statements: list[str] = []
-
-    def capture(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
-        if threading.current_thread().name.startswith("durably-slot"):
-            slot_statements.append(sql)
-        return execute(sql, params, many, context)
+    capture = recording(
+        slot_statements, when=lambda: threading.current_thread().name.startswith("durably-slot")
+    )
 
     worker = Worker(concurrency=1, poll_interval=0.05)
     wrapped = worker._run_job
@@ -191,7 +159,7 @@ def test_a_resumed_run__replays_its_steps_with_one_query(db_alias):
 
     sql = statements(db_alias, process_one)
 
-    reads = [s for s in sql if "durably_step" in s and s.lstrip().upper().startswith("SELECT")]
+    reads = [s for s in sql if "durably_step" in s and keyword(s) == "SELECT"]
     assert len(reads) == 1, sql
     assert Run.objects.get(pk=run.pk).status == "completed"
 

@@ -209,3 +209,23 @@ def wait_for(
     return wait_until(
         predicate, timeout=timeout, interval=interval, what=what, meanwhile=all_running
     )
+
+
+def completed_by(worker: WorkerProcess, run: Any, *, timeout: float, what: str) -> Any:
+    """Wait until ``run`` is completed (failing as soon as ``worker`` exits); return it as
+    stored."""
+    from django_durably.models import Run
+
+    wait_for(
+        lambda: Run.objects.filter(pk=run.pk, status="completed").exists(),
+        timeout=timeout,
+        what=what,
+        workers=[worker],
+    )
+    return Run.objects.get(pk=run.pk)
+
+
+def side_effects(folder: Path) -> list[str]:
+    """The lines the ``tests.side_effects`` job wrote in ``folder``, one per step run."""
+    path = folder / "side-effects.txt"
+    return path.read_text().splitlines() if path.exists() else []

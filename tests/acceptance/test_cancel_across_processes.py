@@ -21,7 +21,7 @@ import pytest
 from django_durably import cancel_run, resume_run
 from django_durably.models import AuditRecord, Run, RunLog, Step
 from tests import jobs
-from tests.acceptance.processes import Workers, wait_for
+from tests.acceptance.processes import Workers, completed_by, side_effects, wait_for
 from tests.concurrency import holds
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True, databases="__all__")]
@@ -29,11 +29,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True, database
 LEASE_SECONDS = 3.0
 RENEW_INTERVAL = LEASE_SECONDS / 3  # the worker's default: a third of the lease
 MARGIN = 2.0  # for the renewal statement and a busy machine
-
-
-def side_effects(folder: Path) -> list[str]:
-    path = folder / "side-effects.txt"
-    return path.read_text().splitlines() if path.exists() else []
 
 
 def stored(run: Run) -> tuple[set[int], set[int]]:
@@ -134,13 +129,7 @@ def test_cancel__a_worker_process_stops_within_a_renewal_interval_and_writes_not
 
     # Resumed, the same worker completes it; step-0 is replayed, not re-run.
     assert resume_run(run.pk, actor="acceptance", source="test").from_status == "cancelled"
-    wait_for(
-        lambda: Run.objects.filter(pk=run.pk, status="completed").exists(),
-        timeout=30,
-        what="the worker to complete the resumed run",
-        workers=[worker],
-    )
-    done = Run.objects.get(pk=run.pk)
+    done = completed_by(worker, run, timeout=30, what="the worker to complete the resumed run")
     assert (done.attempt, done.lease_generation, done.lease_owner) == (2, 2, "cw")
     assert done.output == {"attempt": 2, "steps": [0, 1, 2]}
     assert list(

@@ -17,16 +17,11 @@ from django.db import connections
 
 from django_durably.models import Run, RunLog, Step
 from tests import jobs
-from tests.acceptance.processes import WorkerProcess, Workers, wait_for
+from tests.acceptance.processes import WorkerProcess, Workers, completed_by, side_effects, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True, databases="__all__")]
 
 STEPS = 6
-
-
-def side_effects(folder: Path) -> list[str]:
-    path = folder / "side-effects.txt"
-    return path.read_text().splitlines() if path.exists() else []
 
 
 def completed_steps(run: Run) -> list[tuple[str, int]]:
@@ -82,14 +77,7 @@ def test_crash__a_killed_workers_run_resumes_without_repeating_completed_steps(
     assert side_effects(folder) == [f"step-{i} attempt-1" for i in range(kill_at)]
 
     b = workers.start("--lease-seconds", "30", "--poll-interval", "0.1", "--worker-id", "crash-b")
-    wait_for(
-        lambda: Run.objects.filter(pk=run.pk, status="completed").exists(),
-        timeout=30,
-        what="worker B to reclaim and complete the run",
-        workers=[b],
-    )
-
-    done = Run.objects.get(pk=run.pk)
+    done = completed_by(b, run, timeout=30, what="worker B to reclaim and complete the run")
     assert (done.attempt, done.lease_generation, done.lease_owner) == (2, 2, "crash-b")
     assert done.output == {"attempt": 2, "steps": list(range(STEPS))}
     assert done.completed_step_count == STEPS
@@ -133,12 +121,7 @@ def test_stale_owner__a_stopped_worker_writes_nothing_after_losing_its_lease(
     )
     b = workers.start("--lease-seconds", "30", "--poll-interval", "0.1", "--worker-id", "stale-b")
     if a_resumes == "after_b_completed":
-        wait_for(
-            lambda: Run.objects.filter(pk=run.pk, status="completed").exists(),
-            timeout=30,
-            what="worker B to reclaim and complete the run",
-            workers=[b],
-        )
+        completed_by(b, run, timeout=30, what="worker B to reclaim and complete the run")
     else:
         wait_for(
             lambda: (folder / "entered-2-2").exists(),
@@ -156,12 +139,7 @@ def test_stale_owner__a_stopped_worker_writes_nothing_after_losing_its_lease(
     if a_resumes == "while_b_holds_the_lease":
         assert Run.objects.get(pk=run.pk).status == "leased"
         (folder / "gate-2").touch()
-        wait_for(
-            lambda: Run.objects.filter(pk=run.pk, status="completed").exists(),
-            timeout=30,
-            what="worker B to complete the run",
-            workers=[b],
-        )
+        completed_by(b, run, timeout=30, what="worker B to complete the run")
 
     done = Run.objects.get(pk=run.pk)
     assert (done.attempt, done.lease_generation, done.lease_owner) == (2, 2, "stale-b")

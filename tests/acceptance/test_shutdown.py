@@ -10,16 +10,12 @@ import pytest
 
 from django_durably.models import Run
 from tests import jobs
-from tests.acceptance.processes import WorkerProcess, Workers, wait_for
+from tests.acceptance.processes import WorkerProcess, Workers, completed_by, side_effects, wait_for
 from tests.concurrency import holds
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True, databases="__all__")]
 
 FIRST_SIGNAL = "SIGTERM: no new claims"
-
-
-def side_effects(folder: Path) -> list[str]:
-    return (folder / "side-effects.txt").read_text().splitlines()
 
 
 def start_blocked_run(workers: Workers, folder: Path, *options: str) -> tuple[Run, WorkerProcess]:
@@ -95,12 +91,7 @@ def test_second_sigterm__hands_the_run_back_for_another_worker_at_once(
     assert Run.objects.expired().filter(pk=run.pk).exists()
 
     b = workers.start("--poll-interval", "0.1", "--worker-id", "hard-b")
-    wait_for(
-        lambda: Run.objects.filter(pk=run.pk, status="completed").exists(),
-        timeout=15,
-        what="worker B to take the handed-back run",
-        workers=[b],
-    )
+    completed_by(b, run, timeout=15, what="worker B to take the handed-back run")
     assert time.monotonic() - handed_back_at < 60
     done = Run.objects.get(pk=run.pk)
     assert (done.attempt, done.lease_generation, done.lease_owner) == (2, generation + 1, "hard-b")

@@ -1,7 +1,9 @@
 """Request guards of the HTTP API that run before authentication and before ninja parses anything.
 
-* :func:`body_refusal`: a body that is too large (413), too deep (422) or whose ``Content-Length``
-  is not a number (400) is refused without being read into memory or reaching the JSON parser.
+* :func:`body_refusal`: a body that is too large (413), too deep (422), whose ``Content-Length``
+  is not a number (400), or a form body Django cannot parse (400: say, ``multipart/form-data``
+  without a boundary, which the CSRF check would otherwise parse into a 500) is refused without
+  being read into memory or reaching the JSON parser.
 
 Refusals are JSON, like every other answer of the API. ``api`` installs :func:`guard_body` on the
 router as a view decorator.
@@ -16,6 +18,7 @@ from typing import Any
 
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponseBase, JsonResponse
+from django.http.multipartparser import MultiPartParserError
 
 from django_durably.conf import durably_settings
 
@@ -24,6 +27,8 @@ __all__ = ["body_refusal", "guard_body", "json_depth_exceeds"]
 _JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
 _JSON_BRACKET = re.compile(rb"[\[\]{}]")
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+# Bodies Django parses into ``request.POST``, which the CSRF check reads before any view runs.
+_FORM_TYPES = frozenset({"multipart/form-data", "application/x-www-form-urlencoded"})
 
 
 def json_depth_exceeds(body: bytes, limit: int) -> bool:
@@ -73,6 +78,14 @@ def body_refusal(request: HttpRequest) -> JsonResponse | None:
         return _too_large(limit)
     if len(body) > limit:
         return _too_large(limit)
+    if request.content_type in _FORM_TYPES:
+        try:
+            request.POST  # noqa: B018 - parsed now, so a malformed form is a 400, not a 500 later
+        except MultiPartParserError as exc:
+            return JsonResponse(
+                {"detail": f"The form body cannot be parsed: {exc}", "code": "bad_form_body"},
+                status=400,
+            )
     depth = durably_settings.API_MAX_JSON_DEPTH
     if body and json_depth_exceeds(body, depth):
         return JsonResponse(

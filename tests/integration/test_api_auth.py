@@ -18,7 +18,7 @@ from django_durably.api import router
 from django_durably.models import AuditRecord, Run, RunStatus
 from tests import jobs
 from tests.api_hooks import API_KEY, ApiKey
-from tests.factories import move_to
+from tests.factories import make_run_in, move_to
 
 pytestmark = pytest.mark.django_db(databases="__all__")
 
@@ -544,6 +544,26 @@ def test_content_length__not_a_number_400_in_json_before_auth(client, operator, 
         "code": "bad_content_length",
     }
     assert not Run.objects.exists()
+
+
+@pytest.mark.parametrize("as_user", [False, True], ids=["anonymous", "operator"])
+def test_form_body__a_multipart_body_without_a_boundary_400_in_json_not_a_500(
+    client, operator, as_user
+):
+    """Found by schemathesis's coverage phase (ST102): the CSRF check parses form bodies, and a
+    ``multipart/form-data`` type without a boundary made it raise."""
+    if as_user:
+        client.force_login(operator)
+    run = make_run_in("pending")
+
+    response = client.generic(
+        "POST", f"{BASE}/runs/{run.pk}/cancel", b"--x--", content_type="multipart/form-data"
+    )
+
+    assert response.status_code == 400
+    assert response.json()["code"] == "bad_form_body"
+    assert response.json()["detail"].startswith("The form body cannot be parsed: ")
+    assert Run.objects.get(pk=run.pk).status == "pending"
 
 
 # -- issue 13: the OpenAPI schema --------------------------------------------------------------

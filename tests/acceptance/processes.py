@@ -229,3 +229,16 @@ def side_effects(folder: Path) -> list[str]:
     """The lines the ``tests.side_effects`` job wrote in ``folder``, one per step run."""
     path = folder / "side-effects.txt"
     return path.read_text().splitlines() if path.exists() else []
+
+
+def wait_entered(
+    worker: WorkerProcess, folder: Path, step: int, attempt: int = 1, *, timeout: float = 30
+) -> None:
+    """Wait until ``worker`` has entered step ``step`` of attempt ``attempt`` of the
+    ``tests.side_effects`` run writing in ``folder`` (failing as soon as the worker exits)."""
+    wait_for(
+        lambda: (folder / f"entered-{step}-{attempt}").exists(),
+        timeout=timeout,
+        what=f"{worker!r} to enter step-{step} of attempt {attempt}",
+        workers=[worker],
+    )

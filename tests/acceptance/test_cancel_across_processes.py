@@ -21,7 +21,7 @@ import pytest
 from django_durably import cancel_run, resume_run
 from django_durably.models import AuditRecord, Run, RunLog, Step
 from tests import jobs
-from tests.acceptance.processes import Workers, completed_by, side_effects, wait_for
+from tests.acceptance.processes import Workers, completed_by, side_effects, wait_entered, wait_for
 from tests.concurrency import holds
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True, databases="__all__")]
@@ -65,12 +65,7 @@ def test_cancel__a_worker_process_stops_within_a_renewal_interval_and_writes_not
     worker = workers.start(
         "--lease-seconds", str(LEASE_SECONDS), "--poll-interval", "0.1", "--worker-id", "cw"
     )
-    wait_for(
-        lambda: (folder / "entered-1-1").exists(),
-        timeout=30,
-        what="the worker to wait at the gate in step-1",
-        workers=[worker],
-    )
+    wait_entered(worker, folder, 1)
     running = Run.objects.get(pk=run.pk)
     assert (running.status, running.lease_owner, running.completed_step_count) == (
         "leased",

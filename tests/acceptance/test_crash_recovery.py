@@ -17,7 +17,14 @@ from django.db import connections
 
 from django_durably.models import Run, RunLog, Step
 from tests import jobs
-from tests.acceptance.processes import WorkerProcess, Workers, completed_by, side_effects, wait_for
+from tests.acceptance.processes import (
+    WorkerProcess,
+    Workers,
+    completed_by,
+    side_effects,
+    wait_entered,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True, databases="__all__")]
 
@@ -62,12 +69,7 @@ def test_crash__a_killed_workers_run_resumes_without_repeating_completed_steps(
     folder.mkdir()
     run = jobs.side_effects.trigger({"dir": str(folder), "steps": STEPS, "block_at": kill_at})
     a = workers.start("--lease-seconds", "2", "--poll-interval", "0.1", "--worker-id", "crash-a")
-    wait_for(
-        lambda: (folder / f"entered-{kill_at}-1").exists(),
-        timeout=30,
-        what=f"worker A to enter step {kill_at}",
-        workers=[a],
-    )
+    wait_entered(a, folder, kill_at)
 
     a.kill()
     assert a.wait_exit(10) == -signal.SIGKILL
@@ -105,12 +107,7 @@ def test_stale_owner__a_stopped_worker_writes_nothing_after_losing_its_lease(
     blocks = {"1": 1} if a_resumes == "after_b_completed" else {"1": 1, "2": 2}
     run = jobs.side_effects.trigger({"dir": str(folder), "steps": 3, "blocks": blocks})
     a = workers.start("--lease-seconds", "2", "--poll-interval", "0.1", "--worker-id", "stale-a")
-    wait_for(
-        lambda: (folder / "entered-1-1").exists(),
-        timeout=30,
-        what="worker A to wait at the gate in step-1",
-        workers=[a],
-    )
+    wait_entered(a, folder, 1)
 
     freeze(a, db_alias)
     logs_before_stop = set(RunLog.objects.filter(run_id=run.pk).values_list("pk", flat=True))
@@ -123,12 +120,7 @@ def test_stale_owner__a_stopped_worker_writes_nothing_after_losing_its_lease(
     if a_resumes == "after_b_completed":
         completed_by(b, run, timeout=30, what="worker B to reclaim and complete the run")
     else:
-        wait_for(
-            lambda: (folder / "entered-2-2").exists(),
-            timeout=30,
-            what="worker B to reclaim the run and wait in step-2",
-            workers=[b],
-        )
+        wait_entered(b, folder, 2, 2)
         held = Run.objects.get(pk=run.pk)
         assert (held.status, held.lease_generation, held.lease_owner) == ("leased", 2, "stale-b")
 

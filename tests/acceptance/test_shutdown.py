@@ -10,7 +10,13 @@ import pytest
 
 from django_durably.models import Run
 from tests import jobs
-from tests.acceptance.processes import WorkerProcess, Workers, completed_by, side_effects, wait_for
+from tests.acceptance.processes import (
+    WorkerProcess,
+    Workers,
+    completed_by,
+    side_effects,
+    wait_entered,
+)
 from tests.concurrency import holds
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True, databases="__all__")]
@@ -23,12 +29,7 @@ def start_blocked_run(workers: Workers, folder: Path, *options: str) -> tuple[Ru
     folder.mkdir()
     run = jobs.side_effects.trigger({"dir": str(folder), "steps": 2, "block_at": 0})
     worker = workers.start("--poll-interval", "0.1", *options)
-    wait_for(
-        lambda: (folder / "entered-0-1").exists(),
-        timeout=30,
-        what="the worker to wait at the gate",
-        workers=[worker],
-    )
+    wait_entered(worker, folder, 0)
     return run, worker
 
 

@@ -18,6 +18,7 @@ from django_durably.guards import json_depth_exceeds
 from django_durably.jobs import define_job, register, unregister
 from django_durably.models import Run, RunStatus
 from tests import jobs
+from tests.factories import move_to
 
 pytestmark = pytest.mark.django_db(databases="__all__")
 
@@ -395,12 +396,7 @@ def test_json_depth_exceeds__ignores_brackets_inside_strings(body, deeper):
 def test_get_run__detail_with_input_output_and_error(api, operator, db_alias):
     run = jobs.noop.trigger({"x": 1}, labels={"tenant": "acme"})
     error = {"type": "builtins.RuntimeError", "message": "boom", "traceback": "Traceback ..."}
-    Run.objects.filter(pk=run.pk).update(
-        status=RunStatus.FAILED,
-        error=error,
-        progress={"current": 1, "total": 3, "message": "m"},
-        completed_at=timezone.now(),
-    )
+    move_to(run, RunStatus.FAILED, error=error, progress={"current": 1, "total": 3, "message": "m"})
 
     response = api.get(f"/runs/{run.pk}", user=operator)
 
@@ -419,9 +415,7 @@ def test_get_run__detail_with_input_output_and_error(api, operator, db_alias):
 def test_get_run__include_lease_adds_the_lease_fields(api, operator):
     run = jobs.noop.trigger(None)
     expires = timezone.now() + timedelta(minutes=1)
-    Run.objects.filter(pk=run.pk).update(
-        status=RunStatus.LEASED, lease_owner="w-1", lease_expires_at=expires, lease_generation=4
-    )
+    move_to(run, RunStatus.LEASED, lease_owner="w-1", lease_expires_at=expires, lease_generation=4)
 
     body = api.get(f"/runs/{run.pk}?include=lease", user=operator).json()
 
@@ -489,7 +483,7 @@ def test_trigger__run_state_flags(api, operator):
     run = jobs.noop.trigger(None)
 
     pending = api.get(f"/runs/{run.pk}", user=operator).json()
-    Run.objects.filter(pk=run.pk).update(status=RunStatus.FAILED)
+    move_to(run, RunStatus.FAILED)
     failed = api.get(f"/runs/{run.pk}", user=operator).json()
     listed = api.get("/runs", user=operator).json()["items"][0]
 

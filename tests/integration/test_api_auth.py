@@ -388,7 +388,7 @@ def test_scope__label_filters_narrow_within_the_scope(tenants):
 def test_scope__another_tenants_run_is_not_found(tenants, method, path):
     acme, _, _, globex_run = tenants
     for status in (RunStatus.PENDING, RunStatus.FAILED):
-        Run.objects.filter(pk=globex_run.pk).update(status=status)
+        move_to(globex_run, status)
 
         response = getattr(acme, method)(BASE + path.format(id=globex_run.pk))
 
@@ -512,7 +512,7 @@ def test_scope__superusers_see_every_tenant(tenants, admin_user):
 
 def test_scope__retrigger_is_checked_like_a_trigger(tenants, settings):
     acme, _, acme_run, _ = tenants
-    Run.objects.filter(pk=acme_run.pk).update(status=RunStatus.COMPLETED)
+    move_to(acme_run, RunStatus.COMPLETED)
     settings.DURABLY_API_SCOPE = "tests.api_hooks.ReadOnlyTenantScope"
 
     response = acme.post(f"{BASE}/runs/{acme_run.pk}/retrigger")

@@ -19,6 +19,7 @@ from tests.leasing import claim_one, db_now_and_expiry, expire, snapshot
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
+
 def key(run: Run) -> tuple[Any, int]:
     """The ``(run_id, generation)`` of the lease ``run`` was claimed with."""
     return (run.pk, run.lease_generation)

@@ -3,7 +3,7 @@
 Trigger, claim, checkpoint, finish and the cancel check run for every run or step, so on PostgreSQL
 they are single prepared statements (``cursor_for``). What they decide must not drift from the ORM
 that SQLite and the rest of the package use, so each predicate and field set exists once per form,
-here, side by side, and ``tests/integration/test_statements.py`` applies both forms to the same rows
+here, side by side, and ``tests/integration/leases/test_statements.py`` applies both forms to the same rows
 and checks that they agree:
 
 * the lease holder's guard: :meth:`~django_durably.models.RunQuerySet.held_by` and

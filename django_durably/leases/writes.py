@@ -29,7 +29,7 @@ from django_durably.leases.statements import (
     ended_fields,
     jsonb,
 )
-from django_durably.models import DatabaseNow, Run, RunLog, RunStatus, Step, StepStatus
+from django_durably.models import DatabaseNow, Run, RunLog, RunQuerySet, RunStatus, Step, StepStatus
 from django_durably.types import JSON, LogLevel
 
 # -- steps ---------------------------------------------------------------------------------------
@@ -67,28 +67,21 @@ def persist_completed_step(
                 ],
             )
             return cursor.fetchone() is not None
-    with transaction.atomic(using=alias):
-        held = (
-            Run.objects.using(alias)
-            .held_by(run_id, generation)
-            .update(
-                current_step_index=index + 1,
-                completed_step_count=F("completed_step_count") + 1,
-                updated_at=DatabaseNow(),
-            )
-        )
-        if held:
-            Step.objects.using(alias).create(
-                run_id=run_id,
-                index=index,
-                name=name,
-                status=StepStatus.COMPLETED,
-                attempt=attempt,
-                output=output,
-                started_at=started_at,
-                completed_at=completed_at,
-            )
-    return bool(held)
+    return _guarded_insert(
+        Run.objects.using(alias).held_by(run_id, generation),
+        Step(
+            run_id=run_id,
+            index=index,
+            name=name,
+            status=StepStatus.COMPLETED,
+            attempt=attempt,
+            output=output,
+            started_at=started_at,
+            completed_at=completed_at,
+        ),
+        current_step_index=index + 1,
+        completed_step_count=F("completed_step_count") + 1,
+    )
 
 
 def persist_failed_step(
@@ -103,21 +96,19 @@ def persist_failed_step(
     completed_at: datetime,
 ) -> bool:
     """Insert a failed step if this lease still holds the run; return whether it did."""
-    alias = db_alias()
-    with transaction.atomic(using=alias):
-        held = Run.objects.using(alias).held_by(run_id, generation).update(updated_at=DatabaseNow())
-        if held:
-            Step.objects.using(alias).create(
-                run_id=run_id,
-                index=index,
-                name=name,
-                status=StepStatus.FAILED,
-                attempt=attempt,
-                error=error,
-                started_at=started_at,
-                completed_at=completed_at,
-            )
-    return bool(held)
+    return _guarded_insert(
+        Run.objects.using(db_alias()).held_by(run_id, generation),
+        Step(
+            run_id=run_id,
+            index=index,
+            name=name,
+            status=StepStatus.FAILED,
+            attempt=attempt,
+            error=error,
+            started_at=started_at,
+            completed_at=completed_at,
+        ),
+    )
 
 
 def record_cancelled_step(
@@ -134,24 +125,21 @@ def record_cancelled_step(
     (a ``cancelled`` step row); return whether it was recorded. Nothing is written unless the run is
     still cancelled under that lease: once it was resumed and claimed again, it is not this
     lease's to write."""
-    alias = db_alias()
-    with transaction.atomic(using=alias):
-        cancelled = (
-            Run.objects.using(alias)
-            .filter(pk=run_id, status=RunStatus.CANCELLED, lease_generation=generation)
-            .update(updated_at=DatabaseNow())
-        )
-        if cancelled:
-            Step.objects.using(alias).create(
-                run_id=run_id,
-                index=index,
-                name=name,
-                status=StepStatus.CANCELLED,
-                attempt=attempt,
-                started_at=started_at,
-                completed_at=completed_at,
-            )
-    return bool(cancelled)
+    cancelled = Run.objects.using(db_alias()).filter(
+        pk=run_id, status=RunStatus.CANCELLED, lease_generation=generation
+    )
+    return _guarded_insert(
+        cancelled,
+        Step(
+            run_id=run_id,
+            index=index,
+            name=name,
+            status=StepStatus.CANCELLED,
+            attempt=attempt,
+            started_at=started_at,
+            completed_at=completed_at,
+        ),
+    )
 
 
 # -- progress and log lines ------------------------------------------------------------------------
@@ -178,18 +166,29 @@ def persist_log(
     step_name: str | None,
 ) -> bool:
     """Append a log line to the run if this lease still holds it; return whether it did."""
-    alias = db_alias()
+    return _guarded_insert(
+        Run.objects.using(db_alias()).held_by(run_id, generation),
+        RunLog(
+            run_id=run_id,
+            step_name=step_name or "",
+            level=level,
+            message=message,
+            data=data,
+            attempt=attempt,
+        ),
+    )
+
+
+def _guarded_insert(guard: RunQuerySet, row: Step | RunLog, **run_changes: Any) -> bool:
+    """Insert ``row`` if ``guard`` (one run in the state this write needs) matches, in one
+    transaction that starts with the guarded UPDATE of the run (``run_changes`` and
+    ``updated_at``): it takes the run's row lock (PostgreSQL) or the write lock (SQLite) at once,
+    so nothing changes the run between the guard and the insert. Returns whether it inserted."""
+    alias = guard.db
     with transaction.atomic(using=alias):
-        held = Run.objects.using(alias).held_by(run_id, generation).update(updated_at=DatabaseNow())
+        held = guard.update(updated_at=DatabaseNow(), **run_changes)
         if held:
-            RunLog.objects.using(alias).create(
-                run_id=run_id,
-                step_name=step_name or "",
-                level=level,
-                message=message,
-                data=data,
-                attempt=attempt,
-            )
+            row.save(using=alias, force_insert=True)
     return bool(held)
 
 

@@ -311,7 +311,7 @@ class Suite:
         from bench.report import ratio
 
         args = self.args
-        results = []
+        results: list[dict[str, Any]] = []
         self.details["backlog"] = results
         try:
             for finished in (args.backlog_small, args.backlog):

@@ -174,7 +174,7 @@ def drain(runs: int) -> dict[str, Any]:
         while True:
             with connection.cursor() as cursor:
                 cursor.execute(count_sql, [since])
-                done, first, last = cursor.fetchone()  # type: ignore[misc]
+                done, first, last = cursor.fetchone()
             if done >= per_worker * WORKERS:
                 break
             meter.sample()

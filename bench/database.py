@@ -38,7 +38,7 @@ def drop_database(name: str) -> None:
 
 def ensure_database() -> None:
     """Create the benchmark database if it is missing, then migrate it."""
-    create_database(settings.DATABASES["default"]["NAME"])
+    create_database(str(settings.DATABASES["default"]["NAME"]))
     call_command("migrate", verbosity=0)
 
 

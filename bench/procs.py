@@ -10,7 +10,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from bench.database import REPO_ROOT, worker_env
 
@@ -82,7 +82,7 @@ class Processes:
             code = process.poll()
             if code not in (None, 0):
                 raise BenchError(
-                    f"{' '.join(process.args[1:5])} exited with {code}: {_tail(stderr)}"
+                    f"{' '.join(cast(list[str], process.args)[1:5])} exited with {code}: {_tail(stderr)}"
                 )
 
     def all_exited(self) -> bool:

@@ -22,6 +22,8 @@ from tests.factories import make_run_in
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
 SECONDS = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
+ACTION_BUTTON = re.compile(r"^(Go|Run)$")
+"""The button that runs the selected action: "Go" until Django 6.0, "Run" since 6.1."""
 LIST_COLUMNS = ["ID", "JOB", "STATUS", "LABELS", "CREATED", "DURATION"]
 """The run list's headers, as the admin's CSS shows them (upper case)."""
 
@@ -212,7 +214,7 @@ def test_bulk_resume__lists_what_it_will_do_and_asks_first(log_in, superuser, li
         page.check(f'input[name="_selected_action"][value="{run.pk}"]')
     page.select_option('select[name="action"]', "resume_runs")
 
-    page.get_by_role("button", name="Go").click()
+    page.get_by_role("button", name=ACTION_BUTTON).click()
 
     assert page.locator(".durably-question").inner_text() == (
         "Are you sure you want to resume these 2 runs?"

@@ -17,7 +17,7 @@ import logging
 import threading
 from collections import defaultdict
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 from uuid import UUID
 
 from django.db import connections
@@ -27,6 +27,8 @@ from django_durably.models import Run, RunLog, Step
 __all__ = ["RUN_FIELDS", "RunPoller", "Watcher", "poller_for"]
 
 logger = logging.getLogger(__name__)
+
+_RowOfRun = TypeVar("_RowOfRun", Step, RunLog)
 
 RUN_FIELDS = (
     "id",
@@ -149,23 +151,21 @@ class RunPoller:
             row["id"]: row
             for row in Run.objects.using(self.alias).filter(pk__in=run_ids).values(*RUN_FIELDS)
         }
-        steps: dict[UUID, list[Step]] = defaultdict(list)
-        after_step = min(w.last_step_id for w in watchers)
-        for step in (
-            Step.objects.using(self.alias)
-            .filter(run_id__in=run_ids, id__gt=after_step)
-            .order_by("id")
-        ):
-            steps[step.run_id].append(step)
-        logs: dict[UUID, list[RunLog]] = defaultdict(list)
-        after_log = min(w.last_log_id for w in watchers)
-        for line in (
-            RunLog.objects.using(self.alias)
-            .filter(run_id__in=run_ids, id__gt=after_log)
-            .order_by("id")
-        ):
-            logs[line.run_id].append(line)
+        steps = self._newer(Step, run_ids, min(w.last_step_id for w in watchers))
+        logs = self._newer(RunLog, run_ids, min(w.last_log_id for w in watchers))
         return rows, steps, logs
+
+    def _newer(
+        self, model: type[_RowOfRun], run_ids: set[UUID], after: int
+    ) -> dict[UUID, list[_RowOfRun]]:
+        """The rows of ``model`` (steps or log lines) of these runs with an id above ``after``, by
+        run, oldest first."""
+        by_run: dict[UUID, list[_RowOfRun]] = defaultdict(list)
+        for row in (
+            model.objects.using(self.alias).filter(run_id__in=run_ids, id__gt=after).order_by("id")
+        ):
+            by_run[row.run_id].append(row)
+        return by_run
 
 
 _pollers: dict[str, RunPoller] = {}

@@ -137,21 +137,15 @@ def _code_version() -> str:
     for path in sorted((REPO_ROOT / "django_durably").rglob("*.py")):
         digest.update(str(path.relative_to(REPO_ROOT)).encode() + b"\0" + path.read_bytes())
     sources = f"django_durably sources {digest.hexdigest()[:12]}"
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+
     try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "django_durably"],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
+        head = git("rev-parse", "--short", "HEAD")
+        dirty = git("status", "--porcelain", "django_durably")
     except (OSError, subprocess.CalledProcessError):
         return f"not a git checkout; {sources}"
     return f"{head}{' + uncommitted changes in django_durably/' if dirty else ''}; {sources}"

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -377,6 +377,35 @@ class RunMachine(RuleBasedStateMachine):
         assert error.run_id == run_id
         assert error.status == self.model.runs[run_id].status
 
+    def assert_not_found(self, act: Callable[[], object], run_id: UUID) -> None:
+        """The operation raises ``RunNotFound`` for this (deleted) run."""
+        with pytest.raises(RunNotFound) as missing:
+            act()
+        assert missing.value.run_id == run_id
+
+    def assert_refused(
+        self,
+        act: Callable[[], object],
+        error: type[RunStateError],
+        run_id: UUID,
+        before: dict[UUID, Any],
+    ) -> None:
+        """The operation raises ``error`` naming the run and its status, and changes nothing."""
+        with pytest.raises(error) as raised:
+            act()
+        self.assert_state_error(raised.value, run_id)
+        self.assert_unchanged(before)
+
+    def assert_pending_exists(
+        self, act: Callable[[], object], pending: UUID, rule: str, before: dict[UUID, Any]
+    ) -> None:
+        """The operation raises ``PendingRunExists`` naming the pending run, and changes nothing."""
+        with pytest.raises(PendingRunExists) as conflict:
+            act()
+        assert conflict.value.run_id == pending
+        reached(rule, "PendingRunExists")
+        self.assert_unchanged(before)
+
     # -- trigger -------------------------------------------------------------------------------
 
     # Every example starts with a few runs and a claim: Hypothesis turns rules off at random per
@@ -584,11 +613,15 @@ class RunMachine(RuleBasedStateMachine):
     @precondition(has_holding_leases)
     @rule(data=st.data(), name=st.sampled_from(STEP_NAMES))
     def cancel_a_running_attempt(self, data: st.DataObject, name: str) -> None:
-        """An operator cancels a run under its live lease; then its holder renews and records the
-        step it was in. Drawn on purpose: random draws rarely line these up."""
+        """An operator cancels a run under its live lease; then its holder renews, tries to
+        checkpoint the step it was in and to complete the run (both refused as cancelled), and
+        records the step as cancelled. Drawn on purpose: random draws rarely line these up (which
+        of them a run reached depended on Hypothesis's seed, and the seed on this file's text)."""
         lease = data.draw(st.sampled_from(_holding_leases(self)))
         self.cancel(lease[0])
         self.renew([lease])
+        self.persist_step(lease, name, 0)
+        self.complete_or_fail(lease, completed=True)
         self.record_cancelled_step(lease, name, 0)
 
     @precondition(has_resumable_keyed_runs)
@@ -729,15 +762,12 @@ class RunMachine(RuleBasedStateMachine):
         reached("cancel", "deleted" if model is None else model.status)
         before = self.snapshot()
         if model is None:
-            with pytest.raises(RunNotFound) as missing:
-                operations.cancel_run(run_id)
-            assert missing.value.run_id == run_id
+            self.assert_not_found(lambda: operations.cancel_run(run_id), run_id)
             return
         if model.status in (COMPLETED, FAILED):
-            with pytest.raises(RunNotCancellable) as raised:
-                operations.cancel_run(run_id)
-            self.assert_state_error(raised.value, run_id)
-            self.assert_unchanged(before)
+            self.assert_refused(
+                lambda: operations.cancel_run(run_id), RunNotCancellable, run_id, before
+            )
             return
 
         result = operations.cancel_run(run_id)
@@ -755,23 +785,18 @@ class RunMachine(RuleBasedStateMachine):
         reached("resume", "deleted" if model is None else model.status)
         before = self.snapshot()
         if model is None:
-            with pytest.raises(RunNotFound) as missing:
-                operations.resume_run(run_id)
-            assert missing.value.run_id == run_id
+            self.assert_not_found(lambda: operations.resume_run(run_id), run_id)
             return
         if model.status not in (FAILED, CANCELLED):
-            with pytest.raises(RunNotResumable) as raised:
-                operations.resume_run(run_id)
-            self.assert_state_error(raised.value, run_id)
-            self.assert_unchanged(before)
+            self.assert_refused(
+                lambda: operations.resume_run(run_id), RunNotResumable, run_id, before
+            )
             return
         other = self.model.pending_with_key(model.job_name, model.concurrency_key)
         if other is not None:
-            with pytest.raises(PendingRunExists) as conflict:
-                operations.resume_run(run_id)
-            assert conflict.value.run_id == other
-            reached("resume", "PendingRunExists")
-            self.assert_unchanged(before)
+            self.assert_pending_exists(
+                lambda: operations.resume_run(run_id), other, "resume", before
+            )
             return
 
         result = operations.resume_run(run_id)
@@ -786,9 +811,9 @@ class RunMachine(RuleBasedStateMachine):
         reached("retrigger", "deleted" if model is None else model.status)
         before = self.snapshot()
         if model is None:
-            with pytest.raises(RunNotFound) as missing:
-                operations.retrigger_run(run_id, idempotency_key=key)
-            assert missing.value.run_id == run_id
+            self.assert_not_found(
+                lambda: operations.retrigger_run(run_id, idempotency_key=key), run_id
+            )
             return multiple()
         stored_key = None if key is None else f"retrigger:{run_id}:{key}"
         existing = self.model.with_idempotency_key(model.job_name, stored_key)
@@ -799,18 +824,21 @@ class RunMachine(RuleBasedStateMachine):
             self.assert_unchanged(before)
             return multiple()
         if model.status not in TERMINAL:
-            with pytest.raises(RunNotRetriggerable) as raised:
-                operations.retrigger_run(run_id, idempotency_key=key)
-            self.assert_state_error(raised.value, run_id)
-            self.assert_unchanged(before)
+            self.assert_refused(
+                lambda: operations.retrigger_run(run_id, idempotency_key=key),
+                RunNotRetriggerable,
+                run_id,
+                before,
+            )
             return multiple()
         pending = self.model.pending_with_key(model.job_name, model.concurrency_key)
         if pending is not None:
-            with pytest.raises(PendingRunExists) as conflict:
-                operations.retrigger_run(run_id, idempotency_key=key)
-            assert conflict.value.run_id == pending
-            reached("retrigger", "PendingRunExists")
-            self.assert_unchanged(before)
+            self.assert_pending_exists(
+                lambda: operations.retrigger_run(run_id, idempotency_key=key),
+                pending,
+                "retrigger",
+                before,
+            )
             return multiple()
 
         run = operations.retrigger_run(run_id, idempotency_key=key)
@@ -832,15 +860,12 @@ class RunMachine(RuleBasedStateMachine):
         reached("delete", "deleted" if model is None else model.status)
         before = self.snapshot()
         if model is None:
-            with pytest.raises(RunNotFound) as missing:
-                operations.delete_run(run_id)
-            assert missing.value.run_id == run_id
+            self.assert_not_found(lambda: operations.delete_run(run_id), run_id)
             return
         if model.status not in TERMINAL:
-            with pytest.raises(RunNotDeletable) as raised:
-                operations.delete_run(run_id)
-            self.assert_state_error(raised.value, run_id)
-            self.assert_unchanged(before)
+            self.assert_refused(
+                lambda: operations.delete_run(run_id), RunNotDeletable, run_id, before
+            )
             return
 
         result = operations.delete_run(run_id)

@@ -29,11 +29,11 @@ from django_durably import leases
 SEED = """
 INSERT INTO durably_run (
     id, job_name, queue, priority, status, input, output, labels, run_after, attempt,
-    current_step_index, completed_step_count, lease_owner, lease_generation,
+    failed_attempts, current_step_index, completed_step_count, lease_owner, lease_generation,
     created_at, updated_at, started_at, completed_at
 )
 SELECT gen_random_uuid(), 'bench.noop', 'default', 0, %(status)s, 'null'::jsonb, NULL, '{}'::jsonb,
-       t, %(attempt)s, 0, 0, '', %(attempt)s, t, t,
+       t, %(attempt)s, 0, 0, 0, '', %(attempt)s, t, t,
        CASE WHEN %(finished)s THEN t END, CASE WHEN %(finished)s THEN t + interval '5 ms' END
 FROM (
     SELECT now() - %(age)s::interval + g * (%(age)s::interval / (%(count)s + 1)) AS t

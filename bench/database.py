@@ -43,9 +43,12 @@ def ensure_database() -> None:
 
 
 def reset_runs() -> None:
-    """Empty the durably tables (runs, steps, logs)."""
+    """Empty the durably tables (runs, steps, attempts, logs, audit records)."""
     with connection.cursor() as cursor:
-        cursor.execute("TRUNCATE durably_auditrecord, durably_runlog, durably_step, durably_run")
+        cursor.execute(
+            "TRUNCATE durably_auditrecord, durably_runlog, durably_step, durably_runattempt, "
+            "durably_run"
+        )
 
 
 def analyze_runs(*, vacuum: bool = False) -> None:

@@ -7,7 +7,7 @@ database (``chaos.journal`` loads the evidence, the harness records the faults).
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +15,8 @@ from typing import Any
 from chaos.records import (
     JOURNAL_UNAVAILABLE,
     STEP_NAMES,
+    WORKER_LOST,
+    AttemptRow,
     CancelRecord,
     Evidence,
     JournalEvent,
@@ -25,7 +27,8 @@ TERMINAL = ("completed", "failed", "cancelled")
 
 VIOLATION_KINDS: dict[str, str] = {
     "run_not_terminal": "1. every run is terminal (completed, failed or cancelled)",
-    "run_failed": "1. no run fails unless on purpose (its journal could not be written)",
+    "run_failed": "1. no run fails unless on purpose (its journal could not be written, or it lost "
+    "DURABLY_MAX_RECLAIMS workers)",
     "step_after_checkpoint": "2. no step function started after its checkpoint committed",
     "duplicate_checkpoint": "3. one completed step per name per run",
     "completed_after_cancel": "4. no checkpoint of a cancelled attempt after the cancel's ack",
@@ -37,6 +40,8 @@ VIOLATION_KINDS: dict[str, str] = {
     "completed_run_incomplete": "a completed run has its five checkpoints",
     "drain_cut_off": "a worker drained by SIGTERM ended its step functions before exiting",
     "worker_crashed": "no worker exits on its own, or with an error after SIGTERM",
+    "attempt_history": "one history row per attempt, none beyond the run's attempt, and a "
+    "completed run's last attempt recorded completed",
 }
 
 EXAMPLES = 5  # printed per kind; the JSON keeps more
@@ -79,6 +84,7 @@ def check(evidence: Evidence) -> CheckResult:
         "completed_run_incomplete": _completed_run_incomplete,
         "drain_cut_off": _drain_cut_off,
         "worker_crashed": _worker_crashed,
+        "attempt_history": _attempt_history,
     }
     for kind, rule in rules.items():
         result.counts[kind] = 0
@@ -111,6 +117,9 @@ class _Index:
         self.cancels: dict[str, list[CancelRecord]] = defaultdict(list)
         for cancel in evidence.cancels:
             self.cancels[cancel.run_id].append(cancel)
+        self.attempts: dict[str, list[AttemptRow]] = defaultdict(list)
+        for attempt in evidence.attempts:
+            self.attempts[attempt.run_id].append(attempt)
         self.lives: dict[int, WorkerLife] = {}
         for life in sorted(evidence.workers, key=lambda w: w.started_at):
             self.lives[life.pid] = life  # a reused pid: the later process
@@ -134,11 +143,33 @@ def _run_not_terminal(index: _Index) -> Iterator[str]:
 
 def _run_failed(index: _Index) -> Iterator[str]:
     for run in index.evidence.runs:
-        if run.status == "failed" and run.error_type != JOURNAL_UNAVAILABLE:
-            yield (
-                f"run {run.run_id} failed at attempt {run.attempt}: "
-                f"{run.error_type}: {run.error_message[:300]}"
-            )
+        if run.status != "failed" or run.error_type == JOURNAL_UNAVAILABLE:
+            continue
+        lost = sum(a.outcome == "lost" for a in index.attempts.get(run.run_id, []))
+        if run.error_type == WORKER_LOST and lost >= index.evidence.max_reclaims:
+            continue  # the poison-run rule: on purpose
+        yield (
+            f"run {run.run_id} failed at attempt {run.attempt}: "
+            f"{run.error_type}: {run.error_message[:300]}"
+        )
+
+
+# -- the attempt history ---------------------------------------------------------------------------
+
+
+def _attempt_history(index: _Index) -> Iterator[str]:
+    for run in index.evidence.runs:
+        rows = index.attempts.get(run.run_id, [])
+        numbers = [a.number for a in rows]
+        if len(set(numbers)) != len(numbers):
+            yield f"run {run.run_id}: attempts recorded twice ({sorted(numbers)})"
+        if numbers and max(numbers) > run.attempt:
+            yield f"run {run.run_id}: attempt {max(numbers)} recorded, the run is at {run.attempt}"
+        if run.status == "completed" and not any(
+            a.number == run.attempt and a.outcome == "completed" for a in rows
+        ):
+            outcomes = [(a.number, a.outcome) for a in rows]
+            yield f"run {run.run_id}: completed at attempt {run.attempt}, history {outcomes}"
 
 
 # -- 2. no step function started after its checkpoint committed ------------------------------------
@@ -353,6 +384,10 @@ def figures(index: _Index) -> dict[str, Any]:
         "runs_with_concurrency_key": sum(1 for r in evidence.runs if r.concurrency_key),
         "concurrency_keys": len({r.concurrency_key for r in evidence.runs if r.concurrency_key}),
         "runs_reattempted": sum(1 for r in evidence.runs if r.attempt > 1),
+        "attempts_by_outcome": dict(sorted(Counter(a.outcome for a in evidence.attempts).items())),
+        "runs_failed_for_lost_workers": sum(
+            1 for r in evidence.runs if r.status == "failed" and r.error_type == WORKER_LOST
+        ),
         "max_attempt": max((r.attempt for r in evidence.runs), default=0),
         "idempotency_keys": len({t.key for t in evidence.idempotent}),
         "idempotent_triggers": len(evidence.idempotent),

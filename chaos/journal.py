@@ -19,7 +19,7 @@ from typing import Any
 
 import psycopg
 
-from chaos.records import JournalEvent, JournalKind, RunRow, StepRow
+from chaos.records import AttemptRow, JournalEvent, JournalKind, RunRow, StepRow
 
 DEFAULT_DEADLINE = 120.0
 RETRY_INTERVAL = 0.25
@@ -132,6 +132,14 @@ def load_runs(connection: psycopg.Connection[Any]) -> list[RunRow]:
         "coalesce(error->>'type', ''), coalesce(error->>'message', '') FROM durably_run"
     ).fetchall()
     return [RunRow(*row) for row in rows]
+
+
+def load_attempts(connection: psycopg.Connection[Any]) -> list[AttemptRow]:
+    rows = connection.execute(
+        "SELECT run_id::text, number, outcome, coalesce(error->>'type', '') "
+        "FROM durably_runattempt ORDER BY run_id, number, id"
+    ).fetchall()
+    return [AttemptRow(*row) for row in rows]
 
 
 def load_steps(connection: psycopg.Connection[Any]) -> list[StepRow]:

@@ -19,6 +19,9 @@ WorkerEnd = Literal["running", "killed", "terminated", "crashed", "stopped"]
 STEP_NAMES = ("one", "two", "three", "four", "five")
 """The five steps of ``chaos.five_steps``, in order."""
 
+WORKER_LOST = "django_durably.exceptions.WorkerLost"
+"""The error type of a run failed for losing ``DURABLY_MAX_RECLAIMS`` workers (the poison rule)."""
+
 JOURNAL_UNAVAILABLE = "chaos.journal.JournalUnavailable"
 """The error type of a run failed on purpose: its journal row could not be written in time."""
 
@@ -47,6 +50,16 @@ class RunRow:
     concurrency_key: str | None = None
     error_type: str = ""
     error_message: str = ""
+
+
+@dataclass(frozen=True)
+class AttemptRow:
+    """A ``RunAttempt`` row: one attempt of a run and how it ended."""
+
+    run_id: str
+    number: int
+    outcome: str
+    error_type: str = ""
 
 
 @dataclass(frozen=True)
@@ -131,7 +144,8 @@ class WorkerLife:
 @dataclass
 class Evidence:
     """Everything the checker reads. ``backlog_until``: until when runs were always waiting to be
-    claimed (after it, an idle worker cannot show that it recovered)."""
+    claimed (after it, an idle worker cannot show that it recovered). ``max_reclaims``: the workers'
+    ``DURABLY_MAX_RECLAIMS`` (a run that lost this many workers is failed on purpose)."""
 
     runs: list[RunRow]
     steps: list[StepRow]
@@ -146,3 +160,5 @@ class Evidence:
     grace_period: float = 30.0
     recovery_deadline: float = 30.0
     backlog_until: float = float("inf")
+    attempts: list[AttemptRow] = field(default_factory=list)
+    max_reclaims: int = 5

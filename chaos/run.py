@@ -24,6 +24,7 @@ from chaos.cluster import Server
 from chaos.faults import Injector
 from chaos.records import Evidence
 from chaos.report import summary
+from chaos.settings import DURABLY_MAX_RECLAIMS as MAX_RECLAIMS
 from chaos.traffic import Feeder, Operator, count_unfinished, retry_db
 from chaos.workers import REPO_ROOT, WorkerPool
 
@@ -182,6 +183,7 @@ class ChaosRun:
             runs = journal.load_runs(connection)
             steps = journal.load_steps(connection)
             events = journal.load_journal(connection)
+            attempts = journal.load_attempts(connection)
         return Evidence(
             runs=runs,
             steps=steps,
@@ -196,6 +198,8 @@ class ChaosRun:
             grace_period=self.args.grace_period,
             recovery_deadline=self.args.recovery_deadline,
             backlog_until=feeder.backlog_until,
+            attempts=attempts,
+            max_reclaims=MAX_RECLAIMS,
         )
 
     def cleanup(self) -> None:

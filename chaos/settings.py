@@ -38,4 +38,7 @@ DATABASES = {
     }
 }
 DURABLY_LEASE_SECONDS = float(os.environ.get("DURABLY_CHAOS_LEASE_SECONDS", "2"))
+# The default, said here so the checker knows when a run is failed on purpose for losing its
+# workers (``chaos.checker``).
+DURABLY_MAX_RECLAIMS = 5
 LOGGING = {"version": 1, "disable_existing_loggers": False}

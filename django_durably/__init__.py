@@ -26,6 +26,7 @@ from django_durably.exceptions import (
     JobCancelled,
     JobNotFound,
     LeaseLost,
+    NonRetryable,
     NotJSONSerializable,
     OutputInvalid,
     OutputTooLarge,
@@ -38,16 +39,30 @@ from django_durably.exceptions import (
     RunNotResumable,
     RunNotRetriggerable,
     RunStateError,
+    RunTimedOut,
     StepConflict,
     StepError,
+    StepTimedOut,
+    TimedOut,
     WaitError,
     WaitTimeout,
+    WorkerLost,
 )
 from django_durably.jobs import Job, TriggerItem, get_job, job, registered_jobs
+from django_durably.retries import Retry
 
 if TYPE_CHECKING:
     from django_durably.executor import RunOutcome, process_next, process_one, process_until_idle
-    from django_durably.models import AuditRecord, Run, RunLog, RunStatus, Step, StepStatus
+    from django_durably.models import (
+        AttemptOutcome,
+        AuditRecord,
+        Run,
+        RunAttempt,
+        RunLog,
+        RunStatus,
+        Step,
+        StepStatus,
+    )
     from django_durably.operations import (
         CancelResult,
         DeleteResult,
@@ -88,6 +103,8 @@ _LAZY = {
     "purge_runs": "django_durably.operations",
     "purgeable_runs": "django_durably.operations",
     "AuditRecord": "django_durably.models",
+    "RunAttempt": "django_durably.models",
+    "AttemptOutcome": "django_durably.models",
 }
 
 
@@ -99,6 +116,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "AttemptOutcome",
     "AuditRecord",
     "CancelResult",
     "DatabaseNotMigrated",
@@ -117,12 +135,15 @@ __all__ = [
     "JobCancelled",
     "JobNotFound",
     "LeaseLost",
+    "NonRetryable",
     "NotJSONSerializable",
     "OutputInvalid",
     "OutputTooLarge",
     "PendingRunExists",
     "ResumeResult",
+    "Retry",
     "Run",
+    "RunAttempt",
     "RunCancelled",
     "RunFailed",
     "RunLog",
@@ -134,14 +155,18 @@ __all__ = [
     "RunOutcome",
     "RunStateError",
     "RunStatus",
+    "RunTimedOut",
     "Step",
     "StepConflict",
     "StepContext",
     "StepError",
     "StepStatus",
+    "StepTimedOut",
+    "TimedOut",
     "TriggerItem",
     "WaitError",
     "WaitTimeout",
+    "WorkerLost",
     "__version__",
     "cancel_run",
     "current_context",

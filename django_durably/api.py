@@ -26,7 +26,7 @@ from django_durably.exceptions import InvalidQuery as InvalidQuery  # importable
 from django_durably.exceptions import RunNotFound
 from django_durably.guards import guard_body
 from django_durably.jobs import TriggerItem, get_job, registered_jobs
-from django_durably.models import Run, RunLog, Step
+from django_durably.models import Run, RunAttempt, RunLog, Step
 from django_durably.operations import (
     MAX_RETRIGGER_KEY_LENGTH,
     cancel_run,
@@ -39,6 +39,7 @@ from django_durably.responses import READ, RUN_READ, RUN_WRITE, WRITE, answers_e
 from django_durably.schemas import (
     DEFAULT_PAGE_SIZE,
     MAX_PAGE_SIZE,
+    AttemptPage,
     CancelOut,
     EnqueueIn,
     ErrorOut,
@@ -110,8 +111,8 @@ def _fresh(run_id: UUID) -> Run:
 
 def _page(rows: QuerySet[Any], offset: int, limit: int) -> dict[str, Any]:
     """A limit/offset page with the total. (Not ninja's ``@paginate``: it cannot pass the typed
-    404 of an unknown run through. Steps and log lines of one run are bounded, so an offset and a
-    count are cheap here; the run list, which is not, pages by cursor.)"""
+    404 of an unknown run through. Steps, attempts and log lines of one run are bounded, so an
+    offset and a count are cheap here; the run list, which is not, pages by cursor.)"""
     return {"count": rows.count(), "items": list(rows[offset : offset + limit])}
 
 
@@ -185,9 +186,9 @@ def list_runs(
     include: Include = None,
 ) -> Status[Any]:
     """Runs, newest first (ties broken by id), a page at a time: follow `next_cursor` until it is
-    null. Filter by `job` and `status` (each repeatable: any of), `created_after` and
-    `created_before`, and by labels with `label.<key>=<value>` (repeatable with different keys:
-    all of them must match)."""
+    null. Filter by `job` and `status` (each repeatable: any of), `retrying` (pending runs waiting
+    for a retry, or every other run), `created_after` and `created_before`, and by labels with
+    `label.<key>=<value>` (repeatable with different keys: all of them must match)."""
     access.require_permission(request, "view_run")
     labels = check_label_filters(request.GET.lists())
     after = cursors.decode_cursor(cursor) if cursor else None
@@ -231,6 +232,25 @@ def list_steps(
     run = access.permitted_run(request, run_id, "view_run")
     steps = Step.objects.using(db_alias()).filter(run_id=run.pk).order_by("index", "id")
     return Status(200, _page(steps, offset, limit))
+
+
+@router.get(
+    "/runs/{run_id}/attempts",
+    response={200: AttemptPage, **RUN_READ},
+    operation_id="durably_list_attempts",
+    url_name="list_attempts",
+    summary="List a run's attempts",
+)
+@answers_errors()
+def list_attempts(
+    request: HttpRequest, run_id: RunId, limit: Limit = DEFAULT_PAGE_SIZE, offset: Offset = 0
+) -> Status[Any]:
+    """The run's attempt history, oldest first: each attempt's worker, times, outcome, error, and
+    when the run was scheduled to be tried again after it. The attempt in progress has no entry
+    until it ends."""
+    run = access.permitted_run(request, run_id, "view_run")
+    attempts = RunAttempt.objects.using(db_alias()).filter(run_id=run.pk).order_by("number", "id")
+    return Status(200, _page(attempts, offset, limit))
 
 
 @router.get(

@@ -37,6 +37,7 @@ from django_durably.leases import (
     record_cancelled_step,
     refusal,
 )
+from django_durably.limits import StepCall
 from django_durably.models import Run, Step, StepStatus
 from django_durably.types import JSON, LogLevel
 
@@ -67,6 +68,8 @@ class ModelStepStore:
         self.completed_step_count = run.completed_step_count
         self.lease = lease
         self.alias = db_alias()
+        self._run = run
+        self._step_chain: dict[str, int] | None = None
 
     def _after_commit(self, signal: Any, **kwargs: Any) -> None:
         send_after_commit(signal, using=self.alias, run_id=self.run_id, **kwargs)
@@ -99,7 +102,41 @@ class ModelStepStore:
     def step_started(self, *, index: int, name: str) -> None:
         self._after_commit(signals.step_started, step_name=name, index=index, attempt=self.attempt)
 
-    def save_completed(self, *, index: int, name: str, output: JSON, started_at: datetime) -> None:
+    def step_tries(self, name: str) -> int:
+        if self._step_chain is None:
+            self._step_chain = {}
+            if self._run.retry_at is not None:  # a retry: of a step released until its next try?
+                with _database_errors_lose_the_lease(self.run_id):
+                    error = (
+                        Run.objects.using(self.alias)
+                        .filter(pk=self.run_id)
+                        .values_list("error", flat=True)
+                        .first()
+                    )
+                if isinstance(error, dict) and error.get("retry") == "step":
+                    self._step_chain[str(error.get("step"))] = int(error.get("step_attempt", 0))
+        return self._step_chain.get(name, 0)
+
+    def wait(self, seconds: float) -> None:
+        self.lease.sleep(seconds)
+
+    @contextmanager
+    def timing(self, call: StepCall | None) -> Iterator[None]:
+        limits = self.lease.limits
+        if call is None or limits is None:
+            yield
+            return
+        limits.step = call
+        if self.lease.wake_keeper is not None:
+            self.lease.wake_keeper()
+        try:
+            yield
+        finally:
+            limits.step = None
+
+    def save_completed(
+        self, *, index: int, name: str, output: JSON, started_at: datetime, step_attempt: int = 1
+    ) -> None:
         sent_at = time.monotonic()
         with _database_errors_lose_the_lease(self.run_id):
             try:
@@ -113,6 +150,7 @@ class ModelStepStore:
                     started_at=started_at,
                     # The clock started_at came from, so a duration is never negative.
                     completed_at=timezone.now(),
+                    step_attempt=step_attempt,
                 )
             except IntegrityError as exc:
                 raise StepConflict(
@@ -124,7 +162,13 @@ class ModelStepStore:
         self._after_commit(signals.step_completed, step_name=name, index=index, output=output)
 
     def save_failed(
-        self, *, index: int, name: str, error: dict[str, str], started_at: datetime
+        self,
+        *,
+        index: int,
+        name: str,
+        error: dict[str, str],
+        started_at: datetime,
+        step_attempt: int = 1,
     ) -> None:
         sent_at = time.monotonic()
         with _database_errors_lose_the_lease(self.run_id):
@@ -137,11 +181,14 @@ class ModelStepStore:
                 error=error,
                 started_at=started_at,
                 completed_at=timezone.now(),
+                step_attempt=step_attempt,
             )
             if not held:
                 raise self._refused()
         self.lease.confirm(sent_at)
-        self._after_commit(signals.step_failed, step_name=name, index=index, error=error)
+        self._after_commit(
+            signals.step_failed, step_name=name, index=index, error=error, step_attempt=step_attempt
+        )
 
     def save_cancelled(self, *, index: int, name: str, started_at: datetime) -> None:
         try:

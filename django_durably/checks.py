@@ -19,6 +19,7 @@ from django.db import connections, router
 
 from django_durably.conf import durably_settings
 from django_durably.jobs import registry_conflicts
+from django_durably.retries import default_policy
 from django_durably.validation import MAX_QUEUE_LENGTH, PRIORITY_RANGE
 
 SUPPORTED_VENDORS = ("postgresql", "sqlite")
@@ -138,6 +139,8 @@ def check_settings(
         ("STREAM_MAX_PER_PROCESS", 1),
         ("API_MAX_BODY_BYTES", 1),
         ("API_MAX_JSON_DEPTH", 1),
+        ("MAX_RECLAIMS", 1),
+        ("MAX_ABANDONED_THREADS", 0),
     ):
         value = durably_settings.raw(name)
         if value is None:
@@ -155,6 +158,36 @@ def check_settings(
                     id="django_durably.E004",
                 )
             )
+    return errors + _retry_errors()
+
+
+def _retry_errors() -> list[CheckMessage]:
+    """E008: a default retry policy that is not one; an inline retry delay that is not a number of
+    seconds (0 is allowed: every step retry then releases the run)."""
+    errors: list[CheckMessage] = []
+    try:
+        default_policy()
+    except ImproperlyConfigured as exc:
+        errors.append(
+            Error(
+                str(exc),
+                hint="For example DURABLY_DEFAULT_RETRY = Retry(max_attempts=3), or None.",
+                id="django_durably.E008",
+            )
+        )
+    inline = durably_settings.raw("INLINE_RETRY_MAX_DELAY")
+    if inline is not None and (
+        isinstance(inline, bool)
+        or not isinstance(inline, int | float)
+        or not 0 <= inline < math.inf
+    ):
+        errors.append(
+            Error(
+                f"DURABLY_INLINE_RETRY_MAX_DELAY must be a number of seconds, at least 0, got "
+                f"{inline!r}.",
+                id="django_durably.E008",
+            )
+        )
     return errors
 
 

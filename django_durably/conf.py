@@ -28,6 +28,9 @@ DEFAULT_STREAM_KEEPALIVE = 15.0
 DEFAULT_STREAM_PROGRESS_INTERVAL = 0.5
 DEFAULT_STREAM_MAX_SECONDS = 3600.0
 DEFAULT_STREAM_MAX_PER_PROCESS = 100
+DEFAULT_INLINE_RETRY_MAX_DELAY = 10.0
+DEFAULT_MAX_RECLAIMS = 5
+DEFAULT_MAX_ABANDONED_THREADS = 4
 
 
 class DurablySettings:
@@ -154,6 +157,29 @@ class DurablySettings:
         """Whether ``openapi.json`` and the docs page of ``django_durably.urls`` are served to
         anyone; by default only to callers the API's auth admits (others get 401)."""
         return bool(self._get("API_DOCS_PUBLIC", default=False))
+
+    @property
+    def DEFAULT_RETRY(self) -> Any:  # noqa: N802
+        """Retry policy of jobs declared without ``retry=``: a ``Retry``, a dict of its arguments,
+        or ``None`` (no retry). ``retries.default_policy()`` reads it."""
+        return self._get("DEFAULT_RETRY", None)
+
+    @property
+    def INLINE_RETRY_MAX_DELAY(self) -> float:  # noqa: N802
+        """Longest step retry delay, in seconds, waited for in place (lease renewed); a longer one
+        releases the run until its next try is due."""
+        return float(self._get("INLINE_RETRY_MAX_DELAY", DEFAULT_INLINE_RETRY_MAX_DELAY))
+
+    @property
+    def MAX_RECLAIMS(self) -> int:  # noqa: N802
+        """Lost workers a run without a retry policy survives: the reclaim past it fails the run."""
+        return int(self._get("MAX_RECLAIMS", DEFAULT_MAX_RECLAIMS))
+
+    @property
+    def MAX_ABANDONED_THREADS(self) -> int:  # noqa: N802
+        """Threads stuck in timed-out user code a worker keeps beside its slots; one more and it
+        stops claiming, hands its runs back and restarts itself."""
+        return int(self._get("MAX_ABANDONED_THREADS", DEFAULT_MAX_ABANDONED_THREADS))
 
     def raw(self, name: str) -> Any:
         """The value as written in settings (``None`` when unset), for system checks."""

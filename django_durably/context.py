@@ -9,15 +9,25 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from contextvars import ContextVar
-from datetime import datetime
-from typing import Any, ParamSpec, Protocol, TypeVar
+from datetime import datetime, timedelta
+from typing import Any, Protocol, TypeVar
 from uuid import UUID
 
 from django.utils import timezone
 
-from django_durably.exceptions import DuplicateStepName, DurablyInterrupt, JobCancelled
+from django_durably.conf import durably_settings
+from django_durably.exceptions import (
+    DuplicateStepName,
+    DurablyInterrupt,
+    JobCancelled,
+    StepRetryLater,
+)
+from django_durably.limits import StepCall, step_retry_marker
+from django_durably.retries import NO_RETRY, Retry, seconds
 from django_durably.serialization import describe_exception, storable_text, to_json_lenient
 from django_durably.types import JSON, LogLevel
 from django_durably.validation import (
@@ -38,7 +48,6 @@ __all__ = [
     "current_context",
 ]
 
-P = ParamSpec("P")
 R = TypeVar("R")
 
 job_logger = logging.getLogger("django_durably.jobs")
@@ -62,13 +71,32 @@ class StepStore(Protocol):
     def step_started(self, *, index: int, name: str) -> None:
         """A new (not replayed) step is about to call its function."""
 
-    def save_completed(self, *, index: int, name: str, output: JSON, started_at: datetime) -> None:
+    def save_completed(
+        self, *, index: int, name: str, output: JSON, started_at: datetime, step_attempt: int = 1
+    ) -> None:
         """Persist a completed step and advance the run's step counters, atomically."""
 
     def save_failed(
-        self, *, index: int, name: str, error: dict[str, str], started_at: datetime
+        self,
+        *,
+        index: int,
+        name: str,
+        error: dict[str, str],
+        started_at: datetime,
+        step_attempt: int = 1,
     ) -> None:
-        """Persist a failed step."""
+        """Persist a failed try of a step."""
+
+    def step_tries(self, name: str) -> int:
+        """Failed tries of step ``name`` that this attempt continues (the run was released until
+        the step's next try was due); 0 otherwise."""
+
+    def wait(self, seconds: float) -> None:
+        """Wait in place before a step's next try, keeping the lease; raise ``JobCancelled`` or
+        ``LeaseLost`` as soon as the run is cancelled or the lease lost meanwhile."""
+
+    def timing(self, call: StepCall | None) -> AbstractContextManager[None]:
+        """Hold the step call's timeout (``None``: none) while its function runs."""
 
     def save_cancelled(self, *, index: int, name: str, started_at: datetime) -> None:
         """Record that the run was cancelled while this step ran (not fenced: the run is no longer
@@ -170,53 +198,122 @@ class StepContext:
         """
         self._store.check()
 
-    def run(self, name: str, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
+    def run(
+        self,
+        name: str,
+        fn: Callable[..., R],
+        /,
+        *args: Any,
+        retry: Retry | None = None,
+        timeout: float | timedelta | None = None,
+        **kwargs: Any,
+    ) -> R:
         """Run ``fn(*args, **kwargs)`` as the checkpointed step ``name`` and return its output.
 
         The output is returned as it reads back from the database (JSON: tuples become lists,
         pydantic models become dicts), the same on the first run and on replay. If ``fn`` raises,
-        a failed step row is stored and the exception propagates.
+        a failed step row is stored and, once ``retry`` (a :class:`~django_durably.Retry`; default:
+        one try) gives up, the exception propagates. A retry due within
+        ``DURABLY_INLINE_RETRY_MAX_DELAY`` seconds is waited for in place (the lease is kept; a
+        cancel stops the wait); a later one releases the run until then. ``timeout`` (seconds or a
+        ``timedelta``) bounds each call of ``fn``: past it the worker ends the attempt with
+        ``StepTimedOut``. ``retry`` and ``timeout`` are this method's own keywords: pass ``fn``
+        arguments of those names with ``functools.partial``.
         """
         self._claim_name(name)
         index = self._next_index
         self._next_index += 1
         if name in self._completed:
             return self._completed[name]  # type: ignore[return-value]  # replay: JSON as stored
+        policy = NO_RETRY if retry is None else _policy(retry)
+        limit = _step_timeout(timeout)
+        tries = self._store.step_tries(name)
         self.check()
-        started_at = timezone.now()
-        self._store.step_started(index=index, name=name)
-        try:
-            output = self._call_step(index, name, started_at, fn, *args, **kwargs)
-        except JobCancelled:
-            # Cancelled while the step ran: its work is not checkpointed; say so in its history.
-            self._store.save_cancelled(index=index, name=name, started_at=started_at)
-            raise
-        return output  # type: ignore[return-value]
+        while True:
+            tries += 1
+            started_at = timezone.now()
+            self._store.step_started(index=index, name=name)
+            try:
+                output = self._call_step(
+                    index, name, started_at, tries, policy, limit, fn, args, kwargs
+                )
+            except JobCancelled:
+                # Cancelled while the step ran: its work is not checkpointed; say so in its history.
+                self._store.save_cancelled(index=index, name=name, started_at=started_at)
+                raise
+            except DurablyInterrupt:
+                raise
+            except Exception as exc:
+                delay = None if not policy.retries(exc, tries) else policy.delay(tries)
+                if delay is None:
+                    raise
+                if delay > durably_settings.INLINE_RETRY_MAX_DELAY:
+                    error = {**describe_exception(exc), **step_retry_marker(name, tries)}
+                    raise StepRetryLater(
+                        self._run_id, step_name=name, step_attempt=tries, delay=delay, error=error
+                    ) from exc
+                job_logger.info(
+                    "[%s %s] step %r failed (try %d); trying again in %.2fs",
+                    self._job_name,
+                    self._run_id,
+                    name,
+                    tries,
+                    delay,
+                    extra={"run_id": str(self._run_id), "step_name": name, "action": "step_retry"},
+                )
+                try:
+                    self._store.wait(delay)
+                    self.check()  # a cancel the wait could not hear of (no notifications)
+                except JobCancelled:
+                    self._store.save_cancelled(index=index, name=name, started_at=started_at)
+                    raise
+                continue
+            return output  # type: ignore[return-value]
 
     def _call_step(
         self,
         index: int,
         name: str,
         started_at: datetime,
-        fn: Callable[P, R],
-        /,
-        *args: P.args,
-        **kwargs: P.kwargs,
+        tries: int,
+        policy: Retry,
+        timeout: float | None,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
     ) -> JSON:
-        """Call a step's function, checkpoint its outcome and return its output as stored."""
+        """Call a step's function once, checkpoint its outcome and return its output as stored."""
         self._current_step = name
+        call = None
+        if timeout is not None:
+            call = StepCall(
+                name=name,
+                index=index,
+                step_attempt=tries,
+                started_at=started_at,
+                timeout=timeout,
+                timeout_at=time.monotonic() + timeout,
+                policy=policy,
+            )
         try:
-            output = output_json(fn(*args, **kwargs), what=f"Output of step {name!r}")
+            with self._store.timing(call):
+                output = output_json(fn(*args, **kwargs), what=f"Output of step {name!r}")
         except DurablyInterrupt:
             raise
         except Exception as exc:
             self._store.save_failed(
-                index=index, name=name, error=describe_exception(exc), started_at=started_at
+                index=index,
+                name=name,
+                error=describe_exception(exc),
+                started_at=started_at,
+                step_attempt=tries,
             )
             raise
         finally:
             self._current_step = None
-        self._store.save_completed(index=index, name=name, output=output, started_at=started_at)
+        self._store.save_completed(
+            index=index, name=name, output=output, started_at=started_at, step_attempt=tries
+        )
         self._completed[name] = output
         return output
 
@@ -255,3 +352,16 @@ class StepContext:
             extra={"run_id": str(self._run_id), "step_name": self._current_step, "data": stored},
         )
         self._store.save_log(level=level, message=text, data=stored, step_name=self._current_step)
+
+
+def _policy(retry: Any) -> Retry:
+    if not isinstance(retry, Retry):
+        raise TypeError(f"retry= takes a django_durably.Retry, got {retry!r}.")
+    return retry
+
+
+def _step_timeout(timeout: float | timedelta | None) -> float | None:
+    value = seconds(timeout, what="timeout")
+    if value == 0:
+        raise ValueError("timeout must be more than 0 seconds.")
+    return value

@@ -277,6 +277,36 @@ class OutputTooLarge(OutputInvalid):
         )
 
 
+class NonRetryable(Exception):  # noqa: N818 - named for what it asks, as in the DESIGN contract
+    """Raised by a job or a step to fail at once, whatever its retry policy says.
+
+    ``raise NonRetryable("card declined")``, or ``raise NonRetryable("...") from exc`` to keep the
+    cause. Neither the step nor the run is tried again.
+    """
+
+
+class TimedOut(DurablyError, TimeoutError):
+    """An attempt or a step call ran past its timeout (the error recorded for it)."""
+
+    def __init__(self, message: str, *, seconds: float) -> None:
+        self.seconds = seconds
+        super().__init__(message)
+
+
+class RunTimedOut(TimedOut):
+    """The attempt ran past the job's ``timeout``; the worker ended it."""
+
+
+class StepTimedOut(TimedOut):
+    """A step's function ran past ``step.run(..., timeout=...)``; the worker ended the attempt."""
+
+
+class WorkerLost(DurablyError):
+    """The run's worker stopped renewing its lease too many times (DURABLY_MAX_RECLAIMS or the retry
+    policy's max_attempts): the run is failed rather than claimed again, so a job that kills its
+    worker cannot loop forever."""
+
+
 class DurablyInterrupt(BaseException):  # noqa: N818 - control flow, not an error
     """Stops a running job at its next step boundary. Derives from BaseException on purpose."""
 
@@ -291,3 +321,23 @@ class JobCancelled(DurablyInterrupt):
 
 class LeaseLost(DurablyInterrupt):
     """This worker no longer holds the run's lease; another worker may own it now."""
+
+
+class AttemptEnded(LeaseLost):
+    """The worker ended this attempt on time (``timeout``); its thread may write nothing more."""
+
+
+class StepRetryLater(DurablyInterrupt):
+    """A step failed and its next try is further off than ``DURABLY_INLINE_RETRY_MAX_DELAY``: the run
+    is released until then and the step runs again on the next claim."""
+
+    def __init__(
+        self, run_id: UUID, *, step_name: str, step_attempt: int, delay: float, error: Any
+    ) -> None:
+        self.step_name = step_name
+        self.step_attempt = step_attempt
+        self.delay = delay
+        self.error = error
+        super().__init__(
+            run_id, f"Step {step_name!r} will be tried again in {delay:.1f}s (run {run_id})"
+        )

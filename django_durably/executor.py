@@ -14,6 +14,7 @@ import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Literal
 from uuid import UUID
 
@@ -25,26 +26,38 @@ from django_durably.conf import durably_settings
 from django_durably.context import StepContext
 from django_durably.database import db_alias, ensure_outside_transaction
 from django_durably.events import send_after_commit, send_worker_error
-from django_durably.exceptions import JobCancelled, JobNotFound, LeaseLost
+from django_durably.exceptions import (
+    JobCancelled,
+    JobNotFound,
+    LeaseLost,
+    StepRetryLater,
+    WorkerLost,
+)
 from django_durably.jobs import get_job
 from django_durably.keeper import LeaseKeeper
 from django_durably.leases import LeaseHandle
+from django_durably.limits import AttemptLimits
 from django_durably.maintenance import Retention
-from django_durably.models import Run, RunStatus
+from django_durably.models import AttemptOutcome, Run, RunStatus
+from django_durably.retries import Retry, next_delay, reclaim_limit
 from django_durably.serialization import describe_exception
 from django_durably.types import JSON
 
 logger = logging.getLogger(__name__)
 
-OutcomeStatus = Literal["completed", "failed", "cancelled", "lost", "released"]
+OutcomeStatus = Literal[
+    "completed", "failed", "retrying", "timed_out", "cancelled", "lost", "released"
+]
 
 
 @dataclass(frozen=True)
 class RunOutcome:
     """How one execution of a run ended, from the executing worker's point of view.
 
-    ``lost`` means the lease was lost (this worker wrote nothing more); ``released`` means the run
-    was handed back because the process is exiting.
+    ``retrying`` means the attempt failed (or a step's next try is due later) and the run is
+    pending again until ``retry_at``; ``timed_out`` that the worker ended the attempt at its
+    timeout (the run was then retried or failed); ``lost`` that the lease was lost (this worker
+    wrote nothing more); ``released`` that the run was handed back because the process is exiting.
     """
 
     run_id: UUID
@@ -53,6 +66,7 @@ class RunOutcome:
     status: OutcomeStatus
     duration: float
     error: dict[str, str] | None = None
+    retry_at: datetime | None = None
 
 
 def default_worker_id() -> str:
@@ -69,10 +83,16 @@ class AttemptEnd:
 
     run: Run
     lease: LeaseHandle
-    status: Literal["completed", "failed", "cancelled", "lost"]
+    status: Literal["completed", "failed", "step_retry", "cancelled", "lost", "timed_out"]
     started: float
     output: JSON = None
     error: dict[str, str] | None = None
+    retry_delay: float | None = None
+    """Seconds until the next try (``failed`` with attempts left, ``step_retry``), else ``None``."""
+    step_name: str | None = None
+    counted: bool = True
+    """Whether a failure counts against the retry policy (not when the claim counted it already:
+    a run failed for losing its worker too often)."""
 
 
 def execute(run: Run, lease: LeaseHandle) -> RunOutcome:
@@ -91,8 +111,22 @@ def run_job(run: Run, lease: LeaseHandle) -> AttemptEnd:
     ``KeyboardInterrupt`` and ``SystemExit`` hand the run back and propagate.
     """
     started = time.monotonic()
+    policy = None
     try:
         job = get_job(run.job_name)
+        policy = job.retry_policy
+        lease.limits = AttemptLimits(
+            job_name=run.job_name,
+            started=started,
+            run_attempt=run.attempt,
+            failed_attempts=run.failed_attempts,
+            policy=policy,
+            timeout=job.timeout,
+            timeout_at=None if job.timeout is None else started + job.timeout,
+        )
+        if job.timeout is not None and lease.wake_keeper is not None:
+            lease.wake_keeper()
+        _refuse_poison(run, policy)
         context = StepContext(
             run_id=run.pk,
             job_name=run.job_name,
@@ -106,7 +140,19 @@ def run_job(run: Run, lease: LeaseHandle) -> AttemptEnd:
     except JobCancelled:
         return AttemptEnd(run, lease, "cancelled", started)
     except LeaseLost:
-        return AttemptEnd(run, lease, "lost", started)
+        return AttemptEnd(
+            run, lease, "timed_out" if lease.state == "timed_out" else "lost", started
+        )
+    except StepRetryLater as later:
+        return AttemptEnd(
+            run,
+            lease,
+            "step_retry",
+            started,
+            error=later.error,
+            retry_delay=later.delay,
+            step_name=later.step_name,
+        )
     except (KeyboardInterrupt, SystemExit):
         try:
             leases.release(run.pk, lease.generation)
@@ -115,42 +161,58 @@ def run_job(run: Run, lease: LeaseHandle) -> AttemptEnd:
         raise
     except Exception as exc:
         error = describe_exception(exc)
-        if isinstance(exc, JobNotFound):
+        if isinstance(exc, (JobNotFound, WorkerLost)):
             error["traceback"] = ""
-        return AttemptEnd(run, lease, "failed", started, error=error)
+        if isinstance(exc, WorkerLost):
+            return AttemptEnd(run, lease, "failed", started, error=error, counted=False)
+        # No policy when the job is not registered here (or its policy could not be read): the
+        # run fails, as it did before retries, rather than retry under a guess.
+        delay = None if policy is None else next_delay(policy, exc, run.failed_attempts + 1)
+        return AttemptEnd(run, lease, "failed", started, error=error, retry_delay=delay)
     return AttemptEnd(run, lease, "completed", started, output=output)
 
 
+def _refuse_poison(run: Run, policy: Retry) -> None:
+    """Raise :class:`WorkerLost` instead of running a run whose failed or lost attempts reached the
+    limit: only a reclaim gets there (a failure at the limit fails the run), so its worker died."""
+    limit, source = reclaim_limit(policy)
+    if run.failed_attempts >= limit:
+        raise WorkerLost(
+            f"Attempt {run.attempt - 1} lost its worker, and {run.failed_attempts} attempts of this "
+            f"run have failed or lost their worker ({source} is {limit}): the run is failed "
+            "instead of being run again, in case the job itself kills its worker."
+        )
+
+
 def record(ends: Sequence[AttemptEnd], *, worker_id: str = "") -> list[RunOutcome]:
-    """Write the ends of completed and failed runs in one fenced statement, send their signals after
-    commit, and return each run's outcome, in order. A refused write reports ``cancelled`` or
+    """Write the ends of completed, failed and retried attempts in one fenced statement (each with
+    its attempt's history row), send their signals after commit, and return each run's outcome, in
+    order. A refused write reports ``cancelled``, ``timed_out`` (the worker ended it first) or
     ``lost``; a database error reports ``lost`` (the lease will expire and the run be retried).
     Both a database error and a lost lease send ``worker_error``."""
-    writes = [
-        leases.FinishRow(
-            end.run.pk,
-            end.lease.generation,
-            RunStatus.COMPLETED if end.status == "completed" else RunStatus.FAILED,
-            end.output if end.status == "completed" else end.error,
-        )
-        for end in ends
-        if end.status in ("completed", "failed")
-    ]
+    writes = [_finish_row(end) for end in ends if end.status in _WRITTEN]
     failure: BaseException | None = None
+    won: dict[UUID, datetime | None]
     try:
         won = leases.finish(writes)
     except DatabaseError as exc:
         logger.exception(
             "Could not record the end of %d run(s); their leases will expire.", len(writes)
         )
-        won, failure = set(), exc
+        won, failure = {}, exc
     alias = db_alias()
     outcomes = []
     for end in ends:
-        status: OutcomeStatus = end.status
-        if status in ("completed", "failed"):
+        status: OutcomeStatus = "failed" if end.status == "step_retry" else end.status
+        retry_at = None
+        if end.status in _WRITTEN:
             if end.run.pk in won:
-                _send_end_signal(end, alias)
+                retry_at = won[end.run.pk]
+                if retry_at is not None:
+                    status = "retrying"
+                _send_end_signal(end, alias, retry_at)
+            elif end.lease.state == "timed_out":
+                status = "timed_out"  # the worker ended it on time just before: nothing to report
             else:
                 status = _refused_status(end) if failure is None else "lost"
                 if status == "lost":
@@ -167,18 +229,56 @@ def record(ends: Sequence[AttemptEnd], *, worker_id: str = "") -> list[RunOutcom
                 attempt=end.run.attempt,
                 status=status,
                 duration=time.monotonic() - end.started,
-                error=end.error if status == "failed" else None,
+                error=end.error if status in ("failed", "retrying") else None,
+                retry_at=retry_at,
             )
         )
     return outcomes
 
 
-def _send_end_signal(end: AttemptEnd, alias: str) -> None:
+# The ends that are written: the others were written by someone else (a cancel, the worker ending
+# the attempt on time) or must not be (a lost lease).
+_WRITTEN = ("completed", "failed", "step_retry")
+
+
+def _finish_row(end: AttemptEnd) -> leases.FinishRow:
+    run_id, generation = end.run.pk, end.lease.generation
+    if end.status == "completed":
+        return leases.FinishRow(run_id, generation, RunStatus.COMPLETED, end.output)
+    if end.status == "step_retry":
+        return leases.FinishRow(
+            run_id,
+            generation,
+            RunStatus.PENDING,
+            end.error,
+            outcome=AttemptOutcome.STEP_RETRY,
+            retry_delay=end.retry_delay or 0.0,
+            counted=False,
+        )
+    if end.retry_delay is None:
+        return leases.FinishRow(
+            run_id, generation, RunStatus.FAILED, end.error, counted=end.counted
+        )
+    return leases.FinishRow(
+        run_id, generation, RunStatus.PENDING, end.error, retry_delay=end.retry_delay
+    )
+
+
+def _send_end_signal(end: AttemptEnd, alias: str, retry_at: datetime | None) -> None:
     result: dict[str, Any]
     if end.status == "completed":
         signal, result = signals.run_completed, {"output": end.output}
-    else:
+    elif retry_at is None:
         signal, result = signals.run_failed, {"error": end.error}
+    else:
+        signal = signals.run_retry_scheduled
+        result = {
+            "attempt": end.run.attempt,
+            "retry_at": retry_at,
+            "error": end.error,
+            "outcome": "step_retry" if end.status == "step_retry" else "failed",
+            "step_name": end.step_name,
+        }
     send_after_commit(signal, using=alias, run_id=end.run.pk, job_name=end.run.job_name, **result)
 
 
@@ -235,15 +335,20 @@ def log_outcome(outcome: RunOutcome, *, worker_id: str, log: logging.Logger = lo
     """The one line an execution's outcome is logged as, by ``process_one`` (on this module's
     logger) and by the worker (on its own): ``run=<id> job=<name> attempt=<n> outcome=<status>
     duration=<s>s`` (and the error of a failed run); a warning for ``failed`` and ``lost``."""
-    level = logging.WARNING if outcome.status in ("failed", "lost") else logging.INFO
+    level = (
+        logging.WARNING
+        if outcome.status in ("failed", "lost", "retrying", "timed_out")
+        else logging.INFO
+    )
     log.log(
         level,
-        "run=%s job=%s attempt=%d outcome=%s duration=%.3fs%s",
+        "run=%s job=%s attempt=%d outcome=%s duration=%.3fs%s%s",
         outcome.run_id,
         outcome.job_name,
         outcome.attempt,
         outcome.status,
         outcome.duration,
+        f" retry_at={outcome.retry_at.isoformat()}" if outcome.retry_at else "",
         f" error={outcome.error['type']}: {outcome.error['message']}" if outcome.error else "",
         extra={
             "action": outcome.status,

@@ -12,7 +12,7 @@ import json
 import typing
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -26,6 +26,7 @@ from django_durably.exceptions import (
     NotJSONSerializable,
     OutputInvalid,
 )
+from django_durably.retries import Retry, default_policy, seconds
 from django_durably.serialization import to_json
 from django_durably.types import JSON, Coalesce
 from django_durably.validation import (
@@ -100,7 +101,14 @@ class Job(Generic[I, O]):
     concurrency_key: ConcurrencyKey = None
     input_schema: type[BaseModel] | None = None
     output_schema: type[BaseModel] | None = None
+    retry: Retry | None = None
+    timeout: float | None = None
     module: str = field(default="", compare=False)
+
+    @property
+    def retry_policy(self) -> Retry:
+        """The job's ``retry``, or ``DURABLY_DEFAULT_RETRY`` (read now, so settings overrides apply)."""
+        return self.retry if self.retry is not None else default_policy()
 
     def __call__(self, step: StepContext, input: I) -> O:
         """Call the function directly (in tests, with a test context); nothing is stored."""
@@ -286,6 +294,8 @@ def job(
     concurrency_key: ConcurrencyKey = None,
     input_schema: type[BaseModel] | None = None,
     output_schema: type[BaseModel] | None = None,
+    retry: Retry | None = None,
+    timeout: float | timedelta | None = None,
 ) -> Callable[[Callable[[StepContext, I], O]], Job[I, O]]:
     """Register a module-level function ``fn(step, input)`` as a durable job.
 
@@ -300,6 +310,11 @@ def job(
       At most one pending run exists per job and key, and at most one run per key is leased.
     * ``input_schema`` / ``output_schema``: pydantic models. When omitted, they are taken from the
       ``input`` parameter's and the return annotation when those are pydantic models.
+    * ``retry``: a :class:`~django_durably.Retry` policy for the whole run: a run that raises with
+      attempts left goes back to pending and is tried again after the policy's delay, replaying
+      its completed steps (``DURABLY_DEFAULT_RETRY`` when unset).
+    * ``timeout``: seconds (or a ``timedelta``) one attempt may take; past it the worker ends the
+      attempt with ``RunTimedOut``, which the retry policy may retry.
     """
     if callable(_misused) or callable(name):
         raise ImproperlyConfiguredJob("Use @job() with parentheses, not @job.")
@@ -316,6 +331,8 @@ def job(
                 concurrency_key=concurrency_key,
                 input_schema=input_schema,
                 output_schema=output_schema,
+                retry=retry,
+                timeout=timeout,
             )
         )
 
@@ -331,6 +348,8 @@ def define_job(
     concurrency_key: ConcurrencyKey,
     input_schema: type[BaseModel] | None,
     output_schema: type[BaseModel] | None,
+    retry: Retry | None = None,
+    timeout: float | timedelta | None = None,
 ) -> Job[I, O]:
     """Check ``fn`` and the options, and build the :class:`Job` (without registering it)."""
     _validate_function(fn)
@@ -349,6 +368,10 @@ def define_job(
             raise ImproperlyConfiguredJob(
                 f"Job {job_name!r}: {label} must be a pydantic model class."
             )
+    if retry is not None and not isinstance(retry, Retry):
+        raise ImproperlyConfiguredJob(
+            f"Job {job_name!r}: retry must be a django_durably.Retry, got {retry!r}."
+        )
     return Job(
         fn=fn,
         name=job_name,
@@ -357,8 +380,20 @@ def define_job(
         concurrency_key=concurrency_key,
         input_schema=input_schema or inferred_input,
         output_schema=output_schema or inferred_output,
+        retry=retry,
+        timeout=_timeout(job_name, timeout),
         module=qualified,
     )
+
+
+def _timeout(job_name: str, value: float | timedelta | None) -> float | None:
+    try:
+        timeout = seconds(value, what="timeout")
+    except ValueError as exc:
+        raise ImproperlyConfiguredJob(f"Job {job_name!r}: {exc}") from None
+    if timeout == 0:
+        raise ImproperlyConfiguredJob(f"Job {job_name!r}: timeout must be more than 0 seconds.")
+    return timeout
 
 
 def _validate_function(fn: Any) -> None:

@@ -9,6 +9,9 @@ database, and the job stops as lost before another worker could have reclaimed i
 A worker's notification listener hands cancels to :meth:`LeaseKeeper.cancel` as they are committed,
 so a cancelled attempt stops before its next step starts instead of at the next renewal.
 
+The keeper also wakes up at each attempt's timeout (``timeouts``) and ends an attempt that ran past
+it with one fenced write; ``on_timed_out`` tells the worker, which frees the slot.
+
 Attempts are keyed by ``(run_id, generation)``: one process may hold an old attempt of a run that has
 not noticed its loss yet beside a new claim of the same run.
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from types import TracebackType
 from uuid import UUID
 
@@ -27,6 +31,7 @@ from django_durably import leases
 from django_durably.events import send_worker_error
 from django_durably.leases import CancelFeed, LeaseHandle
 from django_durably.models import Run
+from django_durably.timeouts import TimedOutEnd, end_on_time
 
 logger = logging.getLogger(__name__)
 
@@ -45,11 +50,14 @@ class LeaseKeeper:
         interval: float,
         feed: CancelFeed | None = None,
         worker_id: str = "",
+        on_timed_out: Callable[[LeaseHandle, TimedOutEnd], None] | None = None,
     ) -> None:
         self.lease_seconds = lease_seconds
         self.interval = interval
         self.feed = feed
         self.worker_id = worker_id
+        self.on_timed_out = on_timed_out
+        self._poke = threading.Event()  # a timeout was set: look at the deadlines again
         self._handles: dict[tuple[UUID, int], LeaseHandle] = {}
         self._early_cancels: dict[tuple[UUID, int], float] = {}
         self._lock = threading.Lock()
@@ -69,6 +77,7 @@ class LeaseKeeper:
             deadline=claimed_at + self.lease_seconds,
             confirmed_at=claimed_at,
             feed=self.feed,
+            wake_keeper=self._poke.set,
         )
         with self._lock:
             if self._early_cancels.pop(handle.key, None) is not None:
@@ -120,6 +129,7 @@ class LeaseKeeper:
 
     def stop(self) -> None:
         self._stopping.set()
+        self._poke.set()
         if self._thread is not None:
             self._thread.join()
             self._thread = None
@@ -170,10 +180,60 @@ class LeaseKeeper:
                     extra={"action": "lease_refused", "run_id": str(handle.run_id)},
                 )
 
+    def end_timed_out(self) -> None:
+        """End every attempt that ran past its timeout (see ``timeouts``)."""
+        now = time.monotonic()
+        with self._lock:
+            due = [
+                (handle, expired)
+                for handle in self._handles.values()
+                if handle.state == "held"
+                and handle.limits is not None
+                and (expired := handle.limits.expired(now)) is not None
+            ]
+        for handle, expired in due:
+            with self.writing:
+                end = end_on_time(handle, expired)
+            if end is None:
+                # Cancelled, lost or just ended (the renewal or the job says which), or the
+                # database did not answer: look again at the next renewal, not in a busy loop.
+                handle.limits.postpone(now + self.interval)
+                continue
+            logger.warning(
+                "Run %s: attempt %d ran past its %s timeout; ended (%s).",
+                handle.run_id,
+                handle.limits.run_attempt,
+                "step" if expired == "step" else "job",
+                "retry at " + end.retry_at.isoformat() if end.retry_at else "failed",
+                extra={"action": "timed_out", "run_id": str(handle.run_id)},
+            )
+            if self.on_timed_out is not None:
+                self.on_timed_out(handle, end)
+
+    def _next_wake(self, next_renewal: float) -> float:
+        """Seconds until the next renewal or the earliest timeout, whichever comes first."""
+        wake = next_renewal
+        with self._lock:
+            for handle in self._handles.values():
+                if handle.state == "held" and handle.limits is not None:
+                    deadline = handle.limits.next_deadline()
+                    if deadline is not None:
+                        wake = min(wake, deadline)
+        return max(wake - time.monotonic(), 0.0)
+
     def _loop(self) -> None:
         try:
-            while not self._stopping.wait(self.interval):
+            next_renewal = time.monotonic() + self.interval
+            while not self._stopping.is_set():
+                self._poke.wait(self._next_wake(next_renewal))
+                self._poke.clear()
+                if self._stopping.is_set():
+                    break
                 try:
+                    self.end_timed_out()
+                    if time.monotonic() < next_renewal:
+                        continue
+                    next_renewal = time.monotonic() + self.interval
                     self.renew_now()
                 except Exception as exc:
                     logger.exception(

@@ -89,6 +89,15 @@ TRANSITIONS: tuple[Transition, ...] = (
     Transition(
         "leased", "complete / fail", "completed / failed", "django_durably.leases.writes.finish"
     ),
+    Transition(
+        "leased",
+        "fail with attempts left (retry), or release until a step's next try",
+        "pending",
+        "django_durably.leases.writes.finish",
+    ),
+    Transition(
+        "leased", "end at its timeout", "pending / failed", "django_durably.timeouts.end_on_time"
+    ),
     Transition("pending, leased", "cancel", "cancelled", "django_durably.operations.cancel_run"),
     Transition("failed, cancelled", "resume", "pending", "django_durably.operations.resume_run"),
     Transition(
@@ -131,6 +140,15 @@ class RunQuerySet(models.QuerySet["Run"]):
 
     def pending(self) -> RunQuerySet:
         return self.filter(status=RunStatus.PENDING)
+
+    def awaiting_trigger(self) -> RunQuerySet:
+        """Pending runs that new triggers coalesce into (one per job and concurrency key): not
+        the runs waiting for a retry, which continue an attempt rather than wait for their first."""
+        return self.filter(status=RunStatus.PENDING, retry_at__isnull=True)
+
+    def retrying(self) -> RunQuerySet:
+        """Pending runs waiting to be tried again (``retry_at`` is when)."""
+        return self.filter(status=RunStatus.PENDING, retry_at__isnull=False)
 
     def validly_leased(self) -> RunQuerySet:
         """Runs held under a lease that is still valid by the database clock (not every run whose
@@ -209,6 +227,21 @@ class Run(models.Model):
     progress = models.JSONField(_("progress"), null=True, blank=True)
     run_after = models.DateTimeField(_("run after"), db_default=DatabaseNow())
     attempt = models.PositiveIntegerField(_("attempt"), default=0)
+    failed_attempts = models.PositiveIntegerField(
+        _("failed attempts"),
+        default=0,
+        help_text=_(
+            "Attempts that failed, timed out or lost their worker since the run was triggered or "
+            "last resumed: what the retry policy's max_attempts counts."
+        ),
+    )
+    attempt_started_at = models.DateTimeField(_("attempt started at"), null=True, blank=True)
+    retry_at = models.DateTimeField(
+        _("retrying at"),
+        null=True,
+        blank=True,
+        help_text=_("Set while the run waits to be tried again after a failure (its run_after)."),
+    )
     current_step_index = models.PositiveIntegerField(_("current step index"), default=0)
     completed_step_count = models.PositiveIntegerField(_("completed steps"), default=0)
     lease_owner = models.CharField(_("lease owner"), max_length=255, default="", blank=True)
@@ -241,7 +274,9 @@ class Run(models.Model):
             ),
             models.UniqueConstraint(
                 fields=["job_name", "concurrency_key"],
-                condition=Q(status="pending", concurrency_key__isnull=False),
+                # A run waiting for its retry is a continuation, not a request to coalesce into:
+                # it may share its key with a newer pending run (the claim serialises the two).
+                condition=Q(status="pending", concurrency_key__isnull=False, retry_at__isnull=True),
                 name="durably_run_one_pending_per_key",
             ),
             models.CheckConstraint(
@@ -305,7 +340,14 @@ class Step(models.Model):
     index = models.PositiveIntegerField(_("index"))
     name = models.CharField(_("name"), max_length=255)
     status = models.CharField(_("status"), max_length=16, choices=StepStatus.choices)
-    attempt = models.PositiveIntegerField(_("attempt"), default=1)
+    attempt = models.PositiveIntegerField(
+        _("run attempt"), default=1, help_text=_("The attempt of the run this row was written in.")
+    )
+    step_attempt = models.PositiveIntegerField(
+        _("step attempt"),
+        default=1,
+        help_text=_("Which try of this step's function this row records (1, 2, ... on retries)."),
+    )
     output = models.JSONField(_("output"), null=True, blank=True)
     error = models.JSONField(_("error"), null=True, blank=True)
     started_at = models.DateTimeField(_("started at"))
@@ -330,6 +372,69 @@ class Step(models.Model):
     @property
     def duration_seconds(self) -> float:
         return (self.completed_at - self.started_at).total_seconds()
+
+
+class AttemptOutcome(models.TextChoices):
+    COMPLETED = "completed", _("Completed")
+    """The job returned: the run completed."""
+    FAILED = "failed", _("Failed")
+    """The job raised: the run failed, or was scheduled to be retried (``retry_at``)."""
+    TIMED_OUT = "timed_out", _("Timed out")
+    """The attempt, or a step call in it, ran past its timeout; the worker ended it."""
+    STEP_RETRY = "step_retry", _("Released for a step retry")
+    """A step failed and its next try is too far off to wait for in place: the run was released
+    until then (``retry_at``)."""
+    CANCELLED = "cancelled", _("Cancelled")
+    """An operator cancelled the run during this attempt."""
+    LOST = "lost", _("Worker lost")
+    """The worker stopped renewing the lease (it died, froze or lost the database) and another
+    worker reclaimed the run."""
+    RELEASED = "released", _("Handed back")
+    """The worker handed the run back as it shut down."""
+
+
+class RunAttempt(models.Model):
+    """One attempt of a run: from a claim to how it ended.
+
+    Written by the statement that ends the attempt (the worker's end of the run, a cancel, a hand
+    back, or the claim that finds the worker lost), so the history can never disagree with the run.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    run = models.ForeignKey(
+        Run,
+        on_delete=models.CASCADE,
+        related_name="attempts",
+        verbose_name=_("run"),
+        db_index=False,
+    )
+    number = models.PositiveIntegerField(_("attempt"))
+    worker = models.CharField(_("worker"), max_length=255, default="", blank=True)
+    started_at = models.DateTimeField(_("started at"), null=True, blank=True)
+    ended_at = models.DateTimeField(_("ended at"), db_default=DatabaseNow())
+    outcome = models.CharField(_("outcome"), max_length=16, choices=AttemptOutcome.choices)
+    error = models.JSONField(_("error"), null=True, blank=True)
+    retry_at = models.DateTimeField(
+        _("retry at"),
+        null=True,
+        blank=True,
+        help_text=_("When the run was scheduled to be tried again after this attempt, if it was."),
+    )
+
+    class Meta:
+        verbose_name = _("attempt")
+        verbose_name_plural = _("attempts")
+        ordering = ["run_id", "number", "id"]
+        indexes = [models.Index(fields=["run", "number"], name="durably_attempt_run_idx")]
+
+    def __str__(self) -> str:
+        return f"attempt {self.number} ({self.outcome})"
+
+    @property
+    def duration_seconds(self) -> float | None:
+        if self.started_at is None:
+            return None
+        return (self.ended_at - self.started_at).total_seconds()
 
 
 class RunLog(models.Model):

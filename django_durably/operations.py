@@ -36,12 +36,13 @@ from django_durably.exceptions import (
     RunNotRetriggerable,
 )
 from django_durably.jobs import TriggerItem, get_job
-from django_durably.leases import lock_oldest_finished
+from django_durably.leases import lock_oldest_finished, record_attempt
 from django_durably.leases.statements import ended_fields
 from django_durably.models import (
     CANCELLABLE_STATUSES,
     RESUMABLE_STATUSES,
     TERMINAL_STATUSES,
+    AttemptOutcome,
     AuditAction,
     AuditRecord,
     DatabaseNow,
@@ -238,6 +239,7 @@ def cancel_run(run_id: UUID | str, *, actor: Any = None, source: str = "python")
             to_status=RunStatus.CANCELLED,
         )
         if from_status == RunStatus.LEASED:
+            record_attempt(alias, run_id, AttemptOutcome.CANCELLED)
             # The holder's generation, read under the row lock the cancel took: the worker holding
             # that lease stops before its next step (delivered when this commits).
             generation = (
@@ -278,6 +280,8 @@ def resume_run(run_id: UUID | str, *, actor: Any = None, source: str = "python")
                 lease_expires_at=None,
                 completed_at=None,
                 run_after=DatabaseNow(),
+                retry_at=None,
+                failed_attempts=0,
                 updated_at=DatabaseNow(),
             )
             if from_status is None:
@@ -307,7 +311,7 @@ def _pending_conflict(alias: str, run_id: UUID) -> Exception:
         return RunNotFound(run_id)
     other = (
         Run.objects.using(alias)
-        .pending()
+        .awaiting_trigger()
         .filter(job_name=run.job_name, concurrency_key=run.concurrency_key)
         .exclude(pk=run_id)
         .values_list("pk", flat=True)

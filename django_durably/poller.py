@@ -36,6 +36,8 @@ RUN_FIELDS = (
     "queue",
     "status",
     "attempt",
+    "failed_attempts",
+    "retry_at",
     "progress",
     "completed_step_count",
     "current_step_index",

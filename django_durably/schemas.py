@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
+from django.core.exceptions import ImproperlyConfigured
 from django.db.models import Q
 from ninja import FilterLookup, FilterSchema, Schema
 from pydantic import (
@@ -26,6 +27,7 @@ from pydantic import (
 )
 
 from django_durably.conf import durably_settings
+from django_durably.jobs import registered_jobs
 from django_durably.models import TERMINAL_STATUSES, RunStatus
 from django_durably.validation import (
     LABEL_KEY_CHARACTERS,
@@ -45,6 +47,10 @@ STATUS_ALIASES = {"running": RunStatus.LEASED}
 """Filter values that name a status by another name (DESIGN.md section 3: "Running" is ``leased``)."""
 StepStatusName = Literal["completed", "failed", "cancelled"]
 LogLevelName = Literal["info", "warning", "error"]
+AttemptOutcomeName = Literal[
+    "completed", "failed", "timed_out", "step_retry", "cancelled", "lost", "released"
+]
+"""The values of ``AttemptOutcome`` (a test keeps the two equal)."""
 DispositionName = Literal["created", "idempotent", "coalesced"]
 
 DEFAULT_PAGE_SIZE = 50
@@ -248,6 +254,13 @@ class RunOut(Schema):
     labels: dict[str, str]
     progress: ProgressOut | None
     attempt: int = Field(description="How many times a worker has started this run.")
+    failed_attempts: int = Field(
+        description="Attempts that failed, timed out or lost their worker since the run was "
+        "triggered or last resumed (what the retry policy's max_attempts counts)."
+    )
+    retry_at: datetime | None = Field(
+        description="When a pending run waiting for a retry will be tried again; null otherwise."
+    )
     completed_step_count: int
     idempotency_key: str | None
     concurrency_key: str | None
@@ -268,12 +281,35 @@ class RunOut(Schema):
     def resolve_is_active(run: Any) -> bool:
         return run.status not in TERMINAL_STATUSES
 
+    @staticmethod
+    def resolve_retry_at(run: Any) -> datetime | None:
+        # Waiting for a retry means what ``Run.objects.retrying()`` (and ?retrying=) means.
+        return run.retry_at if run.status == RunStatus.PENDING else None
+
 
 class RunDetailOut(RunOut):
     input: Any = Field(description="The input stored at trigger time (JSON).")
     output: Any = Field(description="The job's return value (JSON), once completed.")
     error: RunErrorOut | None = Field(description="The exception, once failed.")
     current_step_index: int
+    max_attempts: int | None = Field(
+        description="The max_attempts of the job's retry policy as registered now (1: no "
+        "retry); null when no job is registered under the run's job_name (or its policy is "
+        "misconfigured)."
+    )
+
+    @staticmethod
+    def resolve_max_attempts(run: Any) -> int | None:
+        job = registered_jobs().get(run.job_name)
+        if job is None:
+            return None
+        try:
+            return int(job.retry_policy.max_attempts)
+        except ImproperlyConfigured:
+            # A bad DURABLY_DEFAULT_RETRY must not turn a read, or an action already done, into
+            # a 500: workers report it where it matters.
+            logger.warning("No retry policy for job %s.", run.job_name, exc_info=True)
+            return None
 
 
 class TriggerOut(RunDetailOut):
@@ -311,7 +347,10 @@ class StepOut(Schema):
     index: int = Field(description="Position of the step in its run's execution.")
     name: str
     status: StepStatusName
-    attempt: int
+    attempt: int = Field(description="The run's attempt this row was written in.")
+    step_attempt: int = Field(
+        description="Which try of the step's function this row records (1, 2, ... on retries)."
+    )
     output: Any
     error: RunErrorOut | None
     started_at: datetime
@@ -321,6 +360,33 @@ class StepOut(Schema):
 class StepPage(Schema):
     count: int = Field(description="How many steps the run has in total.")
     items: list[StepOut]
+
+
+class AttemptOut(Schema):
+    """One attempt of a run: from a worker's claim to how it ended."""
+
+    id: int
+    number: int = Field(description="The run's attempt number (its attempt field then).")
+    worker: str = Field(description="The worker that held the run during this attempt.")
+    started_at: datetime | None = Field(description="When the worker started the attempt.")
+    ended_at: datetime
+    duration_seconds: float | None = Field(
+        description="ended_at minus started_at; null when the start is unknown."
+    )
+    outcome: AttemptOutcomeName = Field(
+        description="completed, failed (the run failed or was scheduled to be retried), "
+        "timed_out, step_retry (released until a failed step's next try), cancelled, lost (its "
+        "worker stopped renewing the lease) or released (handed back at shutdown)."
+    )
+    error: RunErrorOut | None = Field(description="The exception that ended the attempt, if any.")
+    retry_at: datetime | None = Field(
+        description="When the run was scheduled to be tried again after this attempt, if it was."
+    )
+
+
+class AttemptPage(Schema):
+    count: int = Field(description="How many attempts the run has recorded in total.")
+    items: list[AttemptOut]
 
 
 class LogOut(Schema):
@@ -379,6 +445,11 @@ class RunFilter(FilterSchema):
     status: list[RunStatusFilterName] | None = Field(
         None, description="Run status (repeatable: any of); running is an alias of leased."
     )
+    retrying: bool | None = Field(
+        None,
+        description="true: only pending runs waiting for a retry (retry_at set); false: every "
+        "other run.",
+    )
     created_after: Annotated[Instant | None, FilterLookup("created_at__gte")] = Field(
         None, description="Created at or after this timezone-aware time."
     )
@@ -390,3 +461,9 @@ class RunFilter(FilterSchema):
         if not value:
             return Q()
         return Q(status__in=sorted({STATUS_ALIASES.get(name, name) for name in value}))
+
+    def filter_retrying(self, value: bool | None) -> Q:  # noqa: FBT001 - ninja passes it positionally
+        if value is None:
+            return Q()
+        waiting = Q(status=RunStatus.PENDING, retry_at__isnull=False)  # Run.objects.retrying()
+        return waiting if value else ~waiting

@@ -15,13 +15,17 @@ signal                      kwargs
 ``run_leased``              ``run_id``, ``job_name``, ``attempt``, ``lease_owner``
 ``run_completed``           ``run_id``, ``job_name``, ``output``
 ``run_failed``              ``run_id``, ``job_name``, ``error`` (dict: type, message, traceback)
+``run_retry_scheduled``     ``run_id``, ``job_name``, ``attempt`` (the attempt that failed),
+                            ``retry_at`` (database time), ``error``, ``outcome`` (``failed``,
+                            ``timed_out`` or ``step_retry``), ``step_name`` (a step's retry, else
+                            ``None``)
 ``run_cancelled``           ``run_id``, ``job_name``
 ``run_resumed``             ``run_id``, ``job_name``
 ``run_retriggered``         ``run_id``, ``job_name``, ``new_run_id``
 ``run_deleted``             ``run_id``, ``job_name``
 ``step_started``            ``run_id``, ``step_name``, ``index``, ``attempt``
 ``step_completed``          ``run_id``, ``step_name``, ``index``, ``output``
-``step_failed``             ``run_id``, ``step_name``, ``index``, ``error``
+``step_failed``             ``run_id``, ``step_name``, ``index``, ``error``, ``step_attempt``
 ``step_cancelled``          ``run_id``, ``step_name``, ``index``, ``attempt`` (the run was cancelled
                             while the step ran; the step's work is not checkpointed)
 ``run_progress``            ``run_id``, ``progress`` (dict: current, total, message)
@@ -43,6 +47,7 @@ run_coalesced = Signal()
 run_leased = Signal()
 run_completed = Signal()
 run_failed = Signal()
+run_retry_scheduled = Signal()
 run_cancelled = Signal()
 run_resumed = Signal()
 run_retriggered = Signal()

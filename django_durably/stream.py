@@ -6,8 +6,9 @@ The stream reads the database, so it sees what workers in any process write. It 
 =============  ===========================================================================
 event          data
 =============  ===========================================================================
-``snapshot``   the run (status, progress, attempt, step counts, timestamps, output, error)
-``status``     ``{"status", "attempt"}`` whenever the status or attempt changes
+``snapshot``   the run (status, progress, attempts, retry_at, step counts, times, output, error)
+``status``     ``{"status", "attempt", "retry_at"}`` whenever one of them changes (``retry_at``
+               is set when the run went back to pending to be tried again)
 ``step``       a step row written since: ``{"index", "name", "status", "attempt", ...}``
 ``progress``   ``{"current", "total", "message"}``, at most one per ``progress_interval``
 ``log``        a log line written since: ``{"level", "message", "data", "step_name", ...}``
@@ -15,8 +16,9 @@ event          data
 =============  ===========================================================================
 
 Each event has an increasing ``id``. Times are ISO 8601 (``2026-11-22T09:30:02.390Z``), as in the
-rest of the API. A status change to ``leased`` (or back to ``pending``) comes before the steps and
-log lines of that attempt; a change to a finished status comes after them, just before ``end``.
+rest of the API. A status change to ``leased`` (a new attempt) comes before the steps and log lines
+of that attempt; a change that ends an attempt (back to ``pending``, say for a retry, or to a
+finished status) comes after them, and a finished status just before ``end``.
 Outputs longer than :data:`PREVIEW_BYTES` of JSON are sent as a preview (``output`` null,
 ``output_truncated`` true, ``output_preview`` the start of the JSON text); the run and step
 endpoints have them whole.
@@ -49,7 +51,7 @@ from django.db import connections
 from django.http import HttpRequest, HttpResponseBase, JsonResponse, StreamingHttpResponse
 
 from django_durably.conf import durably_settings
-from django_durably.models import TERMINAL_STATUSES, RunLog, RunQuerySet, Step
+from django_durably.models import TERMINAL_STATUSES, RunLog, RunQuerySet, RunStatus, Step
 from django_durably.poller import RUN_FIELDS, poller_for
 from django_durably.serialization import dump
 
@@ -142,6 +144,7 @@ class EventStream:
     last_log_id: int = 0
     _status: str = ""
     _attempt: int = 0
+    _retry_at: Any = None
     _progress: Any = None
     _progress_sent_at: float = 0.0
     _progress_pending: bool = False
@@ -224,6 +227,7 @@ class EventStream:
 
     def _snapshot(self, row: dict[str, Any], alias: str) -> str:
         self._status, self._attempt, self._progress = row["status"], row["attempt"], row["progress"]
+        self._retry_at = row["retry_at"]
         self.last_step_id = _max_id(Step.objects.using(alias).filter(run_id=self.run_id))
         self.last_log_id = _max_id(RunLog.objects.using(alias).filter(run_id=self.run_id))
         self._progress_sent_at = time.monotonic()
@@ -241,7 +245,8 @@ class EventStream:
             self._end()
             return
         finished = row["status"] in TERMINAL_STATUSES
-        if not finished:  # a new attempt's status comes before what that attempt wrote
+        starting = row["status"] == RunStatus.LEASED
+        if starting:  # a new attempt's status comes before what that attempt wrote
             self._status_change(row)
         for step in steps:
             self.last_step_id = step.id
@@ -250,8 +255,9 @@ class EventStream:
             self.last_log_id = line.id
             self._send("log", _log_data(line))
         self._progress_change(row, finished=finished)
-        if finished:
+        if not starting:  # an attempt's end (finished, or pending for a retry) comes after
             self._status_change(row)
+        if finished:
             self._send("end", {"status": row["status"]})
             self._end()
 
@@ -266,9 +272,13 @@ class EventStream:
         self._inbox.put(self._event(event, data))
 
     def _status_change(self, row: dict[str, Any]) -> None:
-        if row["status"] != self._status or row["attempt"] != self._attempt:
-            self._status, self._attempt = row["status"], row["attempt"]
-            self._send("status", {"status": row["status"], "attempt": row["attempt"]})
+        seen = (row["status"], row["attempt"], row["retry_at"])
+        if seen != (self._status, self._attempt, self._retry_at):
+            self._status, self._attempt, self._retry_at = seen
+            self._send(
+                "status",
+                {"status": row["status"], "attempt": row["attempt"], "retry_at": row["retry_at"]},
+            )
 
     def _progress_change(self, row: dict[str, Any], *, finished: bool) -> None:
         if row["progress"] != self._progress:
@@ -289,6 +299,7 @@ def _step_data(step: Step) -> dict[str, Any]:
         "name": step.name,
         "status": step.status,
         "attempt": step.attempt,
+        "step_attempt": step.step_attempt,
         "started_at": step.started_at,
         "completed_at": step.completed_at,
         "output": step.output,

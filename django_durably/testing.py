@@ -21,12 +21,15 @@ Two ways to test a job:
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, get_args
 
 from django_durably.context import StepContext
 from django_durably.exceptions import JobCancelled, LeaseLost
+from django_durably.limits import StepCall
 from django_durably.types import JSON, LogLevel
 
 
@@ -37,6 +40,7 @@ class StoredStep:
     status: str
     output: JSON = None
     error: dict[str, str] | None = None
+    step_attempt: int = 1
 
 
 @dataclass
@@ -59,7 +63,10 @@ class InMemoryStepStore:
     ``calls`` lists the names of steps whose function really ran (``started`` the same with each
     step's index); ``steps`` every step stored (completed, failed or cancelled) in order;
     ``checks`` how many times the job asked whether to stop (before each new step, in
-    ``progress()`` and ``step.check()``).
+    ``progress()`` and ``step.check()``); ``waits`` the delays a step retry waited in place (they
+    are recorded, not slept); ``timeouts`` the ``(step name, seconds)`` of timed step calls (not
+    enforced: only a worker can end a stuck call). Seed ``tries`` (step name: failed tries) to check
+    a step whose next try was released to a later claim.
 
     :meth:`cancel` and :meth:`lose_lease` stop the run as an operator's cancel or another worker's
     claim would: the next step boundary raises :class:`~django_durably.exceptions.JobCancelled`
@@ -77,6 +84,9 @@ class InMemoryStepStore:
     calls: list[str] = field(default_factory=list)
     started: list[tuple[int, str]] = field(default_factory=list)
     checks: int = 0
+    waits: list[float] = field(default_factory=list)
+    timeouts: list[tuple[str, float]] = field(default_factory=list)
+    tries: dict[str, int] = field(default_factory=dict)
     cancelled: bool = False
     lease_lost: bool = False
     _stop_on: tuple[Write, Literal["cancelled", "lease_lost"]] | None = field(
@@ -130,18 +140,48 @@ class InMemoryStepStore:
         self.calls.append(name)
         self.started.append((index, name))
 
-    def save_completed(self, *, index: int, name: str, output: JSON, started_at: datetime) -> None:
+    def step_tries(self, name: str) -> int:
+        return self.tries.get(name, 0)
+
+    def wait(self, seconds: float) -> None:
+        self.checks += 1
+        self._refuse_stopped()
+        self.waits.append(seconds)
+
+    @contextmanager
+    def timing(self, call: StepCall | None) -> Iterator[None]:
+        if call is not None:
+            self.timeouts.append((call.name, call.timeout))
+        yield
+
+    def save_completed(
+        self, *, index: int, name: str, output: JSON, started_at: datetime, step_attempt: int = 1
+    ) -> None:
         self._aware(name, started_at)
         self._refuse_stopped("save_completed")
         self.completed[name] = output
-        self.steps.append(StoredStep(index=index, name=name, status="completed", output=output))
+        self.steps.append(
+            StoredStep(
+                index=index, name=name, status="completed", output=output, step_attempt=step_attempt
+            )
+        )
 
     def save_failed(
-        self, *, index: int, name: str, error: dict[str, str], started_at: datetime
+        self,
+        *,
+        index: int,
+        name: str,
+        error: dict[str, str],
+        started_at: datetime,
+        step_attempt: int = 1,
     ) -> None:
         self._aware(name, started_at)
         self._refuse_stopped("save_failed")
-        self.steps.append(StoredStep(index=index, name=name, status="failed", error=error))
+        self.steps.append(
+            StoredStep(
+                index=index, name=name, status="failed", error=error, step_attempt=step_attempt
+            )
+        )
 
     def save_cancelled(self, *, index: int, name: str, started_at: datetime) -> None:
         self._aware(name, started_at)

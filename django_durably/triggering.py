@@ -152,7 +152,7 @@ def _insert(job_name: str, prepared: list[_Prepared], alias: str) -> tuple[list[
     if concurrency_keys:
         for found in (
             Run.objects.using(alias)
-            .pending()
+            .awaiting_trigger()
             .filter(job_name=job_name, concurrency_key__in=concurrency_keys)
         ):
             pending_by_key[str(found.concurrency_key)] = found

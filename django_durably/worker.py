@@ -7,6 +7,14 @@ run; the claim loop claims for the freed slots, then writes every end that came 
 fenced statement (group commit). When idle it waits for a PostgreSQL notification, or the poll
 interval, whichever comes first.
 
+Timeouts: the lease keeper ends an attempt that ran past its timeout (``timeouts``) and tells the
+worker, which gives that slot a fresh thread. The old thread is stuck in user code that Python
+cannot interrupt: it is *abandoned* (fenced out by the generation bump, counted in
+``WorkerStats.abandoned``, left to finish or hang as a daemon thread). When more than
+``DURABLY_MAX_ABANDONED_THREADS`` are stuck at once, the worker stops claiming, hands its runs back
+and asks to be restarted (``WorkerStats.restart_requested``; ``durably_worker`` then re-executes
+itself), since only a new process gets rid of them.
+
 Stopping: :meth:`Worker.stop` (first SIGTERM/SIGINT) stops claiming and lets running jobs finish
 within ``grace_period``; runs still going after that are handed back. :meth:`Worker.stop` with
 ``hard=True`` (second signal) hands every running run back at once, so another worker can take it
@@ -44,6 +52,7 @@ from django_durably.leases import LeaseHandle
 from django_durably.maintenance import Retention
 from django_durably.models import Run
 from django_durably.notifications import Listener
+from django_durably.timeouts import TimedOutEnd
 
 logger = logging.getLogger(__name__)
 
@@ -74,11 +83,14 @@ def recycle_connections() -> None:
 @dataclass
 class WorkerStats:
     """Counts of what a worker did: runs claimed, and runs by outcome (``completed``, ``failed``,
-    ``cancelled``, ``lost``, ``released``, ``crashed``)."""
+    ``retrying``, ``timed_out``, ``cancelled``, ``lost``, ``released``, ``crashed``); threads
+    abandoned in timed-out user code; whether it stopped to be restarted (too many abandoned)."""
 
     claimed: int = 0
     outcomes: dict[str, int] = field(default_factory=dict)
     claim_errors: int = 0
+    abandoned: int = 0
+    restart_requested: bool = False
 
 
 class Worker:
@@ -118,6 +130,7 @@ class Worker:
             lease_seconds=self.lease_seconds,
             interval=min(interval, self.lease_seconds / 3),
             worker_id=self.worker_id,
+            on_timed_out=self._on_timed_out,
         )
         self.stats = WorkerStats()
         self.alias = db_alias()
@@ -137,6 +150,11 @@ class Worker:
         ] = []  # returned jobs whose end the claim loop has yet to record
         self._running_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
+        # Attempts whose job function is running in a slot, with the slot's thread; and the ones
+        # given up on at their timeout, whose thread is stuck in user code.
+        self._in_slot: dict[tuple[UUID, int], threading.Thread] = {}
+        self._abandoned: dict[tuple[UUID, int], threading.Thread] = {}
+        self._slots_started = 0
         self.started = threading.Event()
 
     # -- control -------------------------------------------------------------------------------
@@ -182,12 +200,8 @@ class Worker:
         )
         listener = self._start_listener()
         self.keeper.start()
-        for number in range(self.concurrency):
-            thread = threading.Thread(
-                target=self._slot_loop, name=f"durably-slot-{number}", daemon=True
-            )
-            thread.start()
-            self._threads.append(thread)
+        for _number in range(self.concurrency):
+            self._start_slot()
         self.started.set()
         try:
             self._claim_loop()
@@ -210,6 +224,22 @@ class Worker:
                 extra={"action": "worker_stop", "worker_id": self.worker_id},
             )
         return self.stats
+
+    def _start_slot(self) -> None:
+        """Start one slot thread (at start-up, or in place of one abandoned at a timeout)."""
+        with self._running_lock:
+            number = self._slots_started
+            self._slots_started += 1
+            thread = threading.Thread(
+                target=self._slot_loop, name=f"durably-slot-{number}", daemon=True
+            )
+            self._threads.append(thread)
+        thread.start()
+
+    def abandoned_threads(self) -> int:
+        """Threads still stuck in the user code of attempts ended at their timeout."""
+        with self._running_lock:
+            return len(self._abandoned)
 
     def _start_listener(self) -> Listener | None:
         if not self.listen or not Listener.supported(self.alias):
@@ -386,8 +416,20 @@ class Worker:
                 if item is None:
                     return
                 run, handle = item
+                with self._running_lock:
+                    self._in_slot[handle.key] = threading.current_thread()
                 end = self._run_job(run, handle)
                 with self._running_lock:
+                    if self._abandoned.pop(handle.key, None) is not None:
+                        # Given up on at its timeout: another thread has this slot now, and the
+                        # end was written then. This thread's work is over.
+                        logger.info(
+                            "run=%s: a thread abandoned at its timeout returned; it exits.",
+                            handle.run_id,
+                            extra={"action": "abandoned_returned", "run_id": str(handle.run_id)},
+                        )
+                        return
+                    del self._in_slot[handle.key]
                     self._busy -= 1
                     if end is None:
                         self._running.pop(handle.key, None)
@@ -398,6 +440,58 @@ class Worker:
                 self._wake.set()
         finally:
             connections.close_all()
+
+    def _on_timed_out(self, handle: LeaseHandle, end: TimedOutEnd) -> None:
+        """The keeper ended ``handle``'s attempt at its timeout (called from the keeper's thread):
+        log it, and if the job is still in user code, abandon its thread and start another."""
+        cap = durably_settings.MAX_ABANDONED_THREADS
+        with self._running_lock:
+            stuck = self._in_slot.pop(handle.key, None)
+            if stuck is not None:
+                self._abandoned[handle.key] = stuck
+                self._threads.remove(stuck)
+                self._busy -= 1
+                self._running.pop(handle.key, None)
+                self.stats.abandoned += 1
+            abandoned = len(self._abandoned)
+        limits = handle.limits
+        self._log_outcome(
+            RunOutcome(
+                run_id=handle.run_id,
+                job_name=limits.job_name,
+                attempt=limits.run_attempt,
+                status="timed_out",
+                duration=time.monotonic() - limits.started,
+                error=end.error,
+                retry_at=end.retry_at,
+            )
+        )
+        if stuck is None:
+            return  # the job had returned already: its end is refused when recorded
+        self.keeper.untrack(handle)
+        logger.warning(
+            "run=%s: thread %s is stuck in the timed-out job; a new thread takes its slot "
+            "(%d abandoned thread(s), at most %d).",
+            handle.run_id,
+            stuck.name,
+            abandoned,
+            cap,
+            extra={"action": "thread_abandoned", "run_id": str(handle.run_id)},
+        )
+        if abandoned > cap:
+            logger.error(
+                "Worker %s: %d threads are stuck in timed-out jobs (DURABLY_MAX_ABANDONED_THREADS "
+                "is %d); stopping to be restarted.",
+                self.worker_id,
+                abandoned,
+                cap,
+                extra={"action": "restart_requested", "worker_id": self.worker_id},
+            )
+            self.stats.restart_requested = True
+            self.stop()
+        else:
+            self._start_slot()
+        self._wake.set()
 
     def _run_job(self, run: Run, handle: LeaseHandle) -> AttemptEnd | None:
         recycle_connections()
@@ -436,7 +530,8 @@ class Worker:
                 extra={"action": "recorded", "worker_id": self.worker_id, "count": len(outcomes)},
             )
         for end, outcome in zip(ended, outcomes, strict=True):
-            self._log_outcome(outcome)
+            if outcome.status != "timed_out":  # logged when it timed out
+                self._log_outcome(outcome)
             if outcome.status == "lost":
                 self._hand_back_lost(end.lease)
             self.keeper.untrack(end.lease)

@@ -16,8 +16,10 @@ from model_bakery import baker
 from django_durably.database import db_alias
 from django_durably.models import (
     TERMINAL_STATUSES,
+    AttemptOutcome,
     AuditRecord,
     Run,
+    RunAttempt,
     RunLog,
     RunStatus,
     Step,
@@ -56,6 +58,21 @@ def make_log(run: Run, **fields: Any) -> RunLog:
     fields.setdefault("data", {})
     line: RunLog = baker.make(RunLog, _using=db_alias(), run=run, **fields)
     return line
+
+
+def make_attempt(run: Run, **fields: Any) -> RunAttempt:
+    """A failed attempt of ``run`` (number 1 unless given) by ``worker-1``, started 10 s before it
+    ended now, with no error and no retry."""
+    now = timezone.now()
+    fields.setdefault("number", 1)
+    fields.setdefault("worker", "worker-1")
+    fields.setdefault("outcome", AttemptOutcome.FAILED)
+    fields.setdefault("ended_at", now)
+    fields.setdefault("started_at", now - timedelta(seconds=10))
+    fields.setdefault("error", None)
+    fields.setdefault("retry_at", None)
+    attempt: RunAttempt = baker.make(RunAttempt, _using=db_alias(), run=run, **fields)
+    return attempt
 
 
 def make_audit_record(run: Run, **fields: Any) -> AuditRecord:

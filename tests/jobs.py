@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from django_durably import StepContext, job
+from django_durably import Retry, StepContext, job
 
 CALLS: Counter[str] = Counter()
 _calls_lock = threading.Lock()
@@ -289,3 +289,81 @@ def echo(step: StepContext, input: dict[str, Any]) -> Any:
     """Its step "echo" outputs input["step"]; the job returns input["result"]."""
     step.run("echo", _value, input.get("step"))
     return input.get("result")
+
+
+# -- retries and timeouts --------------------------------------------------------------------------
+
+
+class Transient(ConnectionError):
+    """What the flaky jobs raise: an outage a retry heals."""
+
+
+def flaky_call(name: str) -> int:
+    """Raises :class:`Transient` until it has been called ``FLAGS[name]`` times (then returns the
+    number of calls): a service that is down for a while."""
+    with _calls_lock:
+        CALLS[name] += 1
+        calls = CALLS[name]
+    if calls < FLAGS.get(name, 1):
+        raise Transient(f"{name} is down (call {calls})")
+    return calls
+
+
+def raise_flagged(name: str) -> None:
+    """Raises the exception ``FLAGS[name]`` (counted)."""
+    count(name)
+    raise FLAGS[name]
+
+
+@job(retry=Retry(max_attempts=3, initial_delay=0, jitter=False))
+def retried(step: StepContext, input: Any) -> int:
+    """Replays its first step, then calls the flaky service outside any step: retried as a run."""
+    step.run("before", count, "retried:before")
+    return flaky_call("retried")
+
+
+@job(retry=Retry(max_attempts=3, initial_delay=60, jitter=False, give_up_on=(KeyError,)))
+def retried_later(step: StepContext, input: Any) -> None:
+    """Raises ``FLAGS["retried_later"]``; a retry is due a minute later."""
+    raise_flagged("retried_later")
+
+
+@job()
+def step_retried(step: StepContext, input: dict[str, Any]) -> int:
+    """A step of a flaky service, retried by the step's own policy (``input``: its arguments)."""
+    step.run("before", count, "step_retried:before")
+    calls = step.run(
+        "call", flaky_call, "step_retried", retry=Retry(jitter=False, **input["retry"])
+    )
+    step.run("after", count, "step_retried:after")
+    return int(calls)
+
+
+@job(retry=Retry(max_attempts=2, initial_delay=0, jitter=False), concurrency_key="shared-key")
+def retried_with_key(step: StepContext, input: Any) -> int:
+    return flaky_call("retried_with_key")
+
+
+@job(timeout=0.3)
+def times_out(step: StepContext, input: Any) -> str:
+    """Its attempt blocks at the gate ``timeout`` past the job's timeout of 0.3 s."""
+    step.run("first", count, "times_out:first")
+    step.run("gate", wait_for_gate, "timeout")
+    step.run("last", count, "times_out:last")
+    return "done"
+
+
+@job(timeout=0.3, retry=Retry(max_attempts=2, initial_delay=0, jitter=False))
+def times_out_once(step: StepContext, input: Any) -> str:
+    """Attempt 1 blocks at the gate ``attempt-1`` past the timeout; attempt 2 goes through."""
+    step.run("first", count, "times_out:first")
+    if step.attempt == 1:
+        step.run("gate", wait_for_gate, "attempt-1")
+    return "done"
+
+
+@job()
+def step_times_out(step: StepContext, input: Any) -> str:
+    """Its step blocks at the gate ``timeout`` past the step's timeout of 0.3 s."""
+    step.run("slow", wait_for_gate, "timeout", timeout=0.3)
+    return "done"

@@ -12,8 +12,10 @@ button. Each action and button asks for confirmation first.
 
 * ``display``: HTML for statuses (one vocabulary: ``leased`` is "Running"), times to the second,
   progress, durations, labels, JSON and errors
-* ``filters``: the list filters, and a change list that refuses filter values with NUL characters
-* ``inlines``: the read-only steps, log lines and audit trail of a run
+* ``filters``: the list filters (status, retrying, job...), and a change list that refuses filter
+  values with NUL characters
+* ``inlines``: the read-only attempts, steps, log lines and audit trail of a run
+* ``attempts``: a run's attempts and its job's retry policy and timeout, in the admin's words
 * ``actions``: the bulk actions and their confirmation pages
 * ``buttons``: the run page's buttons and their confirmation pages
 * ``runs``, ``audit``: the registered ``ModelAdmin`` classes

@@ -15,7 +15,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 from django.utils.translation import gettext, ngettext
 
-from django_durably.models import AuditAction, AuditRecord, Run, RunStatus
+from django_durably.models import AttemptOutcome, AuditAction, AuditRecord, Run, RunStatus
 
 STATUS_COLOURS: dict[str, str] = {
     RunStatus.PENDING: "#6b7280",
@@ -24,6 +24,16 @@ STATUS_COLOURS: dict[str, str] = {
     RunStatus.FAILED: "#b91c1c",
     RunStatus.CANCELLED: "#b45309",
 }
+OUTCOME_COLOURS: dict[str, str] = {
+    AttemptOutcome.COMPLETED: "#15803d",
+    AttemptOutcome.FAILED: "#b91c1c",
+    AttemptOutcome.TIMED_OUT: "#9a3412",
+    AttemptOutcome.STEP_RETRY: "#0e7490",
+    AttemptOutcome.CANCELLED: "#b45309",
+    AttemptOutcome.LOST: "#7c3aed",
+    AttemptOutcome.RELEASED: "#6b7280",
+}
+"""How an attempt ended, in the status colours where it means the same (a failure is red)."""
 STATUS_ORDER = [status.value for status in RunStatus]
 """The order in which statuses are listed in messages."""
 
@@ -59,16 +69,32 @@ def status_word(status: str) -> str:
     return status_label(status).lower()
 
 
-def status_badge(status: str) -> SafeString:
-    label = status_label(status)
+def _badge(kind: str, value: str, colour: str, label: str) -> SafeString:
     return format_html(
-        '<span class="durably-status durably-status-{}" style="display:inline-block;'
-        "padding:1px 7px;border-radius:9px;color:#fff;background:{};font-size:11px;"
-        'font-weight:600;white-space:nowrap">{}</span>',
-        status,
-        STATUS_COLOURS.get(status, "#6b7280"),
+        '<span class="durably-{0} durably-{0}-{1}" style="display:inline-block;'
+        "padding:1px 7px;border-radius:9px;color:#fff;background:{2};font-size:11px;"
+        'font-weight:600;white-space:nowrap">{3}</span>',
+        kind,
+        value,
+        colour,
         label,
     )
+
+
+def status_badge(status: str) -> SafeString:
+    return _badge("status", status, STATUS_COLOURS.get(status, "#6b7280"), status_label(status))
+
+
+def outcome_badge(outcome: str) -> SafeString:
+    """How an attempt ended: ``Worker lost``, ``Released for a step retry``... (the choice's
+    label; an unknown value as it is)."""
+    label = str(AttemptOutcome(outcome).label) if outcome in AttemptOutcome.values else outcome
+    return _badge("outcome", outcome, OUTCOME_COLOURS.get(outcome, "#6b7280"), label)
+
+
+def try_label(number: int) -> str:
+    """``try 2``: which call of a step's function."""
+    return gettext("try %(number)d") % {"number": number}
 
 
 def _number(value: float) -> str:
@@ -138,6 +164,14 @@ def format_time(value: datetime | None) -> SafeString | None:
     )
 
 
+def format_time_ahead(value: datetime | None) -> SafeString | None:
+    """:func:`format_time`, and how soon while it is ahead: ``... (in 4 min 05 s)``."""
+    shown = format_time(value)
+    if shown is None or value is None or value <= timezone.now():
+        return shown
+    return format_html("{} ({})", shown, relative(value))
+
+
 def relative(when: datetime, now: datetime | None = None) -> str:
     """``in 4 min 05 s`` or ``12.0 s ago``."""
     delta = when - (now or timezone.now())
@@ -203,6 +237,52 @@ def error_summary(error: Any) -> SafeString:
         '<details><summary>{}</summary><pre class="durably-traceback">{}</pre></details>',
         headline,
         error["traceback"],
+    )
+
+
+def _step_try(error: dict[str, Any]) -> int | None:
+    """The try of the step whose failure ended an attempt (stored as text or a number), or None."""
+    value = error.get("step_attempt")
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    return int(value) if isinstance(value, str) and value.isdigit() else None
+
+
+def error_headline(error: dict[str, Any]) -> str:
+    """``type: message`` (the message's first line), after the step and try a step retry names:
+    ``step fetch, try 2: builtins.OSError: disk full``."""
+    lines = str(error.get("message", "")).splitlines()
+    headline = f"{error.get('type', '')}: {lines[0] if lines else ''}"
+    if error.get("step") is None:
+        return headline
+    where = gettext("step %(name)s") % {"name": error["step"]}
+    number = _step_try(error)
+    if number is not None:
+        where = f"{where}, {try_label(number)}"
+    return f"{where}: {headline}"
+
+
+def short_error(error: Any) -> SafeString:
+    """:func:`error_headline`, cut to :data:`SUMMARY_LENGTH` characters, unfolding to the whole
+    message and the traceback."""
+    if not isinstance(error, dict):
+        return json_summary(error)
+    headline = error_headline(error)
+    shown = headline if len(headline) <= SUMMARY_LENGTH else headline[:SUMMARY_LENGTH] + "…"
+    message = str(error.get("message", ""))
+    more = []
+    if shown != headline or "\n" in message.strip():
+        more.append(format_html('<pre class="durably-traceback">{}</pre>', message))
+    if error.get("traceback"):
+        more.append(format_html('<pre class="durably-traceback">{}</pre>', error["traceback"]))
+    if not more:
+        return format_html('<span class="durably-error">{}</span>', headline)
+    return format_html(
+        '<details class="durably-error"><summary>{}</summary>{}</details>',
+        shown,
+        format_html_join("", "{}", ((part,) for part in more)),
     )
 
 

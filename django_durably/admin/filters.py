@@ -18,7 +18,7 @@ from django.http import HttpRequest
 from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
-from django_durably.models import RunStatus
+from django_durably.models import Run, RunStatus
 
 STATUS_ALIASES = {"running": RunStatus.LEASED.value}
 """What a status filter also accepts: the admin's word for a status (DESIGN.md section 3)."""
@@ -46,6 +46,24 @@ class JobFilter(admin.SimpleListFilter):
     def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
         value = self.value()
         return queryset.filter(job_name=value) if value else queryset
+
+
+class RetryingFilter(admin.SimpleListFilter):
+    """Runs waiting to be tried again after a failure (``Run.objects.retrying()``), or the others."""
+
+    title = _("retrying")
+    parameter_name = "retrying"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("yes", gettext("Yes")), ("no", gettext("No"))]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        retrying = Run.objects.retrying()
+        if self.value() == "yes":
+            return queryset & retrying
+        if self.value() == "no":
+            return queryset.exclude(pk__in=retrying.values("pk"))
+        return queryset
 
 
 def _status(value: str) -> str:

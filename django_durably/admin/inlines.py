@@ -1,4 +1,4 @@
-"""A run's steps, log lines and audit trail: read-only tables on its page."""
+"""A run's attempts, steps, log lines and audit trail: read-only tables on its page."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from django.contrib import admin
 from django.db.models import QuerySet
 from django.forms.models import BaseInlineFormSet
 from django.http import HttpRequest
+from django.utils.html import format_html
 from django.utils.safestring import SafeString
 from django.utils.translation import gettext_lazy as _
 
@@ -17,11 +18,15 @@ from django_durably.admin.display import (
     error_summary,
     format_duration,
     format_time,
+    format_time_ahead,
     json_summary,
+    outcome_badge,
+    short_error,
     status_badge,
     transition,
+    try_label,
 )
-from django_durably.models import AuditRecord, Run, RunLog, Step
+from django_durably.models import AuditRecord, Run, RunAttempt, RunLog, Step
 
 if TYPE_CHECKING:
     # Generic in django-stubs only: Django's admin classes cannot be subscripted at runtime.
@@ -80,6 +85,55 @@ class HistoryInline(_RunInline):
         return False
 
 
+class AttemptInline(HistoryInline):
+    """The run's attempts, first to last: how each ended, on which worker, and when it was to be
+    tried again."""
+
+    model = RunAttempt
+    fields = readonly_fields = (
+        "number",
+        "outcome_display",
+        "worker_display",
+        "started",
+        "ended",
+        "duration",
+        "error_summary",
+        "retry_at_display",
+    )
+
+    @admin.display(description=_("outcome"))
+    def outcome_display(self, attempt: RunAttempt) -> SafeString:
+        return outcome_badge(attempt.outcome)
+
+    @admin.display(description=_("worker"))
+    def worker_display(self, attempt: RunAttempt) -> str:
+        return attempt.worker or self.get_empty_value_display()
+
+    @admin.display(description=_("started at"))
+    def started(self, attempt: RunAttempt) -> SafeString | str:
+        return format_time(attempt.started_at) or self.get_empty_value_display()
+
+    @admin.display(description=_("ended at"))
+    def ended(self, attempt: RunAttempt) -> SafeString | str:
+        return format_time(attempt.ended_at) or self.get_empty_value_display()
+
+    @admin.display(description=_("duration"))
+    def duration(self, attempt: RunAttempt) -> str:
+        seconds = attempt.duration_seconds
+        if seconds is None:
+            return self.get_empty_value_display()
+        return format_duration(timedelta(seconds=seconds))
+
+    @admin.display(description=_("error"))
+    def error_summary(self, attempt: RunAttempt) -> SafeString | str:
+        return short_error(attempt.error) if attempt.error else self.get_empty_value_display()
+
+    @admin.display(description=_("retry at"))
+    def retry_at_display(self, attempt: RunAttempt) -> SafeString | str:
+        """When the run was to be tried again; while that is ahead, how soon."""
+        return format_time_ahead(attempt.retry_at) or self.get_empty_value_display()
+
+
 class StepInline(HistoryInline):
     model = Step
     fields = readonly_fields = (
@@ -99,7 +153,14 @@ class StepInline(HistoryInline):
 
     @admin.display(description=_("status"))
     def status_display(self, step: Step) -> SafeString:
-        return status_badge(step.status)
+        """The badge, and which try of the step's function the row records when not the first."""
+        if step.step_attempt <= 1:
+            return status_badge(step.status)
+        return format_html(
+            '{} <span class="durably-step-try">{}</span>',
+            status_badge(step.status),
+            try_label(step.step_attempt),
+        )
 
     @admin.display(description=_("duration"))
     def duration(self, step: Step) -> str:

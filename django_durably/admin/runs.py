@@ -20,11 +20,18 @@ from django.utils.text import smart_split, unescape_string_literal
 from django.utils.translation import gettext, ngettext
 from django.utils.translation import gettext_lazy as _
 
+from django_durably.admin.attempts import (
+    attempt_note,
+    is_retrying,
+    registered_job,
+    timeout_text,
+)
 from django_durably.admin.buttons import RunButtonsAdmin
 from django_durably.admin.display import (
     LIST_LABELS,
     format_duration,
     format_time,
+    format_time_ahead,
     labels_html,
     pretty_error,
     pretty_json,
@@ -37,8 +44,18 @@ from django_durably.admin.display import (
     status_badge,
     time_text,
 )
-from django_durably.admin.filters import STATUS_PARAMETERS, CheckedChangeList, JobFilter
-from django_durably.admin.inlines import AuditRecordInline, RunLogInline, StepInline
+from django_durably.admin.filters import (
+    STATUS_PARAMETERS,
+    CheckedChangeList,
+    JobFilter,
+    RetryingFilter,
+)
+from django_durably.admin.inlines import (
+    AttemptInline,
+    AuditRecordInline,
+    RunLogInline,
+    StepInline,
+)
 from django_durably.models import AuditAction, AuditRecord, Run, RunStatus
 
 LIST_DEFERRED_FIELDS = ("input", "output", "error")
@@ -135,13 +152,19 @@ class RunAdmin(RunButtonsAdmin):
         "duration",
     ]
     list_display_links = ["short_id"]
-    list_filter = ["status", JobFilter, "queue", ("created_at", admin.DateFieldListFilter)]
+    list_filter = [
+        "status",
+        RetryingFilter,
+        JobFilter,
+        "queue",
+        ("created_at", admin.DateFieldListFilter),
+    ]
     search_fields = ["job_name", "idempotency_key"]  # and more: see get_search_results
     search_help_text = _(
         "Search by run id (whole, or its first characters), job, idempotency key or label value."
     )
     show_full_result_count = False
-    inlines = [StepInline, RunLogInline, AuditRecordInline]
+    inlines = [AttemptInline, StepInline, RunLogInline, AuditRecordInline]
     fieldsets = [
         (
             None,
@@ -153,6 +176,9 @@ class RunAdmin(RunButtonsAdmin):
                     "queue",
                     "priority",
                     "attempt",
+                    "failed_attempts",
+                    "retry_policy",
+                    "timeout",
                     "labels_display",
                     "idempotency_key",
                     "retriggered_from",
@@ -167,6 +193,7 @@ class RunAdmin(RunButtonsAdmin):
                 "fields": [
                     "created",
                     "run_after_display",
+                    "retrying_at",
                     "started",
                     "finished",
                     "duration",
@@ -197,6 +224,9 @@ class RunAdmin(RunButtonsAdmin):
         "progress_detail",
         "created",
         "run_after_display",
+        "retrying_at",
+        "retry_policy",
+        "timeout",
         "started",
         "finished",
         "duration",
@@ -225,8 +255,13 @@ class RunAdmin(RunButtonsAdmin):
 
     def get_fieldsets(self, request: HttpRequest, obj: Run | None = None) -> Any:
         """The run's sections, without Output or Error when it has none. A retriggered run says
-        which run it came from instead of showing the key the retrigger made."""
+        which run it came from instead of showing the key the retrigger made. The retry policy and
+        timeout are its job's, when the job is registered here."""
         hidden = set()
+        if obj is None or registered_job(obj.job_name) is None:
+            hidden.update({"retry_policy", "timeout"})
+        if obj is None or not is_retrying(obj):
+            hidden.add("retrying_at")
         if obj is not None and obj.output is None:
             hidden.add("output_display")
         if obj is not None and not obj.error:
@@ -292,11 +327,26 @@ class RunAdmin(RunButtonsAdmin):
 
     @admin.display(description=_("status"), ordering="status")
     def status_cell(self, run: Run) -> SafeString:
-        """The badge, the attempt when it is not the first, and the progress."""
+        """The badge, when a retry is due, the attempt when it is not the first (or is retried),
+        and the progress."""
         parts = [status_badge(run.status)]
-        if run.attempt > 1:
-            attempt = gettext("attempt %(number)d") % {"number": run.attempt}
-            parts.append(format_html('<div class="durably-attempt">{}</div>', attempt))
+        retrying = is_retrying(run)
+        if retrying:
+            parts.append(
+                format_html(
+                    '<div class="durably-retrying">{} {}</div>',
+                    gettext("retrying at"),
+                    format_time(run.retry_at),
+                )
+            )
+        if run.attempt > 1 or (retrying and run.attempt > 0):
+            text, tooltip = attempt_note(run)
+            if tooltip:
+                parts.append(
+                    format_html('<div class="durably-attempt" title="{}">{}</div>', tooltip, text)
+                )
+            else:
+                parts.append(format_html('<div class="durably-attempt">{}</div>', text))
         bar = progress_bar(run.progress)
         if bar is not None:
             parts.append(format_html('<div class="durably-progress-cell">{}</div>', bar))
@@ -324,6 +374,18 @@ class RunAdmin(RunButtonsAdmin):
         if run.completed_at is not None:
             times.append(gettext("finished %(time)s") % {"time": time_text(run.completed_at)})
         return format_html('<span title="{}">{}</span>', ", ".join(times), format_duration(elapsed))
+
+    @admin.display(description=_("retry policy"))
+    def retry_policy(self, run: Run) -> str:
+        """The job's policy (``5 attempts, 1s x2 up to 600s, jitter``), as this process has it."""
+        job = registered_job(run.job_name)
+        return job.retry_policy.describe() if job is not None else self.get_empty_value_display()
+
+    @admin.display(description=_("timeout"))
+    def timeout(self, run: Run) -> str:
+        """How long one attempt of the job may take."""
+        job = registered_job(run.job_name)
+        return timeout_text(job.timeout) if job is not None else self.get_empty_value_display()
 
     @admin.display(description=_("labels"))
     def labels_list(self, run: Run) -> SafeString | str:
@@ -370,6 +432,11 @@ class RunAdmin(RunButtonsAdmin):
             return format_html("{} ({})", shown, relative(run.run_after))
         return shown
 
+    @admin.display(description=_("retrying at"))
+    def retrying_at(self, run: Run) -> SafeString | str:
+        """When a run that failed is tried again, while it waits for that."""
+        return format_time_ahead(run.retry_at) or self.get_empty_value_display()
+
     @admin.display(description=_("started at"))
     def started(self, run: Run) -> SafeString | str:
         """When the first attempt started; a run that is pending again says it waits."""
@@ -377,9 +444,14 @@ class RunAdmin(RunButtonsAdmin):
         if shown is None or run.started_at is None:
             return self.get_empty_value_display()
         if run.status == RunStatus.PENDING:
+            waiting = (
+                gettext("Not running: waiting to be tried again.")
+                if is_retrying(run)
+                else gettext("Not running: pending again, waiting for a worker.")
+            )
             return format_html(
                 '<span class="durably-pending-again">{}</span> {}',
-                gettext("Not running: pending again, waiting for a worker."),
+                waiting,
                 format_html(gettext("Its first attempt started at {}."), shown),
             )
         if run.attempt > 1:

@@ -7,7 +7,8 @@ won; lease times come from the database clock. By what each module owns:
   locks of a purge;
 * ``holding``: what a running attempt knows of its lease (``LeaseHandle``), renewing and handing it
   back, and asking the database what became of it (``probe``, ``refusal``);
-* ``writes``: the writes a lease holder makes (steps, progress, log lines, the run's end);
+* ``writes``: the writes a lease holder makes (steps, progress, log lines, the attempt's end with
+  its history row);
 * ``inserts``: the trigger's insert on PostgreSQL;
 * ``statements``: the hand-written statements, each beside the ORM expression it restates.
 """
@@ -28,11 +29,13 @@ from django_durably.leases.writes import (
     FinishRow,
     complete,
     fail,
+    failed_step,
     finish,
     persist_completed_step,
     persist_failed_step,
     persist_log,
     persist_progress,
+    record_attempt,
     record_cancelled_step,
 )
 
@@ -45,6 +48,7 @@ __all__ = [
     "claim",
     "complete",
     "fail",
+    "failed_step",
     "finish",
     "insert_runs",
     "lease_expiry",
@@ -54,6 +58,7 @@ __all__ = [
     "persist_log",
     "persist_progress",
     "probe",
+    "record_attempt",
     "record_cancelled_step",
     "refusal",
     "release",

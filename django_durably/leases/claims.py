@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator, Sequence
-from typing import Any
+from datetime import datetime
+from typing import Any, NamedTuple
 from uuid import UUID
 
 from django.db import connections, transaction
@@ -31,10 +32,27 @@ from django_durably.leases.statements import (
     KEY_LOCK_SQL,
     LEASE_CHOSEN_SQL,
     LEASE_SET_SQL,
+    RECORD_LOST_SQL,
     cursor_for,
+    jsonb,
     lease_fields,
 )
-from django_durably.models import DatabaseNow, Run, RunQuerySet, RunStatus
+from django_durably.models import (
+    AttemptOutcome,
+    DatabaseNow,
+    Run,
+    RunAttempt,
+    RunQuerySet,
+    RunStatus,
+)
+
+# What the history says of an attempt whose worker stopped renewing its lease.
+WORKER_LOST_ERROR = {
+    "type": "django_durably.exceptions.WorkerLost",
+    "message": "The worker stopped renewing the lease (it died, froze or lost the database); "
+    "another worker reclaimed the run.",
+    "traceback": "",
+}
 
 
 def claim(
@@ -103,10 +121,12 @@ def _claim_until_a_key(
         limit=int(limit),
         queue_filter="AND queue = ANY(%s)" if queues else "",
         columns=_claimed_columns(alias),
+        names=_claimed_names(alias),
         lease_set=LEASE_SET_SQL,
+        record_lost=RECORD_LOST_SQL,
     )
     params: list[Any] = [list(queues), list(queues)] if queues else []
-    params += [worker_id, float(seconds)]
+    params += [worker_id, float(seconds), jsonb(WORKER_LOST_ERROR)]
     with cursor_for(alias) as cursor:
         cursor.execute(sql, params)
         rows = cursor.fetchall()
@@ -124,7 +144,7 @@ def _claim_serialising_keys(
     chosen: list[UUID] = []
     with transaction.atomic(using=alias):
         with connections[alias].cursor() as cursor:
-            for run_id, key in _each_candidate(alias, queues, limit, chosen, lock=True):
+            for run_id, key, _candidate in _each_candidate(alias, queues, limit, chosen, lock=True):
                 if key is not None:
                     if not _try_key_lock(cursor, key):
                         continue
@@ -139,9 +159,14 @@ def _claim_serialising_keys(
                 chosen.append(run_id)
         if not chosen:
             return []
-        sql = LEASE_CHOSEN_SQL.format(lease_set=LEASE_SET_SQL, columns=_claimed_columns(alias))
+        sql = LEASE_CHOSEN_SQL.format(
+            lease_set=LEASE_SET_SQL,
+            columns=_claimed_columns(alias),
+            names=_claimed_names(alias),
+            record_lost=RECORD_LOST_SQL,
+        )
         with cursor_for(alias) as cursor:
-            cursor.execute(sql, [worker_id, float(seconds), chosen])
+            cursor.execute(sql, [chosen, worker_id, float(seconds), jsonb(WORKER_LOST_ERROR)])
             return [_run_from_row(alias, row) for row in cursor.fetchall()]
 
 
@@ -164,7 +189,7 @@ def _claim_one_at_a_time(
 ) -> list[Run]:
     chosen: list[UUID] = []
     claimed: list[Run] = []
-    for run_id, _key in _each_candidate(alias, queues, limit, chosen, lock=False):
+    for run_id, _key, seen in _each_candidate(alias, queues, limit, chosen, lock=False):
         # One statement: still ready, and no other valid lease on the key, checked under the
         # database's write lock together with the update itself. The row is read back in the same
         # transaction, under that lock, so the lease returned is the one this UPDATE wrote.
@@ -172,17 +197,49 @@ def _claim_one_at_a_time(
             runs = Run.objects.using(alias)
             won = (
                 runs.ready(queues)
-                .filter(pk=run_id)
+                # As it was read: a lost attempt recorded below is the one this claim ends.
+                .filter(pk=run_id, lease_generation=seen.generation)
                 .exclude(_busy_key())
                 .update(**lease_fields(worker_id, seconds))
             )
             if won:
                 chosen.append(run_id)
-                claimed.append(runs.get(pk=run_id))
+                run = runs.get(pk=run_id)
+                claimed.append(run)
+                if run.failed_attempts > seen.failed_attempts:  # its worker was lost
+                    RunAttempt.objects.using(alias).create(
+                        run_id=run_id,
+                        number=seen.attempt,
+                        worker=seen.lease_owner,
+                        started_at=seen.attempt_started_at,
+                        ended_at=seen.lease_expires_at or DatabaseNow(),
+                        outcome=AttemptOutcome.LOST,
+                        error=WORKER_LOST_ERROR,
+                    )
     return claimed
 
 
 # -- candidates, in claim order ------------------------------------------------------------------
+
+
+class Candidate(NamedTuple):
+    """A ready run as the claim found it: its place in the claim order, its key, and the lease it
+    had (a reclaim records the attempt it ends)."""
+
+    priority: int
+    run_after: datetime
+    id: UUID
+    concurrency_key: str | None
+    lease_generation: int
+    failed_attempts: int
+    attempt: int
+    lease_owner: str
+    attempt_started_at: datetime | None
+    lease_expires_at: datetime | None
+
+    @property
+    def generation(self) -> int:
+        return self.lease_generation
 
 
 def _busy_key() -> Exists:
@@ -215,7 +272,7 @@ def _candidates(
         Run.objects.using(alias).pending().filter(run_after__lte=DatabaseNow()),
         Run.objects.using(alias).expired(),
     ]
-    found: list[Any] = []
+    found: list[Candidate] = []
     for qs in sources:
         if queues:
             qs = qs.filter(queue__in=queues)
@@ -226,14 +283,14 @@ def _candidates(
         qs = qs.exclude(_busy_key()).order_by(*order)
         if lock:
             qs = qs.select_for_update(skip_locked=True, of=("self",))
-        found.extend(qs.values_list("priority", "run_after", "id", "concurrency_key")[:limit])
-    found.sort(key=lambda row: (-row[0], row[1], row[2]))
+        found.extend(Candidate(*row) for row in qs.values_list(*Candidate._fields)[:limit])
+    found.sort(key=lambda row: (-row.priority, row.run_after, row.id))
     return found
 
 
 def _each_candidate(
     alias: str, queues: list[str] | None, limit: int, chosen: list[UUID], *, lock: bool
-) -> Iterator[tuple[UUID, str | None]]:
+) -> Iterator[tuple[UUID, str | None, Candidate]]:
     """Ready runs, in claim order, until ``chosen`` (filled by the caller) holds ``limit`` runs.
 
     Pages through candidates so that runs skipped for a busy key never hide the ones behind them,
@@ -247,15 +304,16 @@ def _each_candidate(
             alias, queues, limit - len(chosen), lock=lock, seen=seen, keys_done=keys_done
         )
     ):
-        for _priority, _run_after, run_id, key in batch:
+        for candidate in batch:
             if len(chosen) == limit:
                 return
+            run_id, key = candidate.id, candidate.concurrency_key
             seen.add(run_id)
             if key is not None:
                 if key in keys_done:
                     continue
                 keys_done.add(key)
-            yield run_id, key
+            yield run_id, key, candidate
 
 
 # -- claimed rows as runs ------------------------------------------------------------------------
@@ -280,6 +338,12 @@ _CLAIMED_FIELDS = [field for field in Run._meta.concrete_fields if field.name no
 _CLAIMED_NAMES = frozenset(str(field.attname) for field in _CLAIMED_FIELDS)
 _COLUMNS: dict[str, str] = {}
 _CONVERTERS: dict[str, list[tuple[int, list[Any], Any]]] = {}
+
+
+def _claimed_names(alias: str) -> str:
+    """The claimed columns as a ``claimed`` CTE returns them (unqualified)."""
+    quote = connections[alias].ops.quote_name
+    return ", ".join(quote(str(field.column)) for field in _CLAIMED_FIELDS)
 
 
 def _claimed_columns(alias: str) -> str:

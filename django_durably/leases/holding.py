@@ -7,8 +7,9 @@ old attempt of a run that has not noticed its loss yet beside a new claim of the
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 from uuid import UUID
@@ -17,14 +18,16 @@ from django.db import connections, transaction
 from django.db.models import BooleanField, ExpressionWrapper, Q
 
 from django_durably.database import db_alias
-from django_durably.exceptions import DurablyInterrupt, JobCancelled, LeaseLost
+from django_durably.exceptions import AttemptEnded, DurablyInterrupt, JobCancelled, LeaseLost
 from django_durably.leases.statements import PROBE_SQL, cursor_for, lease_expiry
-from django_durably.models import DatabaseNow, Run, RunStatus
+from django_durably.leases.writes import record_attempt
+from django_durably.models import AttemptOutcome, DatabaseNow, Run, RunStatus
 from django_durably.notifications import notify_ready
 
-LeaseState = Literal["held", "cancelled", "lost", "finished"]
+LeaseState = Literal["held", "cancelled", "lost", "finished", "timed_out"]
 """What became of a lease: still ``held``; the run was ``cancelled`` under it; it ``finished`` the
-run (completed or failed); or it was ``lost`` (expired, reclaimed, resumed, deleted)."""
+run (completed or failed); it was ``lost`` (expired, reclaimed, resumed, deleted); or the worker
+ended the attempt because it ran past its timeout (``timed_out``, known only to that process)."""
 
 
 class CancelFeed(Protocol):
@@ -57,6 +60,18 @@ class LeaseHandle:
     state: LeaseState = "held"
     confirmed_at: float = field(default_factory=time.monotonic)
     feed: CancelFeed | None = None
+    limits: Any = None
+    """The attempt's timeouts and retry policies (``timeouts.AttemptLimits``), set by the executor."""
+    wake_keeper: Callable[[], None] | None = field(default=None, repr=False, compare=False)
+    """Tells the lease keeper that a timeout was set, so it wakes up in time for it."""
+    _stopped: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+        if name == "state" and value != "held":
+            stopped = self.__dict__.get("_stopped")
+            if stopped is not None:
+                stopped.set()  # wake a job waiting in place (a step retry's delay)
 
     @property
     def key(self) -> tuple[UUID, int]:
@@ -68,9 +83,22 @@ class LeaseHandle:
         process knows (no database access)."""
         if self.state == "cancelled":
             raise JobCancelled(self.run_id)
+        if self.state == "timed_out":
+            raise AttemptEnded(self.run_id)
         if self.state == "lost" or time.monotonic() >= self.deadline:
             self.state = "lost"
             raise LeaseLost(self.run_id)
+
+    def sleep(self, seconds: float) -> None:
+        """Wait ``seconds`` in place while the lease is kept; raise at once (as :meth:`check`) when
+        the run is cancelled, the lease lost or the attempt ended on time meanwhile."""
+        until = time.monotonic() + seconds
+        while True:
+            self.check()
+            remaining = min(until, self.deadline) - time.monotonic()
+            if remaining <= 0 and time.monotonic() >= until:
+                return
+            self._stopped.wait(max(remaining, 0.0))
 
     def confirm(self, sent_at: float) -> None:
         """A statement sent at ``sent_at`` found the lease held."""
@@ -135,7 +163,8 @@ def renew(
 
 
 def release(run_id: UUID, generation: int) -> bool:
-    """Hand a run back at once (its lease expires now) so any worker can claim it immediately.
+    """Hand a run back at once (its lease expires now) so any worker can claim it immediately, and
+    record the attempt as handed back (not counted against its retry policy).
 
     Completed checkpoints are kept. Guarded by generation: a no-op if the lease was lost already.
     """
@@ -147,6 +176,9 @@ def release(run_id: UUID, generation: int) -> bool:
             .update(lease_expires_at=DatabaseNow(), updated_at=DatabaseNow())
         )
         if released:
+            record_attempt(alias, run_id, AttemptOutcome.RELEASED)
+            # No owner: the claim that takes it next knows it was handed back, not lost.
+            Run.objects.using(alias).filter(pk=run_id).update(lease_owner="")
             queue = Run.objects.using(alias).filter(pk=run_id).values_list("queue", flat=True)
             notify_ready(alias, queue)
     return released

@@ -9,7 +9,8 @@ and checks that they agree:
 * the lease holder's guard: :meth:`~django_durably.models.RunQuerySet.held_by` and
   :data:`HELD_BY_SQL`;
 * what a claim writes: :func:`lease_fields` and :data:`LEASE_SET_SQL`;
-* what ending a run writes: :func:`ended_fields` and the ``SET`` of :data:`FINISH_SQL`.
+* what ending a run writes: :func:`ended_fields`, :func:`retry_fields` and the ``SET`` of
+  :data:`FINISH_SQL`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from django.db.models import DateTimeField, ExpressionWrapper, F, Value
+from django.db.models import Case, DateTimeField, ExpressionWrapper, F, Q, Value, When
 from django.db.models.expressions import CombinedExpression
 from django.db.models.functions import Coalesce
 
@@ -60,6 +61,11 @@ def lease_fields(worker_id: str, seconds: float) -> dict[str, Any]:
         "status": RunStatus.LEASED,
         "lease_generation": F("lease_generation") + 1,
         "attempt": F("attempt") + 1,
+        "attempt_started_at": DatabaseNow(),
+        # Reclaiming a lease its worker stopped renewing: that attempt counts (handed-back runs,
+        # whose owner is cleared, do not). Every expression here reads the row as it was.
+        "failed_attempts": F("failed_attempts")
+        + Case(When(Q(status=RunStatus.LEASED) & ~Q(lease_owner=""), then=1), default=0),
         "lease_owner": worker_id,
         "lease_expires_at": lease_expiry(seconds),
         "started_at": Coalesce(F("started_at"), DatabaseNow()),
@@ -75,6 +81,9 @@ LEASE_SET_SQL = """
     status = 'leased',
     lease_generation = run.lease_generation + 1,
     attempt = run.attempt + 1,
+    attempt_started_at = statement_timestamp(),
+    failed_attempts = run.failed_attempts
+        + CASE WHEN run.status = 'leased' AND run.lease_owner <> '' THEN 1 ELSE 0 END,
     lease_owner = %s,
     lease_expires_at = statement_timestamp() + make_interval(secs => %s),
     started_at = COALESCE(run.started_at, statement_timestamp()),
@@ -93,37 +102,90 @@ def ended_fields(status: str) -> dict[str, Any]:
         "status": status,
         "completed_at": DatabaseNow(),
         "lease_expires_at": None,
+        "retry_at": None,
         "updated_at": DatabaseNow(),
     }
 
 
-# Ending runs on PostgreSQL: one statement for any number of runs (a worker records the runs its
-# slots finished together), each row guarded by its own generation. The ``SET`` is
-# ``ended_fields`` plus the output of a completed run or the error of a failed one.
+# Ending attempts on PostgreSQL: one statement for any number of runs (a worker records the runs
+# its slots finished together), each row guarded by its own generation, and the attempt's history
+# row inserted by the same statement (so the history never disagrees with the run). An ending's
+# ``status`` is where the run goes: ``completed`` (``value`` is the output), ``failed`` (``value`` is
+# the error) or ``pending`` (a retry: ``value`` is the error, due ``delay`` seconds from now by the
+# database clock). ``counted`` adds to ``failed_attempts``; ``bump`` to the generation (an attempt
+# ended on time: its thread may still be running, and must be fenced out for good). The ``SET``
+# restates ``ended_fields`` and ``retry_fields``.
 FINISH_SQL = (
     """
-UPDATE durably_run run SET
-    status = ending.status,
-    output = CASE WHEN ending.status = 'completed' THEN ending.value ELSE run.output END,
-    error = CASE WHEN ending.status = 'failed' THEN ending.value ELSE run.error END,
-    completed_at = statement_timestamp(),
-    lease_expires_at = NULL,
-    updated_at = statement_timestamp()
-FROM (VALUES {rows}) AS ending (id, generation, status, value)
-WHERE run.id = ending.id AND """
+WITH ending (id, generation, status, outcome, value, delay, counted, bump) AS (VALUES {rows}),
+ended AS (
+    UPDATE durably_run run SET
+        status = ending.status,
+        output = CASE WHEN ending.status = 'completed' THEN ending.value ELSE run.output END,
+        error = CASE WHEN ending.status = 'completed' THEN run.error ELSE ending.value END,
+        completed_at = CASE WHEN ending.status = 'pending' THEN NULL ELSE statement_timestamp() END,
+        run_after = CASE WHEN ending.status = 'pending'
+            THEN statement_timestamp() + make_interval(secs => ending.delay)
+            ELSE run.run_after END,
+        retry_at = CASE WHEN ending.status = 'pending'
+            THEN statement_timestamp() + make_interval(secs => ending.delay) END,
+        failed_attempts = run.failed_attempts + ending.counted,
+        lease_generation = run.lease_generation + ending.bump,
+        lease_expires_at = NULL,
+        updated_at = statement_timestamp()
+    FROM ending
+    WHERE run.id = ending.id AND """  # noqa: S608 - constants only
     + HELD_BY_SQL.format(generation="ending.generation")
     + """
-RETURNING run.id
+    RETURNING run.id, run.attempt, run.lease_owner, run.attempt_started_at, run.retry_at,
+        ending.outcome, CASE WHEN ending.status = 'completed' THEN NULL ELSE ending.value END AS error
+), recorded AS (
+    INSERT INTO durably_runattempt
+        (run_id, number, worker, started_at, ended_at, outcome, error, retry_at)
+    SELECT id, attempt, lease_owner, attempt_started_at, statement_timestamp(), outcome, error,
+        retry_at
+    FROM ended
+)
+SELECT id, retry_at FROM ended
 """
 )
-FINISH_ROW = "(%s::uuid, %s::bigint, %s, %s::jsonb)"
+FINISH_ROW = "(%s::uuid, %s::bigint, %s, %s, %s::jsonb, %s::float8, %s::integer, %s::bigint)"
+
+
+def retry_fields(delay: float) -> dict[str, Any]:
+    """What a retry writes besides the error, for the ORM (SQLite): pending again, due ``delay``
+    seconds from now by the database clock, the lease cleared."""
+    due = lease_expiry(delay)
+    return {
+        "status": RunStatus.PENDING,
+        "run_after": due,
+        "retry_at": due,
+        "completed_at": None,
+        "lease_expires_at": None,
+        "updated_at": DatabaseNow(),
+    }
+
+
+# SQLite's clock as ``models.DatabaseNow`` writes it (escaped for a statement with parameters).
+SQLITE_NOW = "(STRFTIME('%%Y-%%m-%%d %%H:%%M:%%f', 'NOW') || '000')"
+
+# The attempt history row of a run's current attempt, from the run's own columns (the ended time,
+# then the parameters: the worker if not the run's owner, outcome, error, and the run id), returning when the run is due again if it
+# goes back to pending (SQLite has ``RETURNING`` since 3.35).
+RECORD_ATTEMPT_SQL = """
+INSERT INTO durably_runattempt (run_id, number, worker, started_at, ended_at, outcome, error, retry_at)
+SELECT id, attempt, COALESCE(%s, lease_owner), attempt_started_at, {now}, %s, {error}, retry_at
+FROM durably_run WHERE id = %s
+RETURNING retry_at
+"""
 
 
 # -- a completed step --------------------------------------------------------------------------------
 
 # The guarded counter update and the step's insert in one statement (one round trip, one
 # transaction). No row inserted means the guard refused. Parameters: the next step index, the run,
-# the generation, then the step's index, name, attempt, output, started and completed times.
+# the generation, then the step's index, name, attempt, step attempt, output, started and completed
+# times.
 PERSIST_STEP_SQL = (
     """
 WITH held AS (
@@ -137,8 +199,8 @@ WITH held AS (
     RETURNING run.id
 )
 INSERT INTO durably_step
-    (run_id, "index", name, status, attempt, output, error, started_at, completed_at)
-SELECT id, %s, %s, 'completed', %s, %s::jsonb, NULL, %s, %s FROM held
+    (run_id, "index", name, status, attempt, step_attempt, output, error, started_at, completed_at)
+SELECT id, %s, %s, 'completed', %s, %s, %s::jsonb, NULL, %s, %s FROM held
 RETURNING id
 """
 )
@@ -162,14 +224,15 @@ INSERT_RUNS_SQL = """
 WITH created AS (
     INSERT INTO durably_run (
         id, job_name, queue, priority, status, input, output, error, idempotency_key,
-        concurrency_key, labels, progress, run_after, attempt, current_step_index,
-        completed_step_count, lease_owner, lease_expires_at, lease_generation, started_at,
-        completed_at
+        concurrency_key, labels, progress, run_after, attempt, failed_attempts,
+        attempt_started_at, retry_at, current_step_index, completed_step_count, lease_owner,
+        lease_expires_at, lease_generation, started_at, completed_at
     )
     SELECT
         item.id, %s, item.queue, item.priority, 'pending', item.input::jsonb, NULL, NULL,
         item.idempotency_key, item.concurrency_key, item.labels::jsonb, NULL,
-        COALESCE(item.run_after, STATEMENT_TIMESTAMP()), 0, 0, 0, '', NULL, 0, NULL, NULL
+        COALESCE(item.run_after, STATEMENT_TIMESTAMP()), 0, 0, NULL, NULL, 0, 0, '', NULL, 0,
+        NULL, NULL
     FROM unnest(
         %s::uuid[], %s::text[], %s::integer[], %s::text[], %s::text[], %s::text[], %s::text[],
         %s::timestamptz[]
@@ -196,7 +259,10 @@ WHERE (
 # compares the two on the same data.
 CLAIM_UNTIL_A_KEY_SQL = """
 WITH pending AS (
-    SELECT id, concurrency_key, priority, run_after FROM durably_run
+    SELECT id, concurrency_key, priority, run_after, NULL AS lost_owner,
+           NULL::integer AS lost_attempt, NULL::timestamptz AS lost_started,
+           NULL::timestamptz AS lost_at
+    FROM durably_run
     WHERE status = 'pending' AND run_after <= statement_timestamp() {queue_filter}
       AND (concurrency_key IS NULL OR NOT EXISTS (
           SELECT 1 FROM durably_run busy
@@ -205,7 +271,10 @@ WITH pending AS (
     ORDER BY priority DESC, run_after, id
     LIMIT {limit} FOR UPDATE SKIP LOCKED
 ), expired AS (
-    SELECT id, concurrency_key, priority, run_after FROM durably_run
+    SELECT id, concurrency_key, priority, run_after, lease_owner AS lost_owner,
+           attempt AS lost_attempt, attempt_started_at AS lost_started,
+           lease_expires_at AS lost_at
+    FROM durably_run
     WHERE status = 'leased' AND lease_expires_at <= statement_timestamp() {queue_filter}
       AND (concurrency_key IS NULL OR NOT EXISTS (
           SELECT 1 FROM durably_run busy
@@ -214,27 +283,46 @@ WITH pending AS (
     ORDER BY priority DESC, run_after, id
     LIMIT {limit} FOR UPDATE SKIP LOCKED
 ), ranked AS (
-    SELECT id, concurrency_key,
+    SELECT id, concurrency_key, lost_owner, lost_attempt, lost_started, lost_at,
            row_number() OVER (ORDER BY priority DESC, run_after, id) AS position
     FROM (SELECT * FROM pending UNION ALL SELECT * FROM expired) candidates
 ), first_keyed AS (
     SELECT min(position) AS position FROM ranked WHERE concurrency_key IS NOT NULL
 ), picked AS (
-    SELECT id FROM ranked
+    SELECT * FROM ranked
     WHERE position <= {limit}
       AND position < COALESCE((SELECT position FROM first_keyed), {limit} + 1)
-)
-UPDATE durably_run run SET {lease_set}
-FROM picked
-WHERE run.id = picked.id
-RETURNING {columns}, (SELECT position IS NOT NULL FROM first_keyed) AS keyed_waiting
+), claimed AS (
+    UPDATE durably_run run SET {lease_set}
+    FROM picked
+    WHERE run.id = picked.id
+    RETURNING {columns}, picked.lost_owner, picked.lost_attempt, picked.lost_started, picked.lost_at
+){record_lost}
+SELECT {names}, (SELECT position IS NOT NULL FROM first_keyed) AS keyed_waiting FROM claimed
 """
 
 # Leasing the runs the keyed claim chose and locked, returning what the claim wrote.
 LEASE_CHOSEN_SQL = """
-UPDATE durably_run run SET {lease_set}
-WHERE run.id = ANY(%s)
-RETURNING {columns}
+WITH chosen AS (
+    SELECT id, CASE WHEN status = 'leased' THEN lease_owner END AS lost_owner,
+           attempt AS lost_attempt, attempt_started_at AS lost_started, lease_expires_at AS lost_at
+    FROM durably_run WHERE id = ANY(%s)
+), claimed AS (
+    UPDATE durably_run run SET {lease_set}
+    FROM chosen
+    WHERE run.id = chosen.id
+    RETURNING {columns}, chosen.lost_owner, chosen.lost_attempt, chosen.lost_started, chosen.lost_at
+){record_lost}
+SELECT {names} FROM claimed
 """
+
+# Both claims: the history row of each attempt whose worker was lost (a reclaimed lease whose owner
+# had not handed it back), written by the claim that found it. Parameter: the error recorded.
+RECORD_LOST_SQL = """, lost AS (
+    INSERT INTO durably_runattempt
+        (run_id, number, worker, started_at, ended_at, outcome, error, retry_at)
+    SELECT id, lost_attempt, lost_owner, lost_started, lost_at, 'lost', %s::jsonb, NULL
+    FROM claimed WHERE lost_owner <> ''
+)"""
 
 KEY_LOCK_SQL = "SELECT pg_try_advisory_xact_lock(%s)"

@@ -11,25 +11,41 @@ caller why. Starting with the write takes the row lock (PostgreSQL) or the datab
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 from uuid import UUID
 
+from django.conf import settings
 from django.db import connections, transaction
 from django.db.models import F
+from django.utils import timezone
 
 from django_durably.database import db_alias
 from django_durably.leases.statements import (
     FINISH_ROW,
     FINISH_SQL,
     PERSIST_STEP_SQL,
+    RECORD_ATTEMPT_SQL,
+    SQLITE_NOW,
     cursor_for,
     ended_fields,
     jsonb,
+    retry_fields,
 )
-from django_durably.models import DatabaseNow, Run, RunLog, RunQuerySet, RunStatus, Step, StepStatus
+from django_durably.models import (
+    AttemptOutcome,
+    DatabaseNow,
+    Run,
+    RunLog,
+    RunQuerySet,
+    RunStatus,
+    Step,
+    StepStatus,
+)
+from django_durably.serialization import dump
 from django_durably.types import JSON, LogLevel
 
 # -- steps ---------------------------------------------------------------------------------------
@@ -45,6 +61,7 @@ def persist_completed_step(
     output: JSON,
     started_at: datetime,
     completed_at: datetime,
+    step_attempt: int = 1,
 ) -> bool:
     """Insert a completed step and advance the run's step counters, atomically, if this lease still
     holds the run. Returns whether it did; raises ``IntegrityError`` if the step name already has a
@@ -61,6 +78,7 @@ def persist_completed_step(
                     index,
                     name,
                     attempt,
+                    step_attempt,
                     jsonb(output),
                     started_at,
                     completed_at,
@@ -75,6 +93,7 @@ def persist_completed_step(
             name=name,
             status=StepStatus.COMPLETED,
             attempt=attempt,
+            step_attempt=step_attempt,
             output=output,
             started_at=started_at,
             completed_at=completed_at,
@@ -94,20 +113,47 @@ def persist_failed_step(
     error: dict[str, str],
     started_at: datetime,
     completed_at: datetime,
+    step_attempt: int = 1,
 ) -> bool:
-    """Insert a failed step if this lease still holds the run; return whether it did."""
+    """Insert a failed step (try ``step_attempt`` of its function) if this lease still holds the
+    run; return whether it did."""
     return _guarded_insert(
         Run.objects.using(db_alias()).held_by(run_id, generation),
-        Step(
-            run_id=run_id,
+        failed_step(
+            run_id,
             index=index,
             name=name,
-            status=StepStatus.FAILED,
             attempt=attempt,
+            step_attempt=step_attempt,
             error=error,
             started_at=started_at,
             completed_at=completed_at,
         ),
+    )
+
+
+def failed_step(
+    run_id: UUID,
+    *,
+    index: int,
+    name: str,
+    attempt: int,
+    step_attempt: int,
+    error: dict[str, str],
+    started_at: datetime,
+    completed_at: datetime,
+) -> Step:
+    """The row of a failed try of a step (unsaved)."""
+    return Step(
+        run_id=run_id,
+        index=index,
+        name=name,
+        status=StepStatus.FAILED,
+        attempt=attempt,
+        step_attempt=step_attempt,
+        error=error,
+        started_at=started_at,
+        completed_at=completed_at,
     )
 
 
@@ -192,46 +238,141 @@ def _guarded_insert(guard: RunQuerySet, row: Step | RunLog, **run_changes: Any) 
     return bool(held)
 
 
-# -- the run's end ---------------------------------------------------------------------------------
+# -- the attempt's end -----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class FinishRow:
-    """One run's end to write under its lease (a row of :func:`finish`): ``value`` is the output of
-    a completed run or the error of a failed one."""
+    """One attempt's end to write under its lease (a row of :func:`finish`).
+
+    ``status`` is where the run goes: ``completed`` (``value`` is the output), ``failed`` (``value``
+    is the error) or ``pending`` to be tried again in ``retry_delay`` seconds (``value`` is the
+    error). ``outcome`` is what the attempt's history row says (by default: ``completed``, or
+    ``failed``); ``counted`` whether the attempt counts against the retry policy (by default: a
+    failure does); ``bump_generation`` fences out for good a thread that may still be running (an
+    attempt ended on time)."""
 
     run_id: UUID
     generation: int
-    status: Literal[RunStatus.COMPLETED, RunStatus.FAILED]
+    status: Literal[RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.PENDING]
     value: JSON | dict[str, str]
+    outcome: AttemptOutcome | None = None
+    retry_delay: float = 0.0
+    counted: bool | None = None
+    bump_generation: bool = False
+
+    @property
+    def attempt_outcome(self) -> AttemptOutcome:
+        if self.outcome is not None:
+            return self.outcome
+        if self.status == RunStatus.COMPLETED:
+            return AttemptOutcome.COMPLETED
+        return AttemptOutcome.FAILED
+
+    @property
+    def counts(self) -> bool:
+        if self.counted is not None:
+            return self.counted
+        return self.attempt_outcome in (AttemptOutcome.FAILED, AttemptOutcome.TIMED_OUT)
 
 
-def finish(rows: Sequence[FinishRow]) -> set[UUID]:
-    """Record each run's end (completed with its output, or failed with its error) if its lease still
-    holds the run, all in one transaction; return the ids of the runs recorded. A run left out was
-    cancelled, or its lease was lost (``holding.refusal`` tells which)."""
+def finish(
+    rows: Sequence[FinishRow], *, also: Callable[[str], None] | None = None
+) -> dict[UUID, Any]:
+    """Record each attempt's end if its lease still holds the run, with the attempt's history row,
+    all in one transaction (one statement on PostgreSQL); return the ids of the runs recorded, each
+    with its ``retry_at`` (``None`` unless it goes back to pending). A run left out was cancelled, or
+    its lease was lost (``holding.refusal`` tells which).
+
+    ``also(alias)`` runs in the same transaction after the ends were written, when at least one
+    was (an attempt ended on time records its timed-out step this way)."""
     if not rows:
-        return set()
+        return {}
     alias = db_alias()
+    won: dict[UUID, Any] = {}
     if connections[alias].vendor == "postgresql":
         params: list[Any] = []
         for row in rows:
-            params += [row.run_id, row.generation, row.status.value, jsonb(row.value)]
+            params += [
+                row.run_id,
+                row.generation,
+                row.status.value,
+                row.attempt_outcome.value,
+                jsonb(row.value),
+                float(row.retry_delay),
+                int(row.counts),
+                int(row.bump_generation),
+            ]
         sql = FINISH_SQL.format(rows=", ".join([FINISH_ROW] * len(rows)))
-        with cursor_for(alias) as cursor:
-            cursor.execute(sql, params)
-            return {row[0] for row in cursor.fetchall()}
-    won: set[UUID] = set()
+        with contextlib.nullcontext() if also is None else transaction.atomic(using=alias):
+            with cursor_for(alias) as cursor:
+                cursor.execute(sql, params)
+                won.update(cursor.fetchall())
+            if won and also is not None:
+                also(alias)
+        return won
     with transaction.atomic(using=alias):
         for row in rows:
-            column = "output" if row.status == RunStatus.COMPLETED else "error"
-            if (
-                Run.objects.using(alias)
-                .held_by(row.run_id, row.generation)
-                .update(**ended_fields(row.status), **{column: row.value})
-            ):
-                won.add(row.run_id)
+            if _finish_one(alias, row):
+                won[row.run_id] = record_attempt(
+                    alias,
+                    row.run_id,
+                    row.attempt_outcome,
+                    None if row.status == RunStatus.COMPLETED else row.value,
+                )
+        if won and also is not None:
+            also(alias)
     return won
+
+
+def _finish_one(alias: str, row: FinishRow) -> bool:
+    """SQLite: one run's end (the caller adds its history row)."""
+    if row.status == RunStatus.PENDING:
+        fields = {**retry_fields(row.retry_delay), "error": row.value}
+    else:
+        column = "output" if row.status == RunStatus.COMPLETED else "error"
+        fields = {**ended_fields(row.status), column: row.value}
+    if row.counts:
+        fields["failed_attempts"] = F("failed_attempts") + 1
+    if row.bump_generation:
+        fields["lease_generation"] = F("lease_generation") + 1
+    return bool(Run.objects.using(alias).held_by(row.run_id, row.generation).update(**fields))
+
+
+def record_attempt(
+    alias: str,
+    run_id: UUID,
+    outcome: AttemptOutcome,
+    error: JSON | dict[str, str] | None = None,
+    *,
+    worker: str | None = None,
+) -> datetime | None:
+    """Insert the history row of the run's current attempt (number, worker and start from the run
+    as it is now), ended now by the database clock; for the caller's transaction, after the write
+    that ended the attempt. ``worker`` is who held the attempt when the write cleared the run's
+    owner (a hand back). Returns the run's ``retry_at``."""
+    connection = connections[alias]
+    if connection.vendor == "postgresql":
+        sql = RECORD_ATTEMPT_SQL.format(now="statement_timestamp()", error="%s::jsonb")
+    else:
+        sql = RECORD_ATTEMPT_SQL.format(now=SQLITE_NOW, error="%s")
+    with connection.cursor() as cursor:
+        cursor.execute(
+            sql,
+            [
+                worker,
+                outcome.value,
+                None if error is None else dump(error),
+                Run._meta.pk.get_db_prep_value(run_id, connection),
+            ],
+        )
+        found = cursor.fetchone()
+    if found is None or found[0] is None:
+        return None
+    value: datetime = Run._meta.get_field("retry_at").to_python(found[0])
+    if settings.USE_TZ and timezone.is_naive(value):
+        value = timezone.make_aware(value, UTC)
+    return value
 
 
 def complete(run_id: UUID, generation: int, output: JSON) -> bool:

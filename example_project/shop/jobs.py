@@ -3,19 +3,21 @@
 Each ``step.run(name, fn, ...)`` is a checkpoint: once a step completed, a later attempt of the same
 run returns its stored output instead of calling ``fn`` again. Step functions below are idempotent
 (upserts, gateway idempotency keys), because a worker can die after ``fn`` returns but before the
-checkpoint is written, and then the step runs once more.
+checkpoint is written, and then the step runs once more. That also makes them safe to retry:
+``send_invoices`` retries a charge the gateway could not take, and the whole run after an outage.
 """
 
 from __future__ import annotations
 
 import zlib
+from datetime import timedelta
 from typing import Any
 
 from django.db import transaction
 from django.utils import timezone
 from pydantic import BaseModel, Field
 
-from django_durably import StepContext, current_context, job
+from django_durably import NonRetryable, Retry, StepContext, current_context, job
 from shop import gateway
 from shop.models import Invoice, Product
 
@@ -138,15 +140,39 @@ def draft_invoices(batch: str, customers: list[str]) -> list[dict[str, Any]]:
     return drafted
 
 
+# A charge the gateway could not take (HTTP 503) is tried again 0.25 s, then 0.5 s later (less up
+# to half of it as jitter): delays this short are waited in place, the worker keeping the lease.
+# Only the gateway's "try again later" is retried; any other error fails the step at once.
+CHARGE_RETRY = Retry(
+    max_attempts=3,
+    initial_delay=0.25,
+    backoff=2.0,
+    max_delay=5.0,
+    retry_on=(gateway.GatewayUnavailable,),
+)
+
+# An outage that outlasts a charge's tries fails the attempt; the run is then tried again later
+# (2 s, then 4 s, less up to half of it as jitter), replaying the invoices already charged. Seconds
+# so that the demo stays short: a real shop would wait minutes (initial_delay=60, max_delay=3600).
+INVOICE_RUN_RETRY = Retry(max_attempts=3, initial_delay=2.0, backoff=2.0)
+
+
 def charge_invoice(number: str) -> dict[str, Any]:
-    """Charge one invoice through the gateway; an invoice already paid is not charged again."""
+    """Charge one invoice through the gateway; an invoice already paid is not charged again.
+
+    A declined card is raised as :class:`~django_durably.NonRetryable`: asking again would get the
+    same answer, so neither the step nor the run is tried again, whatever their policies say.
+    """
     invoice = Invoice.objects.get(number=number)
     if invoice.status != Invoice.Status.PAID:
-        invoice.gateway_ref = gateway.charge(
-            customer=invoice.customer,
-            amount_cents=invoice.amount_cents,
-            idempotency_key=invoice.number,
-        )
+        try:
+            invoice.gateway_ref = gateway.charge(
+                customer=invoice.customer,
+                amount_cents=invoice.amount_cents,
+                idempotency_key=invoice.number,
+            )
+        except gateway.CardDeclined as exc:
+            raise NonRetryable(f"{invoice.number}: {exc}") from exc
         invoice.status = Invoice.Status.PAID
         invoice.paid_at = timezone.now()
         invoice.save(update_fields=["gateway_ref", "status", "paid_at"])
@@ -157,24 +183,41 @@ def charge_invoice(number: str) -> dict[str, Any]:
     name="shop.send_invoices",
     queue="billing",
     concurrency_key=lambda request: f"invoices:{request.batch}",
+    retry=INVOICE_RUN_RETRY,
+    timeout=timedelta(minutes=10),  # per attempt: a batch that hangs is ended and retried
 )
 def send_invoices(step: StepContext, input: InvoiceBatch) -> InvoiceBatchResult:
     """Draft a batch of invoices, then charge each one in its own step ``charge-<number>``.
 
-    If the gateway goes down half-way, the run fails with the charged invoices' steps completed.
-    Resuming it later charges only the remaining invoices.
+    A gateway hiccup is retried within the charge step (``CHARGE_RETRY``). An outage that outlasts
+    it fails the attempt, and the run is tried again later (``INVOICE_RUN_RETRY``), replaying the
+    invoices already charged. A declined card fails the run at once; once the customer has updated
+    their card, resuming the run charges only the invoices that are left.
     """
     invoices = step.run("draft", draft_invoices, input.batch, input.customers)
     total = 0
     for done, invoice in enumerate(invoices):
         try:
-            step.run(f"charge-{invoice['number']}", charge_invoice, invoice["number"])
+            step.run(
+                f"charge-{invoice['number']}",
+                charge_invoice,
+                invoice["number"],
+                retry=CHARGE_RETRY,
+                timeout=30,  # seconds per call of charge_invoice
+            )
         except gateway.GatewayUnavailable:
-            step.log.error(
-                "payment gateway unavailable; resume this run once it is back",
+            step.log.warning(
+                "payment gateway unavailable; the run's retry policy decides what comes next",
                 invoice=invoice["number"],
                 charged=done,
                 remaining=len(invoices) - done,
+            )
+            raise
+        except NonRetryable as exc:
+            step.log.error(
+                "card declined; resume this run once the customer has updated their card",
+                invoice=invoice["number"],
+                reason=str(exc.__cause__ or exc),
             )
             raise
         total += invoice["amount_cents"]

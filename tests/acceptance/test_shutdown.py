@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from django_durably.models import Run
+from django_durably.models import Run, RunAttempt
 from tests import jobs
 from tests.acceptance.processes import (
     WorkerProcess,
@@ -83,11 +83,14 @@ def test_second_sigterm__hands_the_run_back_for_another_worker_at_once(
     assert "exiting: 1 claimed, 1 released\n" in a.log()
 
     handed = Run.objects.get(pk=run.pk)
+    # No owner: handed back, so the claim that takes it does not count the attempt as lost.
     assert (handed.status, handed.lease_generation, handed.lease_owner) == (
         "leased",
         generation,
-        "hard-a",
+        "",
     )
+    (attempt,) = RunAttempt.objects.filter(run=run.pk)
+    assert (attempt.number, attempt.worker, attempt.outcome) == (1, "hard-a", "released")
     # The lease is over by the database clock: claimable now, not in 60 seconds.
     assert Run.objects.expired().filter(pk=run.pk).exists()
 
@@ -96,5 +99,6 @@ def test_second_sigterm__hands_the_run_back_for_another_worker_at_once(
     assert time.monotonic() - handed_back_at < 60
     done = Run.objects.get(pk=run.pk)
     assert (done.attempt, done.lease_generation, done.lease_owner) == (2, generation + 1, "hard-b")
+    assert done.failed_attempts == 0
     # A was stopped inside step-0's body: that body never finished, so B ran every step.
     assert side_effects(folder) == ["step-0 attempt-2", "step-1 attempt-2"]

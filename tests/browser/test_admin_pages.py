@@ -1,5 +1,6 @@
 """What a person sees in the admin, in a real Chromium at 1280 x 800: the run list fits, times
-have seconds, labels and the original of a retriggered run are shown, and every action asks first.
+have seconds, labels, retries and the original of a retriggered run are shown, a retried run's page
+has its attempt timeline, and every action asks first.
 
 ``DURABLY_WRITE_SCREENSHOTS=1`` writes ``docs/images/admin-run-list.png`` and
 ``admin-run-page.png`` (linked from docs/howto/operate-runs-in-the-admin.md).
@@ -7,14 +8,17 @@ have seconds, labels and the original of a retriggered run are shown, and every 
 
 from __future__ import annotations
 
+import dataclasses
 import re
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
 import pytest
 from django.utils import timezone
 
-from django_durably import operations, process_until_idle
+from django_durably import Retry, operations, process_until_idle
+from django_durably.jobs import Job, register, unregister
 from django_durably.models import Run
 from tests import jobs
 from tests.factories import make_run_in
@@ -40,6 +44,40 @@ FIT = """() => {
             right: th.getBoundingClientRect().right,
         })),
         filtersRight: document.querySelector('#changelist-filter').getBoundingClientRect().right,
+    };
+}"""
+
+
+WEBHOOK_JOB = "webhooks.jobs.deliver_partner_webhook"
+RETRIED_JOB = "tests.browser.retried_three_steps"
+
+
+@pytest.fixture
+def retried_jobs() -> Iterator[dict[str, Job[Any, Any]]]:
+    """Two jobs that retry, registered until the test ends: ``webhooks.jobs.deliver_partner_webhook``
+    (``tests.jobs.noop`` with 5 attempts) and ``tests.browser.retried_three_steps``
+    (``tests.jobs.three_steps`` with 3 attempts at once and a 2-minute timeout)."""
+    definitions = {
+        WEBHOOK_JOB: dataclasses.replace(jobs.noop, name=WEBHOOK_JOB, retry=Retry(max_attempts=5)),
+        RETRIED_JOB: dataclasses.replace(
+            jobs.three_steps,
+            name=RETRIED_JOB,
+            retry=Retry(max_attempts=3, initial_delay=0, jitter=False),
+            timeout=120.0,
+        ),
+    }
+    for definition in definitions.values():
+        register(definition)
+    yield definitions
+    for name in definitions:
+        unregister(name)
+
+
+TIMELINE_OVERFLOW = """() => {
+    const timeline = document.querySelector('#attempts-group fieldset');
+    return {
+        page: Math.max(0, document.documentElement.scrollWidth - window.innerWidth),
+        timeline: Math.max(0, timeline.scrollWidth - timeline.clientWidth),
     };
 }"""
 
@@ -98,11 +136,22 @@ def a_day_of_runs() -> dict[str, Run]:
             progress={"current": 57, "total": None, "message": None},
             **at(30),
         ),
+        "retrying": make_run_in(
+            "pending",
+            job_name=WEBHOOK_JOB,
+            queue="webhooks",
+            labels={"partner": "initech"},
+            attempt=2,
+            failed_attempts=2,
+            retry_at=now + timedelta(minutes=4),
+            run_after=now + timedelta(minutes=4),
+            **at(420),
+        ),
     }
 
 
 def test_run_list__the_useful_columns_fit_at_1280px(
-    log_in, superuser, live_server, screenshot, expect
+    log_in, superuser, live_server, screenshot, expect, retried_jobs
 ):
     runs = a_day_of_runs()
     page = log_in(superuser)
@@ -128,7 +177,13 @@ def test_run_list__the_useful_columns_fit_at_1280px(
         waiting.locator(".field-labels_list").inner_text()
         == "batch=7 plan=pro region=eu-west +1 more"
     )
+    retrying = page.locator("#result_list tbody tr", has_text=str(runs["retrying"].pk)[:8])
+    retry_note = " ".join(retrying.locator(".durably-retrying").inner_text().split())
+    assert re.fullmatch(rf"retrying at {SECONDS.pattern}", retry_note), retry_note
+    assert retrying.locator(".durably-attempt").inner_text() == "attempt 2 of 5"
     assert page.locator("#changelist-filter").get_by_role("link", name="Running").is_visible()
+    retrying_filter = page.locator('#changelist-filter details[data-filter-title="retrying"]')
+    assert retrying_filter.get_by_role("link", name="Yes").is_visible()
     screenshot(page, "admin-run-list.png")
 
     page.locator("#changelist-filter").get_by_role("link", name="Running").click()
@@ -175,6 +230,55 @@ def test_run_page__a_retriggered_run_with_its_times_labels_and_original(
     assert page.locator(".field-status_display .readonly").inner_text() == "Failed"
     trail = page.locator("#audit_records-group tbody tr").first
     assert "new run" in trail.inner_text()
+
+
+def test_run_page__the_attempt_timeline_of_a_retried_run(
+    log_in, superuser, live_server, retried_jobs
+):
+    jobs.FLAGS["fail"] = "b"
+    run = retried_jobs[RETRIED_JOB].trigger({"x": 1})
+    process_until_idle(max_runs=1)  # attempt 1 fails in step b, and is to be retried at once
+    jobs.FLAGS.clear()
+    process_until_idle()  # attempt 2 replays step a and completes
+    page = log_in(superuser)
+
+    page.goto(f"{live_server.url}/admin/durably/run/{run.pk}/change/")
+
+    assert page.title().startswith(f"{RETRIED_JOB} {run.pk} (completed)")
+    assert page.locator(".field-attempt .readonly").inner_text() == "2"
+    assert page.locator(".field-retry_policy .readonly").inner_text() == (
+        "3 attempts, 0s x2 up to 600s"
+    )
+    assert page.locator(".field-timeout .readonly").inner_text() == "2 min 00 s"
+    timeline = page.locator("#attempts-group")
+    assert timeline.locator("h2").inner_text() == "ATTEMPTS"
+    headers = timeline.locator("thead th").all_inner_texts()
+    assert headers == [
+        "ATTEMPT",
+        "OUTCOME",
+        "WORKER",
+        "STARTED AT",
+        "ENDED AT",
+        "DURATION",
+        "ERROR",
+        "RETRY AT",
+    ]
+    failed, completed = timeline.locator("tbody tr").all()
+    assert failed.locator(".field-number").inner_text() == "1"
+    assert failed.locator(".field-outcome_display").inner_text() == "Failed"
+    assert failed.locator(".field-error_summary").inner_text() == (
+        "builtins.RuntimeError: step b failed on purpose"
+    )  # the traceback stays folded
+    assert SECONDS.fullmatch(failed.locator(".field-retry_at_display").inner_text())
+    assert completed.locator(".field-outcome_display").inner_text() == "Completed"
+    assert completed.locator(".field-error_summary").inner_text() == "-"
+    for row in (failed, completed):
+        assert row.locator(".field-worker_display").inner_text() not in ("", "-")
+        for field in ("started", "ended"):
+            assert SECONDS.fullmatch(row.locator(f".field-{field}").inner_text()), field
+        assert re.fullmatch(r"[\d.]+ s", row.locator(".field-duration").inner_text())
+    overflow = page.evaluate(TIMELINE_OVERFLOW)
+    assert overflow == {"page": 0, "timeline": 0}, "the page or the timeline scrolls sideways"
 
 
 def test_cancel_button__asks_first_and_can_be_taken_back(log_in, on_call, live_server):

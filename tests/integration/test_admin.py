@@ -220,6 +220,7 @@ NUL_FILTERS = [
     {"queue__exact": "re\x00ports"},
     {"status__exact": "\x00"},
     {"status": "leased\x00"},
+    {"retrying": "yes\x00"},
     {"job_name__startswith": "\x00"},
 ]
 

@@ -69,6 +69,7 @@ def test_session__staff_without_view_permission_403(make_user):
         "/runs",
         f"/runs/{run.pk}",
         f"/runs/{run.pk}/steps",
+        f"/runs/{run.pk}/attempts",
         f"/runs/{run.pk}/logs",
         "/jobs",
     ):
@@ -103,6 +104,7 @@ def test_session__every_endpoint_through_the_urlconf(operator):
         client.get(f"{BASE}/runs?job=tests.jobs.noop&label.tenant=none").status_code,
         client.get(runs).status_code,
         client.get(f"{runs}/steps").status_code,
+        client.get(f"{runs}/attempts").status_code,
         client.get(f"{runs}/logs").status_code,
         client.post(f"{runs}/cancel").status_code,
         client.post(f"{runs}/resume").status_code,
@@ -112,7 +114,7 @@ def test_session__every_endpoint_through_the_urlconf(operator):
         client.get(runs).status_code,
     ]
 
-    assert answers == [200, 200, 200, 200, 200, 200, 200, 200, 201, 204, 404]
+    assert answers == [200, 200, 200, 200, 200, 200, 200, 200, 200, 201, 204, 404]
     assert [record.action for record in AuditRecord.objects.order_by("id")] == [
         "cancel",
         "resume",
@@ -293,6 +295,7 @@ def test_openapi__served_with_every_endpoint(operator):
         ("GET", "/runs/{run_id}"): "durably_get_run",
         ("DELETE", "/runs/{run_id}"): "durably_delete_run",
         ("GET", "/runs/{run_id}/steps"): "durably_list_steps",
+        ("GET", "/runs/{run_id}/attempts"): "durably_list_attempts",
         ("GET", "/runs/{run_id}/logs"): "durably_list_logs",
         ("POST", "/runs/{run_id}/cancel"): "durably_cancel_run",
         ("POST", "/runs/{run_id}/resume"): "durably_resume_run",
@@ -378,6 +381,7 @@ def test_scope__label_filters_narrow_within_the_scope(tenants):
     [
         ("get", "/runs/{id}"),
         ("get", "/runs/{id}/steps"),
+        ("get", "/runs/{id}/attempts"),
         ("get", "/runs/{id}/logs"),
         ("post", "/runs/{id}/cancel"),
         ("post", "/runs/{id}/resume"),

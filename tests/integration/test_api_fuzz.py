@@ -162,7 +162,7 @@ def test_api_fuzz__no_server_errors_and_responses_match_the_schema(wsgi_app, cre
         # The event stream stays open while its run is unfinished; test_stream.py covers it.
         if not operation.path.endswith("/events")
     ]
-    assert len(operations) == 10
+    assert len(operations) == 11
     seen: Counter[tuple[str, int]] = Counter()
 
     for operation in operations:

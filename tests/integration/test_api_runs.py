@@ -79,6 +79,8 @@ def test_list_runs__newest_first_without_input_output_or_lease(api, operator):
         "labels",
         "progress",
         "attempt",
+        "failed_attempts",
+        "retry_at",
         "completed_step_count",
         "idempotency_key",
         "concurrency_key",
@@ -229,6 +231,7 @@ def test_list_runs__include_lease(api, operator):
         pytest.param("label.k=a&label.k=b", ["query", "label.k"], "invalid_labels", id="label-twice"),
         pytest.param("label.k=a%00", ["query", "label.k"], "invalid_labels", id="label-nul"),
         pytest.param("job=a%00", ["query", "filters", "job", 0], "string_pattern_mismatch", id="job-nul"),
+        pytest.param("retrying=maybe", ["query", "retrying"], "bool_parsing", id="retrying"),
     ],
 )  # fmt: skip
 def test_list_runs__invalid_query_422(api, operator, query, loc, kind):
@@ -286,6 +289,7 @@ def test_list_steps__in_execution_order_with_a_total(api, operator):
         "name",
         "status",
         "attempt",
+        "step_attempt",
         "output",
         "error",
         "started_at",

@@ -38,7 +38,11 @@ from tests.sql import before_first
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
-DURABLY_MIGRATIONS = ("durably.0001_initial", "durably.0002_database_now_on_sqlite")
+DURABLY_MIGRATIONS = (
+    "durably.0001_initial",
+    "durably.0002_database_now_on_sqlite",
+    "durably.0003_retries_and_attempts",
+)
 
 
 @pytest.fixture
@@ -213,7 +217,8 @@ def test_ensure_migrated__names_the_unapplied_migrations_of_an_empty_database(un
     assert (error.alias, error.unapplied_migrations) == (unmigrated, DURABLY_MIGRATIONS)
     assert str(error) == (
         f"Database {unmigrated!r} is not migrated for django-durably: migrations "
-        "durably.0001_initial, durably.0002_database_now_on_sqlite are not applied. "
+        "durably.0001_initial, durably.0002_database_now_on_sqlite, "
+        "durably.0003_retries_and_attempts are not applied. "
         f"Run `{migrate_command(unmigrated)}`."
     )
 

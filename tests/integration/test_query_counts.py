@@ -87,9 +87,9 @@ def test_a_run_on_its_first_attempt__claim_and_finish_only(db_alias):
         assert len(sql) == 2, sql  # the claim (one statement, rows returned) and the finish
     else:
         # SQLite: the two candidate lists, the conditional claim and the claimed row read back
-        # under the same write lock (BEGIN, UPDATE, SELECT, COMMIT), and the finish (BEGIN,
-        # UPDATE, COMMIT).
-        assert len(sql) == 9, sql
+        # under the same write lock (BEGIN, UPDATE, SELECT, COMMIT), and the finish with the
+        # attempt's history row (BEGIN, UPDATE, INSERT, COMMIT).
+        assert len(sql) == 10, sql
 
 
 @pytest.mark.parametrize("steps", [1, 5])
@@ -187,8 +187,9 @@ def test_record__several_ends_in_one_statement_with_each_outcome(db_alias):
     assert [o.status for o in outcomes] == ["completed", "failed", "cancelled", "lost"]
     assert [o.run_id for o in outcomes] == [done.pk, failed.pk, cancelled.pk, stolen.pk]
     assert outcomes[1].error == {"type": "E", "message": "m"}
-    # One write for all four (PostgreSQL); one transaction of guarded UPDATEs on SQLite.
-    assert len(writes(sql)) == (1 if is_postgres(db_alias) else 4), sql
+    # One write for all four (PostgreSQL); one transaction of guarded UPDATEs on SQLite, each that
+    # won followed by its attempt's history row.
+    assert len(writes(sql)) == (1 if is_postgres(db_alias) else 6), sql
     assert transactions(sql) == 1, sql
     rows = {r.pk: r for r in Run.objects.all()}
     assert (rows[done.pk].status, rows[done.pk].output) == ("completed", {"n": 1})
@@ -234,3 +235,23 @@ def test_record__stopped_runs_write_nothing(db_alias):
     assert [o.status for o in outcomes] == ["lost", "cancelled"]
     assert writes(sql) == []
     assert Run.objects.get(pk=run.pk).status == "leased"
+
+
+def test_a_retry__costs_no_more_statements_than_a_failure(db_alias, settings):
+    """Ending an attempt with a retry (pending again, due later) is the same statements as ending
+    it failed: one on PostgreSQL, the guarded update and the history row on SQLite."""
+    jobs.FLAGS["retried_later"] = RuntimeError("down")
+    settings.DURABLY_DEFAULT_RETRY = None
+    failing = jobs.retried_later.trigger(None)
+    retried = statements(db_alias, process_one)
+    assert Run.objects.get(pk=failing.pk).status == "pending"
+
+    jobs.FLAGS["retried_later"] = KeyError("gone")  # give_up_on: fails at once
+    failed = jobs.retried_later.trigger(None)
+    not_retried = statements(db_alias, process_one)
+    assert Run.objects.get(pk=failed.pk).status == "failed"
+
+    assert len(retried) == len(not_retried), (retried, not_retried)
+    assert transactions(retried) == transactions(not_retried) == 2
+    # The claim and the end (PostgreSQL); the claim, the end and its history row (SQLite).
+    assert len(writes(retried)) == (2 if is_postgres(db_alias) else 3), retried

@@ -17,6 +17,8 @@ from chaos.checker import VIOLATION_KINDS, check
 from chaos.records import (
     JOURNAL_UNAVAILABLE,
     STEP_NAMES,
+    WORKER_LOST,
+    AttemptRow,
     CancelRecord,
     Evidence,
     IdempotentTrigger,
@@ -77,6 +79,11 @@ def clean_evidence() -> Evidence:
         lease_seconds=2.0,
         grace_period=30.0,
         recovery_deadline=30.0,
+        attempts=[
+            AttemptRow(RUN_A, 1, "completed"),
+            AttemptRow(RUN_B, 1, "completed"),
+            AttemptRow(RUN_C, 1, "failed", JOURNAL_UNAVAILABLE),
+        ],
     )
 
 
@@ -157,6 +164,10 @@ def _worker_crashed(e: Evidence) -> None:
     e.workers[2].exit_code = 1
 
 
+def _attempt_history(e: Evidence) -> None:
+    e.attempts.append(AttemptRow(RUN_B, 1, "lost", WORKER_LOST))
+
+
 MUTATIONS: dict[str, Callable[[Evidence], None]] = {
     "run_not_terminal": _not_terminal,
     "run_failed": _failed,
@@ -171,6 +182,7 @@ MUTATIONS: dict[str, Callable[[Evidence], None]] = {
     "completed_run_incomplete": _completed_run_incomplete,
     "drain_cut_off": _drain_cut_off,
     "worker_crashed": _worker_crashed,
+    "attempt_history": _attempt_history,
 }
 
 
@@ -205,3 +217,20 @@ def test_checker__reports_each_violation_under_its_own_kind(kind: str):
     flagged = {name for name, count in result.counts.items() if count}
     assert flagged == {kind}, result.violations
     assert result.violations[kind]  # with an example to read
+
+
+@pytest.mark.parametrize(("lost", "violations"), [(5, 0), (4, 1)])
+def test_checker__a_run_failed_for_losing_its_workers_is_on_purpose_only_at_the_limit(
+    lost: int, violations: int
+):
+    evidence = clean_evidence()
+    _replace_run(evidence, RUN_A, status="failed", attempt=lost + 1, error_type=WORKER_LOST)
+    evidence.attempts = [a for a in evidence.attempts if a.run_id != RUN_A]
+    evidence.attempts += [AttemptRow(RUN_A, n, "lost", WORKER_LOST) for n in range(1, lost + 1)]
+    evidence.attempts.append(AttemptRow(RUN_A, lost + 1, "failed", WORKER_LOST))
+
+    result = check(evidence)
+
+    assert result.counts["run_failed"] == violations
+    assert sum(result.counts.values()) == violations
+    assert result.figures["runs_failed_for_lost_workers"] == 1

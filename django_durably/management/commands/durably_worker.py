@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from types import FrameType
@@ -150,6 +151,21 @@ class Command(BaseCommand):
         if options["verbosity"] >= 1:
             self.stdout.write(f"Worker {worker.worker_id} exiting: {summary(stats)}")
         sys.stdout.flush()
+        if stats.restart_requested:
+            self._restart()
+
+    def _restart(self) -> None:
+        """Replace this process with a fresh one running the same command: the only way to get rid
+        of threads stuck in timed-out user code (see ``Worker``). Same pid, so a supervisor sees a
+        worker that kept running."""
+        argv = (
+            [sys.executable, *sys.orig_argv[1:]] if sys.orig_argv else [sys.executable, *sys.argv]
+        )
+        logging.getLogger("django_durably.worker").warning(
+            "Restarting: %s", " ".join(argv), extra={"action": "restart"}
+        )
+        sys.stderr.flush()
+        os.execv(sys.executable, argv)  # noqa: S606 - this very command again
 
     def _check_migrated(self, alias: str) -> None:
         """Exit at once, with one line saying to run ``migrate``, when durably's migrations are

@@ -4,6 +4,8 @@ test here fails."""
 
 from __future__ import annotations
 
+import dataclasses
+import uuid
 from datetime import timedelta
 from typing import Any
 
@@ -11,18 +13,17 @@ import pytest
 from django.db import connections, transaction
 from django.db.models.functions import Now
 
-from django_durably.leases import claims
+from django_durably.leases import FinishRow, claims, writes
 from django_durably.leases.statements import (
     FINISH_ROW,
     FINISH_SQL,
     HELD_BY_SQL,
     LEASE_SET_SQL,
     cursor_for,
-    ended_fields,
     jsonb,
     lease_fields,
 )
-from django_durably.models import Run, RunStatus
+from django_durably.models import AttemptOutcome, Run, RunAttempt, RunStatus
 from tests.factories import make_run
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
@@ -32,6 +33,7 @@ COMPARED = [
     "status",
     "lease_generation",
     "attempt",
+    "failed_attempts",
     "lease_owner",
     "output",
     "error",
@@ -103,28 +105,84 @@ def test_lease_set__writes_what_lease_fields_writes(db_alias):
         assert Run.objects.get(pk=run.pk).started_at is not None
 
 
-def test_finish__writes_what_ended_fields_write(db_alias):
+ENDINGS = [
+    FinishRow(uuid.uuid4(), 2, RunStatus.COMPLETED, {"out": "1"}),
+    FinishRow(uuid.uuid4(), 2, RunStatus.FAILED, {"type": "E", "message": "m"}),
+    FinishRow(uuid.uuid4(), 2, RunStatus.PENDING, {"type": "E", "message": "m"}, retry_delay=30),
+    FinishRow(
+        uuid.uuid4(),
+        2,
+        RunStatus.PENDING,
+        {"type": "E", "message": "m", "retry": "step"},
+        outcome=AttemptOutcome.STEP_RETRY,
+        retry_delay=30,
+        counted=False,
+    ),
+    FinishRow(
+        uuid.uuid4(),
+        2,
+        RunStatus.FAILED,
+        {"type": "T", "message": "m"},
+        outcome=AttemptOutcome.TIMED_OUT,
+        bump_generation=True,
+    ),
+]
+
+
+@pytest.mark.parametrize("ending", ENDINGS, ids=lambda e: f"{e.status}-{e.attempt_outcome}")
+def test_finish__the_statement_writes_what_the_orm_writes(db_alias, ending):
+    """``FINISH_SQL`` (PostgreSQL) and the ORM's ``_finish_one`` (SQLite) end a run alike: status,
+    output or error, counters, generation, the retry time (database now + delay) and the attempt's
+    history row."""
     postgres_only(db_alias)
-    for status, value in (
-        (RunStatus.COMPLETED, {"out": 1}),
-        (RunStatus.FAILED, {"type": "E", "message": "m"}),
-    ):
-        column = "output" if status == RunStatus.COMPLETED else "error"
-        fields = {"status": RunStatus.LEASED, "lease_generation": 2, "output": None, "error": None}
-        by_orm, by_sql = twins(**fields, lease_expires_at=Now() + timedelta(seconds=60))
+    fields = {
+        "status": RunStatus.LEASED,
+        "lease_generation": 2,
+        "attempt": 3,
+        "failed_attempts": 1,
+        "lease_owner": "w",
+        "attempt_started_at": Now(),
+        "lease_expires_at": Now() + timedelta(seconds=60),
+    }
+    by_orm, by_sql = twins(**fields)
 
-        Run.objects.held_by(by_orm.pk, 2).update(**ended_fields(status), **{column: value})
-        with cursor_for(db_alias) as cursor:
-            cursor.execute(
-                FINISH_SQL.format(rows=FINISH_ROW), [by_sql.pk, 2, status.value, jsonb(value)]
-            )
-            assert [r[0] for r in cursor.fetchall()] == [by_sql.pk]
+    with transaction.atomic():
+        assert writes._finish_one(db_alias, dataclasses.replace(ending, run_id=by_orm.pk))
+        error = None if ending.status == RunStatus.COMPLETED else ending.value
+        writes.record_attempt(db_alias, by_orm.pk, ending.attempt_outcome, error)
+    with cursor_for(db_alias) as cursor:
+        cursor.execute(
+            FINISH_SQL.format(rows=FINISH_ROW),
+            [
+                by_sql.pk,
+                2,
+                ending.status.value,
+                ending.attempt_outcome.value,
+                jsonb(ending.value),
+                float(ending.retry_delay),
+                int(ending.counts),
+                int(ending.bump_generation),
+            ],
+        )
+        assert [r[0] for r in cursor.fetchall()] == [by_sql.pk]
 
-        assert row(by_sql) == row(by_orm)
-        for run in (by_orm, by_sql):
-            stored = Run.objects.get(pk=run.pk)
-            assert (stored.status, stored.lease_expires_at) == (status, None)
+    assert row(by_sql) == row(by_orm)
+    for run in (by_orm, by_sql):
+        stored = Run.objects.get(pk=run.pk)
+        assert stored.status == ending.status
+        assert stored.lease_expires_at is None
+        if ending.status == RunStatus.PENDING:
+            assert stored.completed_at is None
+            assert stored.retry_at == stored.run_after
+            assert stored.run_after - stored.updated_at == timedelta(seconds=30)
+        else:
             assert stored.completed_at is not None
+            assert stored.retry_at is None
+        (attempt,) = RunAttempt.objects.filter(run=run.pk)
+        assert (attempt.number, attempt.worker, attempt.outcome) == (3, "w", ending.attempt_outcome)
+        assert attempt.started_at == stored.attempt_started_at
+        assert attempt.error == (None if ending.status == RunStatus.COMPLETED else ending.value)
+        assert attempt.retry_at == stored.retry_at
 
 
 def test_claim_until_a_key__leases_the_orm_candidates_in_their_order(db_alias):
@@ -144,10 +202,10 @@ def test_claim_until_a_key__leases_the_orm_candidates_in_their_order(db_alias):
     alias: str = db_alias
     candidates = claims._candidates(alias, None, 20, lock=False, seen=set(), keys_done=set())
     expected: list[Any] = []
-    for _priority, _run_after, run_id, key in candidates:
-        if key is not None:
+    for candidate in candidates:
+        if candidate.concurrency_key is not None:
             break
-        expected.append(run_id)
+        expected.append(candidate.id)
 
     with transaction.atomic(using=alias):
         claimed, keyed_waiting = claims._claim_until_a_key(alias, "w", None, 20, 30.0)

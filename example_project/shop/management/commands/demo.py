@@ -1,10 +1,12 @@
 """``python example_project/manage.py demo``: trigger the shop's jobs, process them, show the runs.
 
 1. ``import_catalog`` runs to completion: many checkpointed steps, progress, logs and an output.
-2. ``send_invoices`` meets a (simulated) payment gateway outage half-way and fails. Its completed
-   steps are kept.
-3. Once the gateway is back, ``resume_run`` puts the failed run back to pending; the next attempt
-   replays the checkpointed steps and charges only the invoices that are left.
+2. ``send_invoices`` meets a bad day at the (simulated) payment gateway. A hiccup is retried
+   within the charge step, waiting in place; an outage outlasts the step's tries, so the attempt
+   fails and the run's retry policy schedules another attempt, which replays the invoices already
+   charged. Then a declined card raises ``NonRetryable``: the run fails at once, with attempts left.
+3. Once the customer has updated their card, ``resume_run`` puts the failed run back to pending; the
+   next attempt replays the checkpointed steps and charges only the invoices that are left.
 
 Everything runs in this process through ``django_durably.process_until_idle()``, the same entry
 point a cron job or a serverless function would use. Run with ``-v 2`` to see django-durably's logs.
@@ -14,11 +16,14 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import uuid
+from datetime import datetime
 from typing import Any
 
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
+from django.utils import timezone
 
 from django_durably import Run, process_until_idle, resume_run
 from shop import gateway
@@ -26,7 +31,12 @@ from shop.jobs import import_catalog, send_invoices
 from shop.models import Invoice, Product
 
 CUSTOMERS = ["Acme Corp", "Globex", "Initech", "Umbrella", "Hooli", "Stark Industries"]
-OUTAGE_AFTER_CHARGES = 3
+# The gateway's bad day, by call number (1 is the first charge): calls 2 and 3 answer 503 (a hiccup:
+# Globex's charge succeeds on its third try), calls 5 to 7 too (an outage: Initech's charge gives up
+# after three tries, and so does the run's first attempt), and Umbrella's card is declined.
+HICCUP_CALLS = {2, 3}
+OUTAGE_CALLS = {5, 6, 7}
+DECLINED = "Umbrella"
 
 
 class Command(BaseCommand):
@@ -63,10 +73,10 @@ class Command(BaseCommand):
         if run.status != "completed":
             raise CommandError(f"import_catalog ended {run.status}, expected completed.")
 
-    # -- 2. a job that fails half-way ----------------------------------------------------------
+    # -- 2. a job that is retried, then fails half-way ----------------------------------------
 
     def send_invoices(self, suffix: str) -> None:
-        self.heading("2. send_invoices: the payment gateway goes down half-way")
+        self.heading("2. send_invoices: a bad day at the payment gateway")
         batch = f"demo-{suffix}"
         run = send_invoices.trigger(
             {"batch": batch, "customers": CUSTOMERS},
@@ -74,23 +84,37 @@ class Command(BaseCommand):
             labels={"tenant": "acme", "source": "demo"},
         )
         self.say(f"triggered run {run.id} ({run.disposition}) for batch {batch!r}")
-        self.say(f"simulating a gateway outage after {OUTAGE_AFTER_CHARGES} charges")
-        with gateway.outage(after_charges=OUTAGE_AFTER_CHARGES):
+        self.say(
+            f"the gateway will answer 503 to calls {_calls(HICCUP_CALLS)} (a hiccup) and "
+            f"{_calls(OUTAGE_CALLS)} (an outage),\nand decline the card of {DECLINED}"
+        )
+        with gateway.trouble(unavailable_calls=HICCUP_CALLS | OUTAGE_CALLS, declined={DECLINED}):
             self.say(f"process_until_idle() processed {process_until_idle()} run(s)")
+            run = Run.objects.get(pk=run.pk)
+            self.show_run(run)
+            if run.status != "pending" or run.retry_at is None:
+                raise CommandError(f"send_invoices ended {run.status}, expected a retry.")
+            self.say(
+                "\nThe hiccup was retried within its step, waiting in place. The outage outlasted "
+                "the step's three\ntries, so attempt 1 failed and the job's retry policy put the "
+                "run back to pending."
+            )
+            self.wait_for_retry(run.retry_at)
         run = Run.objects.get(pk=run.pk)
         self.show_run(run)
         invoices = Invoice.objects.filter(batch=batch)
         paid = invoices.filter(status=Invoice.Status.PAID).count()
         self.say(f"invoices of batch {batch}: {paid} paid, {invoices.count() - paid} still draft")
-        kept = run.steps.filter(status="completed").values_list("name", flat=True)
-        if run.status != "failed" or paid != OUTAGE_AFTER_CHARGES:
+        kept = list(run.steps.filter(status="completed").values_list("name", flat=True))
+        if run.status != "failed" or run.attempt != 2 or paid != CUSTOMERS.index(DECLINED):
             raise CommandError(f"send_invoices ended {run.status}, expected failed half-way.")
         self.say(
-            f"\nThe run failed half-way and keeps its {len(kept)} completed steps "
-            f"({', '.join(kept)})."
+            f"\nAttempt 2 replayed the charged invoices, charged {CUSTOMERS[2]} at the first try, "
+            f"then {DECLINED}'s card\nwas declined: NonRetryable fails the run at once, with "
+            f"attempts left. It keeps its {len(kept)} completed steps."
         )
 
-        self.heading("3. the gateway is back: resume the failed run")
+        self.heading("3. the customer has updated their card: resume the failed run")
         result = resume_run(run.pk, actor="demo")
         self.say(f"resume_run() moved run {run.id} from {result.from_status} back to pending")
         self.say(f"process_until_idle() processed {process_until_idle()} run(s)")
@@ -103,6 +127,16 @@ class Command(BaseCommand):
         )
         if run.status != "completed" or paid != len(CUSTOMERS):
             raise CommandError(f"the resumed send_invoices ended {run.status}, expected completed.")
+
+    def wait_for_retry(self, retry_at: datetime) -> None:
+        """Wait until a run's retry is due (``retry_at``, database clock), then process it."""
+        delay = max((retry_at - timezone.now()).total_seconds(), 0.0)
+        self.say(f"\nwaiting {delay:.1f}s for the retry (process_until_idle() does not wait)")
+        time.sleep(delay)
+        deadline = time.monotonic() + 10
+        while (processed := process_until_idle()) == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)  # the database clock may be a hair behind this one
+        self.say(f"process_until_idle() processed {processed} run(s)")
 
     # -- output --------------------------------------------------------------------------------
 
@@ -130,7 +164,10 @@ class Command(BaseCommand):
         styled = self.style.SUCCESS(status) if status == "completed" else self.style.ERROR(status)
         self.say(f"\nrun {run.id}")
         self.field("job", f"{run.job_name} (queue {run.queue})")
-        self.field("status", f"{styled}, attempt {run.attempt}")
+        state = f"{styled}, attempt {run.attempt}"
+        if run.retry_at is not None:
+            state += f", retrying at {_time(run.retry_at)}"
+        self.field("status", state)
         self.field("labels", _json(run.labels))
         if run.progress:
             progress = run.progress
@@ -141,7 +178,17 @@ class Command(BaseCommand):
         self.field("steps", f"{len(steps)} ({run.completed_step_count} completed)")
         width = max((len(step.name) for step in steps), default=0)
         for step in steps:
-            self.say(f"    {step.index:>2}  {step.name:<{width}}  {step.status}")
+            self.say(
+                f"    {step.index:>2}  {step.name:<{width}}  {step.status:<9}  "
+                f"attempt {step.attempt}, try {step.step_attempt}"
+            )
+        for attempt in run.attempts.all():
+            text = f"{attempt.number} {attempt.outcome}"
+            if attempt.error:
+                text += f": {_short(attempt.error['type'])}: {attempt.error['message']}"
+            if attempt.retry_at is not None:
+                text += f"; retry at {_time(attempt.retry_at)}"
+            self.field("attempt", text)
         for line in run.logs.all():
             where = f" in {line.step_name}" if line.step_name else ""
             self.field("log", f"[{line.level}{where}] {line.message} {_json(line.data)}")
@@ -156,3 +203,17 @@ class Command(BaseCommand):
 
 def _json(value: Any) -> str:
     return json.dumps(value, sort_keys=True)
+
+
+def _time(moment: datetime) -> str:
+    """``01:27:50.139 UTC``: retries are due within seconds in this demo."""
+    return f"{moment:%H:%M:%S}.{moment.microsecond // 1000:03d} {moment.tzname()}"
+
+
+def _short(class_path: str) -> str:
+    return class_path.rpartition(".")[2]
+
+
+def _calls(numbers: set[int]) -> str:
+    low, high = min(numbers), max(numbers)
+    return f"{low} and {high}" if high == low + 1 else f"{low} to {high}"

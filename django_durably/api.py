@@ -116,6 +116,20 @@ def _page(rows: QuerySet[Any], offset: int, limit: int) -> dict[str, Any]:
     return {"count": rows.count(), "items": list(rows[offset : offset + limit])}
 
 
+def _attempt_page(run: Run, offset: int, limit: int) -> dict[str, Any]:
+    """A :func:`_page` of the run's attempt history (``Run.attempt_history``): its stored rows,
+    then the attempt that completed it, which has no row. That one is the last item, at the
+    offset of the stored rows' count, so a page past the stored rows still finds it."""
+    stored = RunAttempt.objects.using(db_alias()).filter(run_id=run.pk).order_by("number", "id")
+    page = _page(stored, offset, limit)
+    completed = run.completed_attempt()
+    if completed is not None:
+        if offset <= page["count"] < offset + limit:
+            page["items"].append(completed)
+        page["count"] += 1
+    return page
+
+
 # -- jobs --------------------------------------------------------------------------------------
 
 
@@ -246,11 +260,10 @@ def list_attempts(
     request: HttpRequest, run_id: RunId, limit: Limit = DEFAULT_PAGE_SIZE, offset: Offset = 0
 ) -> Status[Any]:
     """The run's attempt history, oldest first: each attempt's worker, times, outcome, error, and
-    when the run was scheduled to be tried again after it. The attempt in progress has no entry
-    until it ends."""
+    when the run was scheduled to be tried again after it. The attempt that completed a run is the
+    last item (read from the run). The attempt in progress has no entry until it ends."""
     run = access.permitted_run(request, run_id, "view_run")
-    attempts = RunAttempt.objects.using(db_alias()).filter(run_id=run.pk).order_by("number", "id")
-    return Status(200, _page(attempts, offset, limit))
+    return Status(200, _attempt_page(run, offset, limit))
 
 
 @router.get(

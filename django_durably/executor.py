@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Any, Literal
 from uuid import UUID
 
+from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError
 
 from django_durably import leases, signals
@@ -33,7 +34,7 @@ from django_durably.exceptions import (
     StepRetryLater,
     WorkerLost,
 )
-from django_durably.jobs import get_job
+from django_durably.jobs import Job, get_job
 from django_durably.keeper import LeaseKeeper
 from django_durably.leases import LeaseHandle
 from django_durably.limits import AttemptLimits
@@ -111,22 +112,22 @@ def run_job(run: Run, lease: LeaseHandle) -> AttemptEnd:
     ``KeyboardInterrupt`` and ``SystemExit`` hand the run back and propagate.
     """
     started = time.monotonic()
-    policy = None
+    job = None
     try:
         job = get_job(run.job_name)
-        policy = job.retry_policy
         lease.limits = AttemptLimits(
             job_name=run.job_name,
             started=started,
             run_attempt=run.attempt,
             failed_attempts=run.failed_attempts,
-            policy=policy,
+            policy_of=lambda: job.retry_policy,
             timeout=job.timeout,
             timeout_at=None if job.timeout is None else started + job.timeout,
         )
         if job.timeout is not None and lease.wake_keeper is not None:
             lease.wake_keeper()
-        _refuse_poison(run, policy)
+        if run.failed_attempts:  # a retry, or a reclaim: maybe a poison run
+            _refuse_poison(run, job.retry_policy)
         context = StepContext(
             run_id=run.pk,
             job_name=run.job_name,
@@ -165,11 +166,22 @@ def run_job(run: Run, lease: LeaseHandle) -> AttemptEnd:
             error["traceback"] = ""
         if isinstance(exc, WorkerLost):
             return AttemptEnd(run, lease, "failed", started, error=error, counted=False)
-        # No policy when the job is not registered here (or its policy could not be read): the
-        # run fails, as it did before retries, rather than retry under a guess.
+        # No policy when the job is not registered here: the run fails, as it did before
+        # retries, rather than retry under a guess.
+        policy = None if job is None else _policy(job)
         delay = None if policy is None else next_delay(policy, exc, run.failed_attempts + 1)
         return AttemptEnd(run, lease, "failed", started, error=error, retry_delay=delay)
     return AttemptEnd(run, lease, "completed", started, output=output)
+
+
+def _policy(job: Job[Any, Any]) -> Retry | None:
+    """The job's retry policy, or ``None`` (no retry) when ``DURABLY_DEFAULT_RETRY`` is not one
+    (check ``django_durably.E008`` says so at start-up)."""
+    try:
+        return job.retry_policy
+    except ImproperlyConfigured:
+        logger.exception("Job %s: no retry policy could be read; no retry.", job.name)
+        return None
 
 
 def _refuse_poison(run: Run, policy: Retry) -> None:

@@ -8,6 +8,7 @@ set up.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
@@ -37,12 +38,17 @@ class AttemptLimits:
     job_name: str
     run_attempt: int
     failed_attempts: int
-    policy: Retry
+    policy_of: Callable[[], Retry]
+    """The job's retry policy, read when an end needs it (settings may supply it)."""
     started: float
     """``time.monotonic()`` when the attempt's job started."""
     timeout: float | None = None
     timeout_at: float | None = None
     step: StepCall | None = None
+
+    @property
+    def policy(self) -> Retry:
+        return self.policy_of()
 
     def next_deadline(self) -> float | None:
         deadlines = [d for d in (self.timeout_at, self.step and self.step.timeout_at) if d]

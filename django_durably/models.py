@@ -328,6 +328,31 @@ class Run(models.Model):
     def is_finished(self) -> bool:
         return self.status in TERMINAL_STATUSES
 
+    def attempt_history(self) -> list[RunAttempt]:
+        """Every ended attempt of the run, in order: its ``RunAttempt`` rows, then, for a completed
+        run, the attempt that completed it, built from the run's own fields (number ``attempt``,
+        worker ``lease_owner``, from ``attempt_started_at`` to ``completed_at``; not saved: the run
+        is its record, so the common end of a run costs no insert). An attempt still running is not
+        in it."""
+        history = list(RunAttempt.objects.using(self._state.db).filter(run=self.pk))
+        completing = self.completed_attempt()
+        if completing is not None:
+            history.append(completing)
+        return history
+
+    def completed_attempt(self) -> RunAttempt | None:
+        """The attempt that completed the run (unsaved; see :meth:`attempt_history`), or ``None``."""
+        if self.status != RunStatus.COMPLETED or self.completed_at is None:
+            return None
+        return RunAttempt(
+            run=self,
+            number=self.attempt,
+            worker=self.lease_owner,
+            started_at=self.attempt_started_at,
+            ended_at=self.completed_at,
+            outcome=AttemptOutcome.COMPLETED,
+        )
+
 
 class Step(models.Model):
     """One attempt at a named step of a run: the checkpoint when completed."""
@@ -394,19 +419,26 @@ class AttemptOutcome(models.TextChoices):
 
 
 class RunAttempt(models.Model):
-    """One attempt of a run: from a claim to how it ended.
+    """One attempt of a run that did not complete it: from a claim to how it ended.
 
     Written by the statement that ends the attempt (the worker's end of the run, a cancel, a hand
     back, or the claim that finds the worker lost), so the history can never disagree with the run.
+    The attempt that completes a run has no row: the run is its record, and
+    :meth:`Run.attempt_history` adds it.
     """
 
     id = models.BigAutoField(primary_key=True)
+    # No database constraint: the row is inserted by the statement that ends an attempt, on the hot
+    # path, where a foreign key check would look the run up and lock it once more for each row
+    # (the run is there: the same statement has just updated it). Deleting a run deletes its
+    # attempts by the ORM's cascade, as every delete and purge of django-durably does.
     run = models.ForeignKey(
         Run,
         on_delete=models.CASCADE,
         related_name="attempts",
         verbose_name=_("run"),
         db_index=False,
+        db_constraint=False,
     )
     number = models.PositiveIntegerField(_("attempt"))
     worker = models.CharField(_("worker"), max_length=255, default="", blank=True)

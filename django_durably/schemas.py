@@ -363,9 +363,11 @@ class StepPage(Schema):
 
 
 class AttemptOut(Schema):
-    """One attempt of a run: from a worker's claim to how it ended."""
+    """One attempt of a run: from a worker's claim to how it ended.
 
-    id: int
+    No ``id``: the attempt that completed a run has no stored row (it is read from the run), and
+    nothing else names an attempt by id. ``number`` and the order of the history identify one."""
+
     number: int = Field(description="The run's attempt number (its attempt field then).")
     worker: str = Field(description="The worker that held the run during this attempt.")
     started_at: datetime | None = Field(description="When the worker started the attempt.")
@@ -385,7 +387,10 @@ class AttemptOut(Schema):
 
 
 class AttemptPage(Schema):
-    count: int = Field(description="How many attempts the run has recorded in total.")
+    count: int = Field(
+        description="How many attempts of the run have ended in total, the one that completed it "
+        "included."
+    )
     items: list[AttemptOut]
 
 

@@ -5,7 +5,10 @@ Counters prove exactly-once behaviour: ``CALLS[name]`` counts how often a step f
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
+import time
 from collections import Counter
 from typing import Any
 
@@ -367,3 +370,16 @@ def step_times_out(step: StepContext, input: Any) -> str:
     """Its step blocks at the gate ``timeout`` past the step's timeout of 0.3 s."""
     step.run("slow", wait_for_gate, "timeout", timeout=0.3)
     return "done"
+
+
+@job()
+def kills_its_worker(step: StepContext, input: Any) -> None:
+    """SIGKILLs the process running it, as a job that runs out of memory would: a poison run."""
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@job(timeout=0.3)
+def sleeps_past_its_timeout(step: StepContext, input: dict[str, Any]) -> None:
+    """Its step sleeps ``input["seconds"]``, past the job's timeout of 0.3 s (for worker
+    processes, which a gate of this process cannot hold)."""
+    step.run("sleep", time.sleep, input["seconds"])

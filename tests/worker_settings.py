@@ -9,7 +9,9 @@ durably app is routed to the one under test:
 * ``DURABLY_WORKER_PG_DB``: the pytest process's PostgreSQL test database name;
 * ``DURABLY_WORKER_CONN_MAX_AGE`` (optional): ``CONN_MAX_AGE`` in seconds for every database. Unset,
   Django's default 0 applies and the worker opens a fresh connection per claim and per run;
-* ``DURABLY_WORKER_CONN_HEALTH_CHECKS=1`` (optional): ``CONN_HEALTH_CHECKS`` for every database.
+* ``DURABLY_WORKER_CONN_HEALTH_CHECKS=1`` (optional): ``CONN_HEALTH_CHECKS`` for every database;
+* ``DURABLY_WORKER_MAX_RECLAIMS``, ``DURABLY_WORKER_MAX_ABANDONED_THREADS`` (optional): the
+  settings of those names.
 """
 
 from __future__ import annotations
@@ -42,3 +44,7 @@ for _database in DATABASES.values():
         _database["CONN_HEALTH_CHECKS"] = True
 
 routers.use(WORKER_ALIAS)
+
+for _name in ("MAX_RECLAIMS", "MAX_ABANDONED_THREADS"):
+    if os.environ.get(f"DURABLY_WORKER_{_name}"):
+        globals()[f"DURABLY_{_name}"] = int(os.environ[f"DURABLY_WORKER_{_name}"])

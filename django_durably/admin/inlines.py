@@ -1,7 +1,10 @@
-"""A run's attempts, steps, log lines and audit trail: read-only tables on its page."""
+"""A run's attempt timeline, steps, log lines and audit trail: read-only tables on its page (the
+timeline is rendered by the run's page, the others are inlines)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -9,6 +12,7 @@ from django.contrib import admin
 from django.db.models import QuerySet
 from django.forms.models import BaseInlineFormSet
 from django.http import HttpRequest
+from django.utils.functional import Promise
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 from django.utils.translation import gettext_lazy as _
@@ -85,53 +89,72 @@ class HistoryInline(_RunInline):
         return False
 
 
-class AttemptInline(HistoryInline):
-    """The run's attempts, first to last: how each ended, on which worker, and when it was to be
-    tried again."""
+AttemptCell = Callable[[RunAttempt], SafeString | str | None]
 
-    model = RunAttempt
-    fields = readonly_fields = (
-        "number",
-        "outcome_display",
-        "worker_display",
-        "started",
-        "ended",
-        "duration",
+
+@dataclass(frozen=True)
+class AttemptColumn:
+    """A column of the attempt timeline: its class (``field-<name>``), header and cell (``None``:
+    the admin's empty value)."""
+
+    name: str
+    label: str | Promise
+    cell: AttemptCell
+
+
+def _attempt_duration(attempt: RunAttempt) -> str | None:
+    seconds = attempt.duration_seconds
+    return None if seconds is None else format_duration(timedelta(seconds=seconds))
+
+
+ATTEMPT_COLUMNS = (
+    AttemptColumn("number", _("attempt"), lambda attempt: str(attempt.number)),
+    AttemptColumn("outcome_display", _("outcome"), lambda attempt: outcome_badge(attempt.outcome)),
+    AttemptColumn("worker_display", _("worker"), lambda attempt: attempt.worker or None),
+    AttemptColumn("started", _("started at"), lambda attempt: format_time(attempt.started_at)),
+    AttemptColumn("ended", _("ended at"), lambda attempt: format_time(attempt.ended_at)),
+    AttemptColumn("duration", _("duration"), _attempt_duration),
+    AttemptColumn(
         "error_summary",
-        "retry_at_display",
-    )
+        _("error"),
+        lambda attempt: short_error(attempt.error) if attempt.error else None,
+    ),
+    # When the run was to be tried again; while that is ahead, how soon.
+    AttemptColumn(
+        "retry_at_display", _("retry at"), lambda attempt: format_time_ahead(attempt.retry_at)
+    ),
+)
 
-    @admin.display(description=_("outcome"))
-    def outcome_display(self, attempt: RunAttempt) -> SafeString:
-        return outcome_badge(attempt.outcome)
 
-    @admin.display(description=_("worker"))
-    def worker_display(self, attempt: RunAttempt) -> str:
-        return attempt.worker or self.get_empty_value_display()
+class AttemptTimeline:
+    """The run's attempts, first to last: how each ended, on which worker, and when it was to be
+    tried again. Its first :data:`INLINE_ROW_LIMIT` rows, as every table on the page.
 
-    @admin.display(description=_("started at"))
-    def started(self, attempt: RunAttempt) -> SafeString | str:
-        return format_time(attempt.started_at) or self.get_empty_value_display()
+    Not an inline: the attempt that completed a run has no ``RunAttempt`` row (the run is its
+    record, :meth:`Run.completed_attempt`), and an inline's formset shows stored rows only. So the
+    run page renders this table itself (``attempt_timeline.html``, the markup of the inlines),
+    with the stored rows and then that attempt, in the queries of the inline it replaces: the
+    first rows, and their count when there may be more. The completed attempt costs none.
+    """
 
-    @admin.display(description=_("ended at"))
-    def ended(self, attempt: RunAttempt) -> SafeString | str:
-        return format_time(attempt.ended_at) or self.get_empty_value_display()
+    prefix = "attempts"
+    heading = RunAttempt._meta.verbose_name_plural
+    columns = ATTEMPT_COLUMNS
 
-    @admin.display(description=_("duration"))
-    def duration(self, attempt: RunAttempt) -> str:
-        seconds = attempt.duration_seconds
-        if seconds is None:
-            return self.get_empty_value_display()
-        return format_duration(timedelta(seconds=seconds))
-
-    @admin.display(description=_("error"))
-    def error_summary(self, attempt: RunAttempt) -> SafeString | str:
-        return short_error(attempt.error) if attempt.error else self.get_empty_value_display()
-
-    @admin.display(description=_("retry at"))
-    def retry_at_display(self, attempt: RunAttempt) -> SafeString | str:
-        """When the run was to be tried again; while that is ahead, how soon."""
-        return format_time_ahead(attempt.retry_at) or self.get_empty_value_display()
+    def __init__(self, run: Run, *, empty: str) -> None:
+        stored = run.attempts.order_by("number", "id")
+        attempts = list(stored[:INLINE_ROW_LIMIT])
+        total = stored.count() if len(attempts) >= INLINE_ROW_LIMIT else len(attempts)
+        completed = run.completed_attempt()
+        if completed is not None:
+            total += 1
+            if len(attempts) < INLINE_ROW_LIMIT:
+                attempts.append(completed)
+        self.rows = [
+            [(column.name, column.cell(attempt) or empty) for column in self.columns]
+            for attempt in attempts
+        ]
+        self.hidden_rows = total - len(attempts)
 
 
 class StepInline(HistoryInline):

@@ -51,7 +51,7 @@ from django_durably.admin.filters import (
     RetryingFilter,
 )
 from django_durably.admin.inlines import (
-    AttemptInline,
+    AttemptTimeline,
     AuditRecordInline,
     RunLogInline,
     StepInline,
@@ -164,7 +164,7 @@ class RunAdmin(RunButtonsAdmin):
         "Search by run id (whole, or its first characters), job, idempotency key or label value."
     )
     show_full_result_count = False
-    inlines = [AttemptInline, StepInline, RunLogInline, AuditRecordInline]
+    inlines = [StepInline, RunLogInline, AuditRecordInline]  # after the attempt timeline
     fieldsets = [
         (
             None,
@@ -288,6 +288,7 @@ class RunAdmin(RunButtonsAdmin):
     ) -> HttpResponse:
         if obj is not None:
             context["subtitle"] = run_title(obj)  # Django's is str(run): the stored status
+            context["durably_attempts"] = AttemptTimeline(obj, empty=self.get_empty_value_display())
         return super().render_change_form(request, context, add, change, form_url, obj)
 
     def history_view(

@@ -57,21 +57,25 @@ class LeaseHandle:
     run_id: UUID
     generation: int
     deadline: float
-    state: LeaseState = "held"
+    _state: LeaseState = field(default="held", repr=False)
     confirmed_at: float = field(default_factory=time.monotonic)
     feed: CancelFeed | None = None
     limits: Any = None
-    """The attempt's timeouts and retry policies (``timeouts.AttemptLimits``), set by the executor."""
+    """The attempt's timeouts and retry policies (``limits.AttemptLimits``), set by the executor."""
     wake_keeper: Callable[[], None] | None = field(default=None, repr=False, compare=False)
     """Tells the lease keeper that a timeout was set, so it wakes up in time for it."""
-    _stopped: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
+    _stopped: threading.Event | None = field(default=None, repr=False, compare=False)
+    """Set when the state leaves ``held``: wakes a job waiting in place (made by :meth:`sleep`)."""
 
-    def __setattr__(self, name: str, value: Any) -> None:
-        object.__setattr__(self, name, value)
-        if name == "state" and value != "held":
-            stopped = self.__dict__.get("_stopped")
-            if stopped is not None:
-                stopped.set()  # wake a job waiting in place (a step retry's delay)
+    @property
+    def state(self) -> LeaseState:
+        return self._state
+
+    @state.setter
+    def state(self, value: LeaseState) -> None:
+        self._state = value
+        if value != "held" and self._stopped is not None:
+            self._stopped.set()
 
     @property
     def key(self) -> tuple[UUID, int]:
@@ -93,6 +97,8 @@ class LeaseHandle:
         """Wait ``seconds`` in place while the lease is kept; raise at once (as :meth:`check`) when
         the run is cancelled, the lease lost or the attempt ended on time meanwhile."""
         until = time.monotonic() + seconds
+        if self._stopped is None:
+            self._stopped = threading.Event()  # before the state is read: no change is missed
         while True:
             self.check()
             remaining = min(until, self.deadline) - time.monotonic()

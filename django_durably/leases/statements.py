@@ -108,43 +108,51 @@ def ended_fields(status: str) -> dict[str, Any]:
 
 
 # Ending attempts on PostgreSQL: one statement for any number of runs (a worker records the runs
-# its slots finished together), each row guarded by its own generation, and the attempt's history
-# row inserted by the same statement (so the history never disagrees with the run). An ending's
-# ``status`` is where the run goes: ``completed`` (``value`` is the output), ``failed`` (``value`` is
-# the error) or ``pending`` (a retry: ``value`` is the error, due ``delay`` seconds from now by the
-# database clock). ``counted`` adds to ``failed_attempts``; ``bump`` to the generation (an attempt
-# ended on time: its thread may still be running, and must be fenced out for good). The ``SET``
-# restates ``ended_fields`` and ``retry_fields``.
-FINISH_SQL = (
+# its slots finished together), each row guarded by its own generation. An ending's ``status`` is
+# where the run goes: ``completed`` (``value`` is the output), ``failed`` (``value`` is the error)
+# or ``pending`` (a retry: ``value`` is the error, due ``delay`` seconds from now by the database
+# clock). ``counted`` adds to ``failed_attempts``; ``bump`` to the generation (an attempt ended on
+# time: its thread may still be running, and must be fenced out for good). The ``SET`` restates
+# ``ended_fields`` and ``retry_fields``. Returns each run recorded with its ``retry_at``.
+_FINISH_UPDATE = (
     """
-WITH ending (id, generation, status, outcome, value, delay, counted, bump) AS (VALUES {rows}),
-ended AS (
-    UPDATE durably_run run SET
-        status = ending.status,
-        output = CASE WHEN ending.status = 'completed' THEN ending.value ELSE run.output END,
-        error = CASE WHEN ending.status = 'completed' THEN run.error ELSE ending.value END,
-        completed_at = CASE WHEN ending.status = 'pending' THEN NULL ELSE statement_timestamp() END,
-        run_after = CASE WHEN ending.status = 'pending'
-            THEN statement_timestamp() + make_interval(secs => ending.delay)
-            ELSE run.run_after END,
-        retry_at = CASE WHEN ending.status = 'pending'
-            THEN statement_timestamp() + make_interval(secs => ending.delay) END,
-        failed_attempts = run.failed_attempts + ending.counted,
-        lease_generation = run.lease_generation + ending.bump,
-        lease_expires_at = NULL,
-        updated_at = statement_timestamp()
-    FROM ending
-    WHERE run.id = ending.id AND """  # noqa: S608 - constants only
+UPDATE durably_run run SET
+    status = ending.status,
+    output = CASE WHEN ending.status = 'completed' THEN ending.value ELSE run.output END,
+    error = CASE WHEN ending.status = 'completed' THEN run.error ELSE ending.value END,
+    completed_at = CASE WHEN ending.status = 'pending' THEN NULL ELSE statement_timestamp() END,
+    run_after = CASE WHEN ending.status = 'pending'
+        THEN statement_timestamp() + make_interval(secs => ending.delay)
+        ELSE run.run_after END,
+    retry_at = CASE WHEN ending.status = 'pending'
+        THEN statement_timestamp() + make_interval(secs => ending.delay) END,
+    failed_attempts = run.failed_attempts + ending.counted,
+    lease_generation = run.lease_generation + ending.bump,
+    lease_expires_at = NULL,
+    updated_at = statement_timestamp()
+FROM (VALUES {rows}) AS ending (id, generation, status, outcome, value, delay, counted, bump)
+WHERE run.id = ending.id AND """  # noqa: S608 - constants only
     + HELD_BY_SQL.format(generation="ending.generation")
     + """
-    RETURNING run.id, run.attempt, run.lease_owner, run.attempt_started_at, run.retry_at,
-        ending.outcome, CASE WHEN ending.status = 'completed' THEN NULL ELSE ending.value END AS error
+RETURNING run.id, run.retry_at"""
+)
+
+# The common case, every attempt completing its run: the update alone. A completed run is its last
+# attempt's record (``Run.attempt_history``), so this end inserts nothing.
+FINISH_SQL = _FINISH_UPDATE
+
+# Some attempts ending otherwise (failed, retried, timed out): the same update, and their history
+# rows inserted by the same statement, so the history never disagrees with the run.
+FINISH_RECORDING_SQL = (
+    "WITH ended AS ("  # noqa: S608 - constants only
+    + _FINISH_UPDATE
+    + """, run.attempt, run.lease_owner, run.attempt_started_at, ending.outcome, ending.value
 ), recorded AS (
     INSERT INTO durably_runattempt
         (run_id, number, worker, started_at, ended_at, outcome, error, retry_at)
-    SELECT id, attempt, lease_owner, attempt_started_at, statement_timestamp(), outcome, error,
+    SELECT id, attempt, lease_owner, attempt_started_at, statement_timestamp(), outcome, value,
         retry_at
-    FROM ended
+    FROM ended WHERE outcome <> 'completed'
 )
 SELECT id, retry_at FROM ended
 """

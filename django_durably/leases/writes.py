@@ -25,6 +25,7 @@ from django.utils import timezone
 
 from django_durably.database import db_alias
 from django_durably.leases.statements import (
+    FINISH_RECORDING_SQL,
     FINISH_ROW,
     FINISH_SQL,
     PERSIST_STEP_SQL,
@@ -279,8 +280,9 @@ class FinishRow:
 def finish(
     rows: Sequence[FinishRow], *, also: Callable[[str], None] | None = None
 ) -> dict[UUID, Any]:
-    """Record each attempt's end if its lease still holds the run, with the attempt's history row,
-    all in one transaction (one statement on PostgreSQL); return the ids of the runs recorded, each
+    """Record each attempt's end if its lease still holds the run, with the history row of an
+    attempt that did not complete its run (a completed run is its last attempt's record), all in
+    one transaction (one statement on PostgreSQL); return the ids of the runs recorded, each
     with its ``retry_at`` (``None`` unless it goes back to pending). A run left out was cancelled, or
     its lease was lost (``holding.refusal`` tells which).
 
@@ -303,7 +305,10 @@ def finish(
                 int(row.counts),
                 int(row.bump_generation),
             ]
-        sql = FINISH_SQL.format(rows=", ".join([FINISH_ROW] * len(rows)))
+        recorded = any(row.attempt_outcome != AttemptOutcome.COMPLETED for row in rows)
+        sql = (FINISH_RECORDING_SQL if recorded else FINISH_SQL).format(
+            rows=", ".join([FINISH_ROW] * len(rows))
+        )
         with contextlib.nullcontext() if also is None else transaction.atomic(using=alias):
             with cursor_for(alias) as cursor:
                 cursor.execute(sql, params)
@@ -313,13 +318,11 @@ def finish(
         return won
     with transaction.atomic(using=alias):
         for row in rows:
-            if _finish_one(alias, row):
-                won[row.run_id] = record_attempt(
-                    alias,
-                    row.run_id,
-                    row.attempt_outcome,
-                    None if row.status == RunStatus.COMPLETED else row.value,
-                )
+            if not _finish_one(alias, row):
+                continue
+            won[row.run_id] = None
+            if row.attempt_outcome != AttemptOutcome.COMPLETED:
+                won[row.run_id] = record_attempt(alias, row.run_id, row.attempt_outcome, row.value)
         if won and also is not None:
             also(alias)
     return won

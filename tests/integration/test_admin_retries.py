@@ -1,5 +1,6 @@
-"""The admin's view of retries: a run's attempt timeline, "retrying at" and "attempt 3 of 5" in the
-list, the Retrying filter, the job's policy and timeout on the run's page, and a step's tries."""
+"""The admin's view of retries: a run's attempt timeline (its stored attempts, then the one that
+completed it, read from the run), "retrying at" and "attempt 3 of 5" in the list, the Retrying
+filter, the job's policy and timeout on the run's page, and a step's tries."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from django_durably.admin.display import short_error
 from django_durably.jobs import Job, register, unregister
 from django_durably.models import Run
 from tests import jobs
-from tests.factories import ERROR, make_attempt, make_run_in, make_step
+from tests.factories import ERROR, make_attempt, make_run, make_run_in, make_step
 from tests.integration.test_admin import CHANGELIST, change_url, listed, visible_text
 from tests.sql import statements
 
@@ -57,6 +58,22 @@ def retrying(**fields: Any) -> Run:
     return make_run_in("pending", retry_at=retry_at, run_after=retry_at, **(defaults | fields))
 
 
+def completed(attempt: int, **fields: Any) -> Run:
+    """A run completed by its attempt ``attempt`` on ``worker-1``, which took 4.5 s: the run is
+    the record of that attempt (it has no ``RunAttempt`` row)."""
+    ended = timezone.now()
+    values: dict[str, Any] = {
+        "status": "completed",
+        "attempt": attempt,
+        "lease_generation": attempt,
+        "lease_owner": "worker-1",
+        "started_at": ended - timedelta(minutes=2),
+        "attempt_started_at": ended - timedelta(seconds=4.5),
+        "completed_at": ended,
+    }
+    return make_run(**(values | fields))
+
+
 def shown(value: Any) -> str:
     return timezone.localtime(value).strftime("%Y-%m-%d %H:%M:%S")
 
@@ -92,7 +109,7 @@ def attempt_cells(response: Any) -> list[str]:
 # -- the attempt timeline ----------------------------------------------------------------------
 
 
-def test_attempt_inline__lists_each_attempt_in_order(admin_client):
+def test_attempt_timeline__lists_each_attempt_in_order(admin_client):
     run = retrying(attempt=3, failed_attempts=2)
     now = timezone.now()
     lost = make_attempt(
@@ -163,7 +180,7 @@ def test_attempt_inline__lists_each_attempt_in_order(admin_client):
     assert html.index('id="attempts-group"') < html.index('id="steps-group"')
 
 
-def test_attempt_inline__a_run_never_tried_has_none(admin_client):
+def test_attempt_timeline__a_run_never_tried_has_none(admin_client):
     run = make_run_in("pending")
 
     response = admin_client.get(change_url(run))
@@ -172,7 +189,29 @@ def test_attempt_inline__a_run_never_tried_has_none(admin_client):
     assert "Attempts None" in visible_text(response)
 
 
-def test_attempt_inline__queries_do_not_grow_and_long_histories_are_cut(
+def test_attempt_timeline__a_completed_run_ends_with_the_attempt_that_completed_it(admin_client):
+    run = completed(attempt=2, lease_owner="worker-b")
+    make_attempt(run, number=1, error=ERROR)
+
+    rows = inline_rows(admin_client.get(change_url(run)), "attempts")
+
+    assert [(row["number"], row["outcome_display"]) for row in rows] == [
+        ("1", "Failed"),
+        ("2", "Completed"),
+    ]
+    assert rows[1] == {
+        "number": "2",
+        "outcome_display": "Completed",
+        "worker_display": "worker-b",
+        "started": shown(run.attempt_started_at),
+        "ended": shown(run.completed_at),
+        "duration": "4.50 s",
+        "error_summary": "-",
+        "retry_at_display": "-",
+    }
+
+
+def test_attempt_timeline__queries_do_not_grow_and_long_histories_are_cut(
     admin_client, db_alias, monkeypatch
 ):
     run = retrying(attempt=2)
@@ -192,6 +231,50 @@ def test_attempt_inline__queries_do_not_grow_and_long_histories_are_cut(
     assert len([sql for sql in many if "durably_runattempt" in sql]) == 2
     assert [row["number"] for row in inline_rows(response, "attempts")] == ["1", "2", "3", "4", "5"]
     assert "7 more rows are not shown." in visible_text(response)
+
+
+def test_attempt_timeline__the_completed_attempt_costs_no_query(admin_client, db_alias):
+    done = completed(attempt=3)
+    failed = make_run_in("failed", attempt=3)
+    for run in (done, failed):
+        for number in (1, 2):
+            make_attempt(run, number=number)
+    admin_client.get(change_url(failed))  # warm up the session and content types
+
+    def page_of(run: Run) -> list[str]:
+        return statements(db_alias, lambda: admin_client.get(change_url(run)))
+
+    sent = {run: page_of(run) for run in (done, failed)}
+
+    assert len(sent[done]) == len(sent[failed])
+    assert len([sql for sql in sent[done] if "durably_runattempt" in sql]) == 1
+
+
+@pytest.mark.parametrize(
+    ("stored", "last", "note"),
+    [
+        (3, "4 Completed", None),
+        (4, "5 Completed", None),  # the completed attempt is the 5th row
+        (5, "5 Handed back", "1 more row is not shown."),  # it is the one not shown
+        (11, "5 Handed back", "7 more rows are not shown."),
+    ],
+)
+def test_attempt_timeline__the_completed_attempt_is_cut_as_the_last_row(
+    admin_client, monkeypatch, stored, last, note
+):
+    run = completed(attempt=stored + 1)
+    for number in range(1, stored + 1):
+        make_attempt(run, number=number, outcome="released")
+    monkeypatch.setattr("django_durably.admin.inlines.INLINE_ROW_LIMIT", 5)
+
+    response = admin_client.get(change_url(run))
+
+    rows = inline_rows(response, "attempts")
+    assert f"{rows[-1]['number']} {rows[-1]['outcome_display']}" == last
+    if note is None:
+        assert "not shown" not in visible_text(response)
+    else:
+        assert note in visible_text(response)
 
 
 def test_short_error__cuts_long_messages_and_names_a_step_retry():

@@ -3,7 +3,8 @@ job's ``max_attempts``, the ``retrying`` filter, the attempt history (``GET /run
 each step's ``step_attempt``, and a retry in the event stream.
 
 Rows come from the factories, except in the end-to-end tests, where a worker retries a job that
-fails once. Every test runs on SQLite and PostgreSQL.
+fails once; the attempt that completed a run has no row, so its tests set the run's own fields
+(``completed_run``). Every test runs on SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from django_durably.schemas import AttemptOutcomeName
 from django_durably.stream import run_events
 from tests import jobs
 from tests.factories import ERROR, make_attempt, make_run, make_run_in, make_step
+from tests.sql import statements
 
 pytestmark = pytest.mark.django_db(databases="__all__")
 
@@ -59,6 +61,22 @@ def flaky() -> Iterator[Any]:
     )
     yield definition
     unregister(FLAKY)
+
+
+def completed_run(attempt: int, **fields: Any) -> Run:
+    """A run completed by its attempt ``attempt``, on ``w-last`` in 1.5 s: all the run records of
+    that attempt, which has no ``RunAttempt`` row."""
+    ended = timezone.now()
+    values = {
+        "status": RunStatus.COMPLETED,
+        "attempt": attempt,
+        "lease_generation": attempt,
+        "lease_owner": "w-last",
+        "started_at": ended - timedelta(minutes=1),
+        "attempt_started_at": ended - timedelta(seconds=1.5),
+        "completed_at": ended,
+    }
+    return make_run(**(values | fields))
 
 
 def retrying_run(**fields: Any) -> Run:
@@ -187,10 +205,9 @@ def test_list_runs__retrying_not_a_boolean_422(api, operator, value):
 
 
 def test_list_attempts__in_order_with_a_total(api, operator):
-    run = make_run_in(RunStatus.COMPLETED, attempt=3)
+    run = completed_run(attempt=3, lease_owner="w-3")
     retry_at = timezone.now() - timedelta(minutes=1)
     ended = timezone.now()
-    make_attempt(run, number=3, outcome=AttemptOutcome.COMPLETED, worker="w-3")
     make_attempt(run, number=1, outcome=AttemptOutcome.FAILED, error=ERROR, retry_at=retry_at)
     make_attempt(
         run,
@@ -211,9 +228,7 @@ def test_list_attempts__in_order_with_a_total(api, operator):
     assert first["error"] == ERROR
     assert parse_datetime(first["retry_at"]) == shown(retry_at)
     assert (lost["worker"], lost["duration_seconds"]) == ("w-2", 2.5)
-    assert (last["error"], last["retry_at"]) == (None, None)
     assert set(last) == {
-        "id",
         "number",
         "worker",
         "started_at",
@@ -225,6 +240,35 @@ def test_list_attempts__in_order_with_a_total(api, operator):
     }
 
 
+def test_list_attempts__the_completed_attempt_is_read_from_the_run(api, operator):
+    run = completed_run(attempt=2, lease_owner="w-last")
+    make_attempt(run, number=1)
+
+    last = api.get(f"/runs/{run.pk}/attempts", user=operator).json()["items"][-1]
+
+    assert last == {
+        "number": 2,
+        "worker": "w-last",
+        "started_at": last["started_at"],
+        "ended_at": last["ended_at"],
+        "duration_seconds": 1.5,
+        "outcome": "completed",
+        "error": None,
+        "retry_at": None,
+    }
+    assert parse_datetime(last["started_at"]) == shown(run.attempt_started_at)
+    assert parse_datetime(last["ended_at"]) == shown(run.completed_at)
+
+
+def test_list_attempts__a_run_completed_by_its_first_attempt_has_that_one(api, operator):
+    run = completed_run(attempt=1)
+
+    body = api.get(f"/runs/{run.pk}/attempts", user=operator).json()
+
+    assert body["count"] == 1
+    assert [(item["number"], item["outcome"]) for item in body["items"]] == [(1, "completed")]
+
+
 def test_list_attempts__paged_by_limit_and_offset(api, operator):
     run = make_run_in(RunStatus.FAILED, attempt=5)
     for number in range(1, 6):
@@ -234,6 +278,42 @@ def test_list_attempts__paged_by_limit_and_offset(api, operator):
 
     assert page["count"] == 5
     assert [item["number"] for item in page["items"]] == [4, 5]
+
+
+@pytest.mark.parametrize(
+    ("query", "numbers"),
+    [
+        ("limit=2", [1, 2]),
+        ("limit=2&offset=2", [3, 4]),  # the last stored row, then the completed attempt
+        ("limit=3", [1, 2, 3]),  # just the stored rows
+        ("limit=1&offset=3", [4]),  # past the stored rows: the completed attempt
+        ("limit=5&offset=3", [4]),
+        ("offset=4", []),  # past the end
+    ],
+)
+def test_list_attempts__pages_run_on_into_the_completed_attempt(api, operator, query, numbers):
+    run = completed_run(attempt=4)
+    for number in range(1, 4):
+        make_attempt(run, number=number)
+
+    page = api.get(f"/runs/{run.pk}/attempts?{query}", user=operator).json()
+
+    assert page["count"] == 4
+    assert [item["number"] for item in page["items"]] == numbers
+
+
+def test_list_attempts__the_completed_attempt_costs_no_query(api, operator, db_alias):
+    completed = completed_run(attempt=3)
+    failed = make_run_in(RunStatus.FAILED, attempt=3)
+    for run in (completed, failed):
+        for number in (1, 2):
+            make_attempt(run, number=number)
+    api.get(f"/runs/{failed.pk}/attempts", user=operator)  # warm up
+
+    def attempts_of(run: Run) -> list[str]:
+        return statements(db_alias, lambda: api.get(f"/runs/{run.pk}/attempts", user=operator))
+
+    assert len(attempts_of(completed)) == len(attempts_of(failed))
 
 
 def test_list_attempts__an_unknown_start_has_no_duration(api, operator):

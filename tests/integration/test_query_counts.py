@@ -87,9 +87,9 @@ def test_a_run_on_its_first_attempt__claim_and_finish_only(db_alias):
         assert len(sql) == 2, sql  # the claim (one statement, rows returned) and the finish
     else:
         # SQLite: the two candidate lists, the conditional claim and the claimed row read back
-        # under the same write lock (BEGIN, UPDATE, SELECT, COMMIT), and the finish with the
-        # attempt's history row (BEGIN, UPDATE, INSERT, COMMIT).
-        assert len(sql) == 10, sql
+        # under the same write lock (BEGIN, UPDATE, SELECT, COMMIT), and the finish (BEGIN,
+        # UPDATE, COMMIT): a completed run is its attempt's record, no history row is written.
+        assert len(sql) == 9, sql
 
 
 @pytest.mark.parametrize("steps", [1, 5])
@@ -187,9 +187,9 @@ def test_record__several_ends_in_one_statement_with_each_outcome(db_alias):
     assert [o.status for o in outcomes] == ["completed", "failed", "cancelled", "lost"]
     assert [o.run_id for o in outcomes] == [done.pk, failed.pk, cancelled.pk, stolen.pk]
     assert outcomes[1].error == {"type": "E", "message": "m"}
-    # One write for all four (PostgreSQL); one transaction of guarded UPDATEs on SQLite, each that
-    # won followed by its attempt's history row.
-    assert len(writes(sql)) == (1 if is_postgres(db_alias) else 6), sql
+    # One write for all four (PostgreSQL); one transaction of guarded UPDATEs on SQLite, the failed
+    # one followed by its attempt's history row.
+    assert len(writes(sql)) == (1 if is_postgres(db_alias) else 5), sql
     assert transactions(sql) == 1, sql
     rows = {r.pk: r for r in Run.objects.all()}
     assert (rows[done.pk].status, rows[done.pk].output) == ("completed", {"n": 1})

@@ -29,7 +29,8 @@ pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
 
 def attempts(run: Run) -> list[tuple[int, str]]:
-    return [(a.number, a.outcome) for a in RunAttempt.objects.filter(run=run.pk)]
+    """(number, outcome) of each ended attempt: the rows, and the run for its completing one."""
+    return [(a.number, a.outcome) for a in Run.objects.get(pk=run.pk).attempt_history()]
 
 
 def steps(run: Run) -> list[tuple[str, str, int, int]]:
@@ -59,7 +60,8 @@ def test_run_retry__same_run_tried_again_until_it_succeeds_steps_kept(record_sig
         (2, AttemptOutcome.FAILED),
         (3, AttemptOutcome.COMPLETED),
     ]
-    history = list(RunAttempt.objects.filter(run=run.pk))
+    history = run.attempt_history()
+    assert RunAttempt.objects.filter(run=run.pk).count() == 2  # the completing one is the run
     assert [a.error["message"] for a in history[:2]] == [
         "retried is down (call 1)",
         "retried is down (call 2)",

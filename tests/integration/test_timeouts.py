@@ -81,7 +81,7 @@ def test_job_timeout__retried_by_the_job_policy(worker, gates, record_signals):
 
     run.refresh_from_db()
     assert (run.attempt, run.failed_attempts) == (2, 1)
-    assert [(a.number, a.outcome) for a in RunAttempt.objects.filter(run=run.pk)] == [
+    assert [(a.number, a.outcome) for a in run.attempt_history()] == [
         (1, AttemptOutcome.TIMED_OUT),
         (2, AttemptOutcome.COMPLETED),
     ]

@@ -15,6 +15,7 @@ from django.db.models.functions import Now
 
 from django_durably.leases import FinishRow, claims, writes
 from django_durably.leases.statements import (
+    FINISH_RECORDING_SQL,
     FINISH_ROW,
     FINISH_SQL,
     HELD_BY_SQL,
@@ -148,11 +149,13 @@ def test_finish__the_statement_writes_what_the_orm_writes(db_alias, ending):
 
     with transaction.atomic():
         assert writes._finish_one(db_alias, dataclasses.replace(ending, run_id=by_orm.pk))
-        error = None if ending.status == RunStatus.COMPLETED else ending.value
-        writes.record_attempt(db_alias, by_orm.pk, ending.attempt_outcome, error)
+        if ending.status != RunStatus.COMPLETED:
+            writes.record_attempt(db_alias, by_orm.pk, ending.attempt_outcome, ending.value)
     with cursor_for(db_alias) as cursor:
         cursor.execute(
-            FINISH_SQL.format(rows=FINISH_ROW),
+            (FINISH_SQL if ending.status == RunStatus.COMPLETED else FINISH_RECORDING_SQL).format(
+                rows=FINISH_ROW
+            ),
             [
                 by_sql.pk,
                 2,
@@ -178,11 +181,13 @@ def test_finish__the_statement_writes_what_the_orm_writes(db_alias, ending):
         else:
             assert stored.completed_at is not None
             assert stored.retry_at is None
-        (attempt,) = RunAttempt.objects.filter(run=run.pk)
+        (attempt,) = stored.attempt_history()  # a completed one is the run's own record
         assert (attempt.number, attempt.worker, attempt.outcome) == (3, "w", ending.attempt_outcome)
         assert attempt.started_at == stored.attempt_started_at
         assert attempt.error == (None if ending.status == RunStatus.COMPLETED else ending.value)
         assert attempt.retry_at == stored.retry_at
+        saved = RunAttempt.objects.filter(run=run.pk).count()
+        assert saved == (0 if ending.status == RunStatus.COMPLETED else 1)
 
 
 def test_claim_until_a_key__leases_the_orm_candidates_in_their_order(db_alias):

@@ -182,7 +182,7 @@ class Command(BaseCommand):
                 f"    {step.index:>2}  {step.name:<{width}}  {step.status:<9}  "
                 f"attempt {step.attempt}, try {step.step_attempt}"
             )
-        for attempt in run.attempts.all():
+        for attempt in run.attempt_history():
             text = f"{attempt.number} {attempt.outcome}"
             if attempt.error:
                 text += f": {_short(attempt.error['type'])}: {attempt.error['message']}"

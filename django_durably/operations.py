@@ -239,15 +239,16 @@ def cancel_run(run_id: UUID | str, *, actor: Any = None, source: str = "python")
             to_status=RunStatus.CANCELLED,
         )
         if from_status == RunStatus.LEASED:
-            record_attempt(alias, run_id, AttemptOutcome.CANCELLED)
             # The holder's generation, read under the row lock the cancel took: the worker holding
             # that lease stops before its next step (delivered when this commits).
-            generation = (
+            generation, owner = (
                 Run.objects.using(alias)
                 .filter(pk=run_id)
-                .values_list("lease_generation", flat=True)
+                .values_list("lease_generation", "lease_owner")
                 .get()
             )
+            if owner:  # a handed-back lease has no owner: its attempt was recorded then
+                record_attempt(alias, run_id, AttemptOutcome.CANCELLED)
             notify_cancelled(alias, run_id, generation)
     return CancelResult(run_id=run_id, cancelled=True, from_status=from_status)
 

@@ -179,6 +179,7 @@ def release(run_id: UUID, generation: int) -> bool:
         released = bool(
             Run.objects.using(alias)
             .held_by(run_id, generation)
+            .exclude(lease_owner="")  # handed back already: its attempt was recorded then
             .update(lease_expires_at=DatabaseNow(), updated_at=DatabaseNow())
         )
         if released:

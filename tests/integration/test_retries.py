@@ -304,6 +304,20 @@ def test_hand_back__recorded_and_not_counted():
     assert RunAttempt.objects.get(run=run.pk).worker == "w-1"
 
 
+def test_cancel__of_a_handed_back_run_does_not_record_its_attempt_twice():
+    """A hand back ends the attempt (``released``); the run stays leased until a claim takes it,
+    and a cancel then ends the run, not that attempt again (found by the chaos suite)."""
+    run = jobs.noop.trigger(None)
+    (claimed,) = leases.claim(worker_id="w-1")
+    assert leases.release(run.pk, claimed.lease_generation)
+
+    assert not leases.release(run.pk, claimed.lease_generation)  # handed back once, not twice
+    cancel_run(run.pk)
+
+    assert attempts(run) == [(1, AttemptOutcome.RELEASED)]
+    assert Run.objects.get(pk=run.pk).status == "cancelled"
+
+
 def lose_worker(run: Run, worker: str) -> Any:
     """Claim ``run`` as ``worker`` with a lease that has already run out: a worker that died."""
     (claimed,) = leases.claim(worker_id=worker)

@@ -727,13 +727,16 @@ class RunMachine(RuleBasedStateMachine):
     def release(self, lease: Lease) -> None:
         run_id, generation = lease
         holds = self.model.holds(lease)
+        handed_back = holds and not self.model.runs[run_id].owner
         before = self.snapshot()
 
         released = leases.release(run_id, generation)
 
-        assert released is holds
+        assert released is (holds and not handed_back)
         reached("release", "released" if released else "refused")
-        if holds:
+        if handed_back:
+            self.assert_unchanged(before)  # once is enough: its attempt was recorded then
+        elif holds:
             # Handed back: expired now, and no owner, so the next claim does not count it lost.
             self.model.runs[run_id].lease_valid = False
             self.model.runs[run_id].owner = ""

@@ -78,7 +78,9 @@ pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
 DEFAULT_EXAMPLES = 60
 EXAMPLES = int(os.environ.get("DURABLY_STATE_MACHINE_EXAMPLES", DEFAULT_EXAMPLES))
-STEPS = int(os.environ.get("DURABLY_STATE_MACHINE_STEPS", "40"))
+# 45, not 40: derandomized, the sequences Hypothesis draws depend on the rules' outcomes, and once a
+# second hand back of one lease was refused (issue 15), 40 steps never retriggered a completed run.
+STEPS = int(os.environ.get("DURABLY_STATE_MACHINE_STEPS", "45"))
 MACHINE_SETTINGS = settings(
     max_examples=EXAMPLES,
     stateful_step_count=STEPS,
@@ -735,7 +737,7 @@ class RunMachine(RuleBasedStateMachine):
         assert released is (holds and not handed_back)
         reached("release", "released" if released else "refused")
         if handed_back:
-            self.assert_unchanged(before)  # once is enough: its attempt was recorded then
+            self.assert_unchanged(before)  # handed back once: its attempt is recorded already
         elif holds:
             # Handed back: expired now, and no owner, so the next claim does not count it lost.
             self.model.runs[run_id].lease_valid = False

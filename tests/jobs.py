@@ -214,8 +214,6 @@ def pauses_between_steps(step: StepContext, input: Any) -> str:
 
 
 def _pause(seconds: float) -> float:
-    import time
-
     time.sleep(seconds)
     return seconds
 
@@ -250,7 +248,6 @@ def _side_effect(step: StepContext, payload: dict[str, Any], index: int) -> int:
     With ``payload["check_while_blocked"]`` the wait calls ``step.check()``, as a long step should,
     so a cancel or a lost lease stops it inside the step.
     """
-    import time
     from pathlib import Path
 
     folder = Path(payload["dir"])

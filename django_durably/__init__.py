@@ -12,8 +12,11 @@ from typing import TYPE_CHECKING, Any
 
 from django_durably.context import StepContext, current_context
 from django_durably.exceptions import (
+    ChildRunFailed,
+    ChildRunsTimeout,
     DatabaseNotMigrated,
     DuplicateStepName,
+    DurableWaitTimeout,
     DurablyError,
     DurablyInterrupt,
     ImproperlyConfiguredJob,
@@ -23,6 +26,8 @@ from django_durably.exceptions import (
     InvalidRunAfter,
     InvalidStepName,
     InvalidTrigger,
+    InvalidValue,
+    InvalidWait,
     JobCancelled,
     JobNotFound,
     LeaseLost,
@@ -38,8 +43,11 @@ from django_durably.exceptions import (
     RunNotFound,
     RunNotResumable,
     RunNotRetriggerable,
+    RunNotWaiting,
     RunStateError,
     RunTimedOut,
+    RunWaiting,
+    SignalTimeout,
     StepConflict,
     StepError,
     StepTimedOut,
@@ -60,6 +68,7 @@ if TYPE_CHECKING:
         RunAttempt,
         RunLog,
         RunStatus,
+        Signal,
         Step,
         StepStatus,
     )
@@ -76,6 +85,7 @@ if TYPE_CHECKING:
         trigger,
         wait_for_run,
     )
+    from django_durably.waits import SignalResult, send_signal
 
 __version__ = "0.1.0"
 
@@ -105,6 +115,9 @@ _LAZY = {
     "AuditRecord": "django_durably.models",
     "RunAttempt": "django_durably.models",
     "AttemptOutcome": "django_durably.models",
+    "Signal": "django_durably.models",
+    "send_signal": "django_durably.waits",
+    "SignalResult": "django_durably.waits",
 }
 
 
@@ -116,6 +129,17 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "InvalidValue",
+    "send_signal",
+    "SignalResult",
+    "Signal",
+    "SignalTimeout",
+    "RunWaiting",
+    "RunNotWaiting",
+    "InvalidWait",
+    "DurableWaitTimeout",
+    "ChildRunsTimeout",
+    "ChildRunFailed",
     "AttemptOutcome",
     "AuditRecord",
     "CancelResult",

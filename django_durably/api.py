@@ -23,10 +23,10 @@ from pydantic import Field
 from django_durably import access, cursors, stream
 from django_durably.database import db_alias
 from django_durably.exceptions import InvalidQuery as InvalidQuery  # importable from here as before
-from django_durably.exceptions import RunNotFound
+from django_durably.exceptions import InvalidValue, RunNotFound
 from django_durably.guards import guard_body
 from django_durably.jobs import TriggerItem, get_job, registered_jobs
-from django_durably.models import Run, RunAttempt, RunLog, Step
+from django_durably.models import Run, RunAttempt, RunLog, Signal, Step
 from django_durably.operations import (
     MAX_RETRIGGER_KEY_LENGTH,
     cancel_run,
@@ -35,10 +35,18 @@ from django_durably.operations import (
     retrigger_run,
     trigger_runs,
 )
-from django_durably.responses import READ, RUN_READ, RUN_WRITE, WRITE, answers_errors
+from django_durably.responses import (
+    READ,
+    RUN_READ,
+    RUN_WRITE,
+    WRITE,
+    answers_errors,
+    error_response,
+)
 from django_durably.schemas import (
     DEFAULT_PAGE_SIZE,
     MAX_PAGE_SIZE,
+    NO_NUL,
     AttemptPage,
     CancelOut,
     EnqueueIn,
@@ -50,10 +58,14 @@ from django_durably.schemas import (
     RunDetailOut,
     RunFilter,
     RunPage,
+    SignalIn,
+    SignalPage,
+    SignalSentOut,
     StepPage,
     TriggerOut,
 )
-from django_durably.validation import check_label_filters
+from django_durably.validation import MAX_STEP_NAME_LENGTH, check_label_filters
+from django_durably.waits import send_signal
 
 __all__ = ["router"]
 
@@ -81,12 +93,22 @@ class JobNameConverter:
 
 
 register_converter(JobNameConverter, "durably_job_name")
+register_converter(JobNameConverter, "durably_signal_name")  # the same: any characters
 
 INCLUDE_HELP = "include=lease adds the worker-internal lease fields under `lease`."
 RunId = Annotated[UUID, Field(description="The run's id.")]
 Limit = Annotated[int, Field(ge=1, le=MAX_PAGE_SIZE, description="Page size.")]
 Offset = Annotated[int, Field(ge=0, le=2**31 - 1, description="Items to skip.")]
 Include = QueryEx[Literal["lease"] | None, P(description=INCLUDE_HELP)]
+SignalName = PathEx[
+    str,
+    P(
+        min_length=1,
+        max_length=MAX_STEP_NAME_LENGTH,
+        pattern=NO_NUL,
+        description="The signal's name: what step.wait_for_signal() waits for.",
+    ),
+]
 
 
 def _with_lease(run: Run, include: str | None) -> Run:
@@ -292,6 +314,33 @@ def list_logs(
     return Status(200, _page(logs, offset, limit))
 
 
+@router.get(
+    "/runs/{run_id}/signals",
+    response={200: SignalPage, **RUN_READ},
+    operation_id="durably_list_signals",
+    url_name="list_signals",
+    summary="List a run's signals",
+)
+@answers_errors()
+def list_signals(
+    request: HttpRequest,
+    run_id: RunId,
+    name: QueryEx[
+        str | None,
+        P(max_length=MAX_STEP_NAME_LENGTH, pattern=NO_NUL, description="Only this name."),
+    ] = None,
+    limit: Limit = DEFAULT_PAGE_SIZE,
+    offset: Offset = 0,
+) -> Status[Any]:
+    """Signals sent to the run, oldest first, with when a wait consumed each (null while none
+    has)."""
+    run = access.permitted_run(request, run_id, "view_run")
+    signals = Signal.objects.using(db_alias()).filter(run_id=run.pk).order_by("id")
+    if name is not None:
+        signals = signals.filter(name=name)
+    return Status(200, _page(signals, offset, limit))
+
+
 # -- operator actions --------------------------------------------------------------------------
 
 
@@ -363,6 +412,37 @@ def retrigger(
     new_run = retrigger_run(run.pk, actor=actor, source=SOURCE, idempotency_key=idempotency_key)
     code = 201 if new_run.disposition == "created" else 200
     return Status(code, {"retriggered_from": run.pk, "run": _fresh(new_run.pk)})
+
+
+@router.post(
+    "/runs/{run_id}/signals/{durably_signal_name:name}",
+    response={200: SignalSentOut, 201: SignalSentOut, **RUN_WRITE},
+    operation_id="durably_send_signal",
+    url_name="send_signal",
+    summary="Send a signal to a run",
+)
+@answers_errors()
+def send(
+    request: HttpRequest, run_id: RunId, name: SignalName, signal: SignalIn | None = None
+) -> Status[Any]:
+    """Store a signal for the run (201) and wake the run if it waits for one of this name; a wait
+    that comes later takes it then. With an `idempotency_key` already used for this run, nothing
+    new is stored and the first signal is returned (200). A finished run gives 409
+    (`run_not_waiting`)."""
+    run = access.permitted_run(request, run_id, "signal_run")
+    try:
+        result = send_signal(
+            run.pk,
+            name,
+            None if signal is None else signal.payload,
+            idempotency_key=None if signal is None else signal.idempotency_key,
+            actor=access.actor(request),
+            source=SOURCE,
+        )
+    except InvalidValue as exc:  # the name is in the path, the rest in the body
+        where = ("path",) if exc.field == "name" else ("body", "signal")
+        return error_response(request, exc, invalid_at=where)
+    return Status(201 if result.created else 200, result)
 
 
 @router.delete(

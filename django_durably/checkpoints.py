@@ -19,16 +19,20 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
+from uuid import UUID
 
-from django.db import DatabaseError, IntegrityError
+from django.db import DatabaseError, IntegrityError, transaction
 from django.utils import timezone
 
 from django_durably import signals
+from django_durably.awaiting import WaitRequest, WaitResult, checkpoint_of
 from django_durably.database import db_alias
 from django_durably.events import send_after_commit
-from django_durably.exceptions import LeaseLost, StepConflict
+from django_durably.exceptions import LeaseLost, RunWaiting, StepConflict
+from django_durably.jobs import Job, TriggerItem, get_job
 from django_durably.leases import (
     LeaseHandle,
+    Waiting,
     persist_completed_step,
     persist_failed_step,
     persist_log,
@@ -36,9 +40,10 @@ from django_durably.leases import (
     probe,
     record_cancelled_step,
     refusal,
+    settle,
 )
 from django_durably.limits import StepCall
-from django_durably.models import Run, Step, StepStatus
+from django_durably.models import DatabaseNow, Run, Step, StepStatus
 from django_durably.types import JSON, LogLevel
 
 logger = logging.getLogger(__name__)
@@ -189,6 +194,70 @@ class ModelStepStore:
         self._after_commit(
             signals.step_failed, step_name=name, index=index, error=error, step_attempt=step_attempt
         )
+
+    def settle_wait(self, request: WaitRequest) -> WaitResult:
+        with _database_errors_lose_the_lease(self.run_id):
+            settled = settle(self.run_id, self.lease.generation, request, attempt=self.attempt)
+        if settled is None:
+            raise self._refused()
+        if isinstance(settled, Waiting):
+            self.lease.state = "finished"  # released: nothing more is written under it
+            self._after_commit(
+                signals.run_waiting,
+                job_name=self._run.job_name,
+                step_name=request.step,
+                kind=request.kind,
+                wake_at=settled.wake_at,
+                waiting_for=settled.waiting_for,
+            )
+            raise RunWaiting(
+                self.run_id, step_name=request.step, kind=request.kind, wake_at=settled.wake_at
+            )
+        if settled.status != "failed":
+            self._after_commit(
+                signals.step_completed,
+                step_name=request.step,
+                index=request.index,
+                output=checkpoint_of(settled),
+            )
+        return settled
+
+    def trigger_children(
+        self, *, index: int, name: str, job: Any, inputs: list[Any], options: dict[str, Any]
+    ) -> list[UUID]:
+        target = job if isinstance(job, Job) else get_job(str(job))
+        started_at = timezone.now()
+        sent_at = time.monotonic()
+        with _database_errors_lose_the_lease(self.run_id), transaction.atomic(using=self.alias):
+            runs = Run.objects.using(self.alias)
+            # The lock first (refused: nothing is created), then the parent's labels to inherit.
+            if not runs.held_by(self.run_id, self.lease.generation).update(
+                updated_at=DatabaseNow()
+            ):
+                raise self._refused()
+            if options.get("labels") is None:
+                labels = runs.filter(pk=self.run_id).values_list("labels", flat=True).get()
+                options = {**options, "labels": labels or None}
+            children = target.trigger_many(
+                [TriggerItem(input=value, parent_id=self.run_id, **options) for value in inputs]
+            )
+            ids = [child.pk for child in children]
+            if not persist_completed_step(
+                self.run_id,
+                self.lease.generation,
+                index=index,
+                name=name,
+                attempt=self.attempt,
+                output=[str(i) for i in ids],
+                started_at=started_at,
+                completed_at=timezone.now(),
+            ):
+                raise self._refused()  # rolls the children back with it
+        self.lease.confirm(sent_at)
+        self._after_commit(
+            signals.step_completed, step_name=name, index=index, output=[str(i) for i in ids]
+        )
+        return ids
 
     def save_cancelled(self, *, index: int, name: str, started_at: datetime) -> None:
         try:

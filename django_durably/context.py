@@ -19,11 +19,16 @@ from uuid import UUID
 
 from django.utils import timezone
 
+from django_durably.awaiting import WaitRequest, WaitResult, checkpoint_of, result_of
 from django_durably.conf import durably_settings
 from django_durably.exceptions import (
+    ChildRunFailed,
+    ChildRunsTimeout,
     DuplicateStepName,
     DurablyInterrupt,
+    InvalidWait,
     JobCancelled,
+    SignalTimeout,
     StepRetryLater,
 )
 from django_durably.limits import StepCall, step_retry_marker
@@ -97,6 +102,17 @@ class StepStore(Protocol):
 
     def timing(self, call: StepCall | None) -> AbstractContextManager[None]:
         """Hold the step call's timeout (``None``: none) while its function runs."""
+
+    def settle_wait(self, request: WaitRequest) -> WaitResult:
+        """Settle a durable wait: return its result when it is over (checkpointed, unless child
+        runs failed), or put the run in ``waiting``, release the lease and raise
+        :class:`~django_durably.exceptions.RunWaiting`."""
+
+    def trigger_children(
+        self, *, index: int, name: str, job: Any, inputs: list[Any], options: dict[str, Any]
+    ) -> list[UUID]:
+        """Create child runs of ``job`` (a job or its name), one per input, and checkpoint their
+        ids as step ``name``, in one transaction; return the ids."""
 
     def save_cancelled(self, *, index: int, name: str, started_at: datetime) -> None:
         """Record that the run was cancelled while this step ran (not fenced: the run is no longer
@@ -317,6 +333,125 @@ class StepContext:
         self._completed[name] = output
         return output
 
+    # -- durable waits ------------------------------------------------------------------------
+
+    def sleep(self, name: str, duration: float | timedelta) -> None:
+        """Wait ``duration`` (seconds or a ``timedelta``) without holding a worker: the run is
+        ``waiting`` until then and replays up to here, where this returns. The wake time is
+        computed once, from the database clock, and kept: a replay never sleeps again."""
+        value = _wait_seconds(name, duration, what="duration")
+        if value is None:
+            raise InvalidWait(f"step.sleep({name!r}) needs a duration, got None.")
+        self._wait(name, lambda index: WaitRequest("sleep", name, index, duration=value))
+
+    def sleep_until(self, name: str, when: datetime) -> None:
+        """Wait until ``when`` (an aware datetime) without holding a worker; see :meth:`sleep`."""
+        if not isinstance(when, datetime) or timezone.is_naive(when):
+            raise InvalidWait(
+                f"step.sleep_until({name!r}) needs an aware datetime (with a time zone), "
+                f"got {when!r}."
+            )
+        self._wait(name, lambda index: WaitRequest("sleep", name, index, until=when))
+
+    def wait_for_signal(
+        self, name: str, timeout: float | timedelta | None = None, *, signal: str | None = None
+    ) -> Any:
+        """Wait for a signal (``send_signal(run_id, signal, payload)``) without holding a worker and
+        return its payload. ``signal`` is the signal's name, by default the step's ``name``. Each
+        wait consumes the oldest unconsumed signal of its name, so one sent before the wait is
+        returned at once. Past ``timeout`` (seconds or a ``timedelta``), raises
+        :class:`~django_durably.exceptions.SignalTimeout`, which the job may catch."""
+        wanted = name if signal is None else signal
+        if not isinstance(wanted, str) or not wanted:
+            raise InvalidWait(f"signal= must be a non-empty string, got {signal!r}.")
+        limit = _wait_timeout(name, timeout)
+        result = self._wait(
+            name, lambda index: WaitRequest("signal", name, index, duration=limit, signal=wanted)
+        )
+        if result.status == "timed_out":
+            raise SignalTimeout(
+                f"No signal {wanted!r} reached run {self._run_id} by {result.until} "
+                f"(step {name!r}).",
+                run_id=self._run_id,
+                step_name=name,
+                deadline=result.until,
+            )
+        return result.value
+
+    def trigger(self, name: str, job: Any, inputs: Any = None, /, **options: Any) -> Any:
+        """Trigger child runs of ``job`` (a job or its registered name) as step ``name``, once: a
+        list of inputs makes one child each and returns their ids in order; any other input makes
+        one child and returns its id. A replay returns the same ids and creates nothing.
+
+        Children have this run as ``parent`` and its labels unless ``labels=`` is given; the other
+        options are :meth:`Job.trigger`'s (``queue``, ``priority``, ``concurrency_key``,
+        ``run_after``). Cancelling this run cancels its unfinished children; wait for them with
+        :meth:`wait_for_runs`."""
+        if "idempotency_key" in options:
+            raise InvalidWait(
+                "step.trigger() creates its children exactly once by itself: it takes no "
+                "idempotency_key."
+            )
+        self._claim_name(name)
+        index = self._next_index
+        self._next_index += 1
+        many = isinstance(inputs, (list, tuple))
+        if name in self._completed:
+            stored = self._completed[name]
+            ids = [UUID(str(i)) for i in stored] if isinstance(stored, list) else []
+        else:
+            self.check()
+            items = list(inputs) if many else [inputs]
+            ids = self._store.trigger_children(
+                index=index, name=name, job=job, inputs=items, options=options
+            )
+            self._completed[name] = [str(i) for i in ids]
+        return ids if many else ids[0]
+
+    def wait_for_runs(
+        self, name: str, run_ids: Any, timeout: float | timedelta | None = None
+    ) -> list[Any]:
+        """Wait, without holding a worker, until the child runs ``run_ids`` (from
+        :meth:`trigger`) have ended; return their outputs in the order given. Raises
+        :class:`~django_durably.exceptions.ChildRunFailed` naming the children that failed or were
+        cancelled (as soon as one did), :class:`~django_durably.exceptions.ChildRunsTimeout` past
+        ``timeout``, and :class:`~django_durably.exceptions.InvalidWait` for a run that is not a
+        child of this one."""
+        single = isinstance(run_ids, (UUID, str))
+        try:
+            ids = tuple(UUID(str(i)) for i in ([run_ids] if single else run_ids))
+        except (TypeError, ValueError):
+            raise InvalidWait(
+                f"step.wait_for_runs({name!r}) needs run ids, got {run_ids!r}."
+            ) from None
+        limit = _wait_timeout(name, timeout)
+        result = self._wait(
+            name, lambda index: WaitRequest("runs", name, index, duration=limit, runs=ids)
+        )
+        if result.status == "failed":
+            raise ChildRunFailed(result.failed, errors=result.errors, step_name=name)
+        if result.status == "timed_out":
+            raise ChildRunsTimeout(
+                f"Child runs of run {self._run_id} had not all ended by {result.until} "
+                f"(step {name!r}).",
+                run_id=self._run_id,
+                step_name=name,
+                deadline=result.until,
+            )
+        return list(result.value or [])
+
+    def _wait(self, name: str, request: Callable[[int], WaitRequest]) -> WaitResult:
+        self._claim_name(name)
+        index = self._next_index
+        self._next_index += 1
+        if name in self._completed:
+            return result_of(self._completed[name])  # replay: the wait is over
+        self.check()
+        result = self._store.settle_wait(request(index))
+        if result.status != "failed":
+            self._completed[name] = checkpoint_of(result)
+        return result
+
     def progress(
         self, current: float, total: float | None = None, message: str | None = None
     ) -> None:
@@ -358,6 +493,18 @@ def _policy(retry: Any) -> Retry:
     if not isinstance(retry, Retry):
         raise TypeError(f"retry= takes a django_durably.Retry, got {retry!r}.")
     return retry
+
+
+def _wait_timeout(name: str, timeout: float | timedelta | None) -> float | None:
+    return _wait_seconds(name, timeout, what="timeout")
+
+
+def _wait_seconds(name: str, value: float | timedelta | None, *, what: str) -> float | None:
+    """``value`` in seconds for wait ``name``, or :class:`InvalidWait`."""
+    try:
+        return seconds(value, what=f"The {what} of wait {name!r}")
+    except ValueError as exc:
+        raise InvalidWait(str(exc)) from None
 
 
 def _step_timeout(timeout: float | timedelta | None) -> float | None:

@@ -28,7 +28,7 @@ def send_after_commit(signal: Signal, *, using: str, **kwargs: Any) -> None:
 
 
 WorkerErrorContext = Literal[
-    "claim", "lease_renewal", "run_completion", "run_failure", "hand_back", "maintenance"
+    "claim", "lease_renewal", "run_completion", "run_failure", "hand_back", "maintenance", "wake"
 ]
 
 

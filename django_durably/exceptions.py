@@ -186,6 +186,12 @@ class RunNotDeletable(RunStateError):
     action = "be deleted"
 
 
+class RunNotWaiting(RunStateError):
+    """A signal can only be sent to a run that has not finished (pending, running or waiting)."""
+
+    action = "receive signals"
+
+
 class WaitError(DurablyError):
     """Waiting for a run ended without a completed run."""
 
@@ -227,6 +233,59 @@ class WaitTimeout(WaitError, TimeoutError):
 
 class StepError(DurablyError):
     """A step was used incorrectly."""
+
+
+class InvalidWait(StepError, ValueError):
+    """A durable wait was given something it cannot wait for (a run that is not a child of this
+    run, a naive datetime, a negative duration)."""
+
+
+class DurableWaitTimeout(DurablyError, TimeoutError):
+    """A durable wait (``step.wait_for_signal``, ``step.wait_for_runs``) reached its timeout.
+
+    Raised inside the job, where it can be caught; replays raise it again at the same step, so the
+    job takes the same path every time.
+    """
+
+    def __init__(self, message: str, *, run_id: UUID, step_name: str, deadline: Any) -> None:
+        self.run_id = run_id
+        self.step_name = step_name
+        self.deadline = deadline
+        super().__init__(message)
+
+
+class SignalTimeout(DurableWaitTimeout):
+    """No signal of the awaited name arrived before the wait's timeout."""
+
+
+class ChildRunsTimeout(DurableWaitTimeout):
+    """Child runs waited for by ``step.wait_for_runs`` had not all finished by its timeout."""
+
+
+class ChildRunFailed(DurablyError):
+    """Child runs waited for by ``step.wait_for_runs`` failed or were cancelled.
+
+    ``failed`` maps each such run's id to its status (``failed`` or ``cancelled``) and ``errors``
+    each failed run's id to its error. Not checkpointed: resume or retrigger the children and the
+    parent's next attempt waits for them again.
+    """
+
+    def __init__(
+        self,
+        failed: dict[UUID, str],
+        *,
+        errors: dict[UUID, Any] | None = None,
+        step_name: str = "",
+    ) -> None:
+        self.failed = failed
+        self.errors = errors or {}
+        self.step_name = step_name
+        listed = ", ".join(f"{run_id} ({status})" for run_id, status in failed.items())
+        super().__init__(f"Child runs did not complete (step {step_name!r}): {listed}.")
+
+    @property
+    def run_ids(self) -> list[UUID]:
+        return list(self.failed)
 
 
 class InvalidStepName(StepError, ValueError):
@@ -325,6 +384,17 @@ class LeaseLost(DurablyInterrupt):
 
 class AttemptEnded(LeaseLost):
     """The worker ended this attempt on time (``timeout``); its thread may write nothing more."""
+
+
+class RunWaiting(DurablyInterrupt):
+    """The run reached a durable wait and is now ``waiting``: the lease is released and the job
+    unwinds; it replays up to the wait once woken. Never catch it."""
+
+    def __init__(self, run_id: UUID, *, step_name: str, kind: str, wake_at: Any = None) -> None:
+        self.step_name = step_name
+        self.kind = kind
+        self.wake_at = wake_at
+        super().__init__(run_id, f"Run {run_id} waits at step {step_name!r} ({kind})")
 
 
 class StepRetryLater(DurablyInterrupt):

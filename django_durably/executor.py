@@ -31,6 +31,7 @@ from django_durably.exceptions import (
     JobCancelled,
     JobNotFound,
     LeaseLost,
+    RunWaiting,
     StepRetryLater,
     WorkerLost,
 )
@@ -43,11 +44,12 @@ from django_durably.models import AttemptOutcome, Run, RunStatus
 from django_durably.retries import Retry, next_delay, reclaim_limit
 from django_durably.serialization import describe_exception
 from django_durably.types import JSON
+from django_durably.waits import wake_due_runs, wake_parents_of
 
 logger = logging.getLogger(__name__)
 
 OutcomeStatus = Literal[
-    "completed", "failed", "retrying", "timed_out", "cancelled", "lost", "released"
+    "completed", "failed", "retrying", "timed_out", "waiting", "cancelled", "lost", "released"
 ]
 
 
@@ -56,7 +58,8 @@ class RunOutcome:
     """How one execution of a run ended, from the executing worker's point of view.
 
     ``retrying`` means the attempt failed (or a step's next try is due later) and the run is
-    pending again until ``retry_at``; ``timed_out`` that the worker ended the attempt at its
+    pending again until ``retry_at``; ``waiting`` that the job reached a durable wait and the run
+    waits, without a worker, until it is woken (at ``wake_at`` at the latest, if set); ``timed_out`` that the worker ended the attempt at its
     timeout (the run was then retried or failed); ``lost`` that the lease was lost (this worker
     wrote nothing more); ``released`` that the run was handed back because the process is exiting.
     """
@@ -68,6 +71,7 @@ class RunOutcome:
     duration: float
     error: dict[str, str] | None = None
     retry_at: datetime | None = None
+    wake_at: datetime | None = None
 
 
 def default_worker_id() -> str:
@@ -84,13 +88,17 @@ class AttemptEnd:
 
     run: Run
     lease: LeaseHandle
-    status: Literal["completed", "failed", "step_retry", "cancelled", "lost", "timed_out"]
+    status: Literal[
+        "completed", "failed", "step_retry", "waiting", "cancelled", "lost", "timed_out"
+    ]
     started: float
     output: JSON = None
     error: dict[str, str] | None = None
     retry_delay: float | None = None
     """Seconds until the next try (``failed`` with attempts left, ``step_retry``), else ``None``."""
     step_name: str | None = None
+    wake_at: datetime | None = None
+    """When a waiting run's timer wakes it (``waiting``), if it has one."""
     counted: bool = True
     """Whether a failure counts against the retry policy (not when the claim counted it already:
     a run failed for losing its worker too often)."""
@@ -123,6 +131,7 @@ def run_job(run: Run, lease: LeaseHandle) -> AttemptEnd:
             policy_of=lambda: job.retry_policy,
             timeout=job.timeout,
             timeout_at=None if job.timeout is None else started + job.timeout,
+            parent_id=run.parent_id,
         )
         if job.timeout is not None and lease.wake_keeper is not None:
             lease.wake_keeper()
@@ -138,6 +147,8 @@ def run_job(run: Run, lease: LeaseHandle) -> AttemptEnd:
         with context.activate():
             result = job.fn(context, value)
         output = job.prepare_output(result)
+    except RunWaiting as waiting:
+        return AttemptEnd(run, lease, "waiting", started, wake_at=waiting.wake_at)
     except JobCancelled:
         return AttemptEnd(run, lease, "cancelled", started)
     except LeaseLost:
@@ -243,9 +254,27 @@ def record(ends: Sequence[AttemptEnd], *, worker_id: str = "") -> list[RunOutcom
                 duration=time.monotonic() - end.started,
                 error=end.error if status in ("failed", "retrying") else None,
                 retry_at=retry_at,
+                wake_at=end.wake_at,
             )
         )
+    ended_children = [
+        end.run.parent_id
+        for end in ends
+        if end.run.parent_id is not None and end.run.pk in won and won[end.run.pk] is None
+    ]
+    if ended_children:
+        wake_parents_after_end(ended_children, worker_id=worker_id)
     return outcomes
+
+
+def wake_parents_after_end(parent_ids: Sequence[UUID | None], *, worker_id: str) -> None:
+    """Wake the parents waiting for runs that just ended; a database error is logged and sent as
+    ``worker_error`` (context ``wake``): the parent then wakes at its wait's timeout, if any."""
+    try:
+        wake_parents_of(parent_ids)
+    except DatabaseError as exc:
+        logger.exception("Could not wake the parents of runs that ended: %s", parent_ids)
+        send_worker_error(exc, context="wake", worker_id=worker_id)
 
 
 # The ends that are written: the others were written by someone else (a cancel, the worker ending
@@ -330,6 +359,7 @@ def process_next(
     ensure_outside_transaction("process_one()")
     seconds = durably_settings.LEASE_SECONDS if lease_seconds is None else lease_seconds
     claimed_by = worker_id or default_worker_id()
+    wake_due_runs()  # a waiting run whose timer is due is as claimable as a due pending run
     claimed_at = time.monotonic()
     claimed = leases.claim(worker_id=claimed_by, queues=queues, limit=1, lease_seconds=seconds)
     if not claimed:
@@ -354,13 +384,14 @@ def log_outcome(outcome: RunOutcome, *, worker_id: str, log: logging.Logger = lo
     )
     log.log(
         level,
-        "run=%s job=%s attempt=%d outcome=%s duration=%.3fs%s%s",
+        "run=%s job=%s attempt=%d outcome=%s duration=%.3fs%s%s%s",
         outcome.run_id,
         outcome.job_name,
         outcome.attempt,
         outcome.status,
         outcome.duration,
         f" retry_at={outcome.retry_at.isoformat()}" if outcome.retry_at else "",
+        f" wake_at={outcome.wake_at.isoformat()}" if outcome.wake_at else "",
         f" error={outcome.error['type']}: {outcome.error['message']}" if outcome.error else "",
         extra={
             "action": outcome.status,

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from uuid import UUID
 
 from pydantic import BaseModel, ValidationError
 
@@ -84,6 +85,8 @@ class TriggerItem:
     priority: int | None = None
     run_after: datetime | None = None
     coalesce: Coalesce = "error"
+    parent_id: UUID | None = None
+    """The run whose ``step.trigger()`` creates this one (set by it)."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
+from uuid import UUID
 
 from django_durably.retries import Retry
 
@@ -45,6 +46,8 @@ class AttemptLimits:
     timeout: float | None = None
     timeout_at: float | None = None
     step: StepCall | None = None
+    parent_id: UUID | None = None
+    """The run's parent (``step.trigger``): woken when the attempt's end fails the run."""
 
     @property
     def policy(self) -> Retry:

@@ -42,6 +42,9 @@ class RunStatus(models.TextChoices):
     """Waiting to be claimed by a worker (possibly not before ``run_after``)."""
     LEASED = "leased", _("Running")
     """Claimed by a worker whose lease (``lease_expires_at``) it renews while the job runs."""
+    WAITING = "waiting", _("Waiting")
+    """Stopped at a durable wait (a sleep, a signal, child runs): holds no worker and no lease;
+    ``waiting_for`` says for what, ``wake_at`` until when. Woken, it is pending again."""
     COMPLETED = "completed", _("Completed")
     """Finished; ``output`` holds the job's return value."""
     FAILED = "failed", _("Failed")
@@ -53,7 +56,9 @@ class RunStatus(models.TextChoices):
 # The state sets of DESIGN.md section 3, in the order operations try them. The querysets' predicates
 # and the guarded UPDATEs of ``operations`` are all built from these.
 TERMINAL_STATUSES = (RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED)
-CANCELLABLE_STATUSES = (RunStatus.PENDING, RunStatus.LEASED)
+CANCELLABLE_STATUSES = (RunStatus.PENDING, RunStatus.LEASED, RunStatus.WAITING)
+SIGNALLABLE_STATUSES = (RunStatus.PENDING, RunStatus.LEASED, RunStatus.WAITING)
+"""Statuses a signal may be sent to: stored until a wait of the run consumes it."""
 RESUMABLE_STATUSES = (RunStatus.FAILED, RunStatus.CANCELLED)
 
 
@@ -98,7 +103,20 @@ TRANSITIONS: tuple[Transition, ...] = (
     Transition(
         "leased", "end at its timeout", "pending / failed", "django_durably.timeouts.end_on_time"
     ),
-    Transition("pending, leased", "cancel", "cancelled", "django_durably.operations.cancel_run"),
+    Transition(
+        "leased",
+        "wait (sleep, signal, children)",
+        "waiting",
+        "django_durably.leases.waiting.settle",
+    ),
+    Transition("waiting", "wake: timer due", "pending", "django_durably.waits.wake_due_runs"),
+    Transition("waiting", "wake: signal", "pending", "django_durably.waits.send_signal"),
+    Transition(
+        "waiting", "wake: last child ended", "pending", "django_durably.leases.waiting.wake_parents"
+    ),
+    Transition(
+        "pending, leased, waiting", "cancel", "cancelled", "django_durably.operations.cancel_run"
+    ),
     Transition("failed, cancelled", "resume", "pending", "django_durably.operations.resume_run"),
     Transition(
         "completed, failed, cancelled",
@@ -122,6 +140,11 @@ class StepStatus(models.TextChoices):
     """The step's function raised; a later attempt runs it again."""
     CANCELLED = "cancelled", _("Cancelled")
     """The run was cancelled while the step ran."""
+    WAITING = "waiting", _("Waiting")
+    """A durable wait's record (``step.sleep``, ``wait_for_signal``, ``wait_for_runs``), written when
+    the run first waited there: ``output`` holds what it waits for and its deadline (``until``),
+    computed once; a replay waits for the same. Its completed row, when the wait is over, is the
+    checkpoint."""
 
 
 class LogLevel(models.TextChoices):
@@ -143,8 +166,20 @@ class RunQuerySet(models.QuerySet["Run"]):
 
     def awaiting_trigger(self) -> RunQuerySet:
         """Pending runs that new triggers coalesce into (one per job and concurrency key): not
-        the runs waiting for a retry, which continue an attempt rather than wait for their first."""
-        return self.filter(status=RunStatus.PENDING, retry_at__isnull=True)
+        the runs waiting for a retry, nor runs woken from a durable wait, which continue an
+        attempt rather than wait for their first."""
+        return self.filter(
+            status=RunStatus.PENDING, retry_at__isnull=True, waiting_for__isnull=True
+        )
+
+    def waiting(self) -> RunQuerySet:
+        """Runs stopped at a durable wait (``waiting_for`` says for what)."""
+        return self.filter(status=RunStatus.WAITING)
+
+    def due_to_wake(self) -> RunQuerySet:
+        """Waiting runs whose timer (a sleep's end, a wait's deadline) is due by the database
+        clock: what ``waits.wake_due_runs`` makes pending (index ``durably_run_waking_idx``)."""
+        return self.filter(status=RunStatus.WAITING, wake_at__lte=DatabaseNow())
 
     def retrying(self) -> RunQuerySet:
         """Pending runs waiting to be tried again (``retry_at`` is when)."""
@@ -242,6 +277,33 @@ class Run(models.Model):
         blank=True,
         help_text=_("Set while the run waits to be tried again after a failure (its run_after)."),
     )
+    wake_at = models.DateTimeField(
+        _("waking at"),
+        null=True,
+        blank=True,
+        help_text=_(
+            "Set while the run waits: when its timer wakes it (a sleep's end, a wait's timeout); "
+            "empty for a wait without a deadline."
+        ),
+    )
+    waiting_for = models.JSONField(
+        _("waiting for"),
+        null=True,
+        blank=True,
+        help_text=_(
+            "What the run waits for (kind: sleep, signal or runs, the step, and details); kept "
+            "once it is woken until the wait returns."
+        ),
+    )
+    parent = models.ForeignKey(
+        "self",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="children",
+        verbose_name=_("parent run"),
+        help_text=_("The run whose step.trigger() created this one."),
+    )
     current_step_index = models.PositiveIntegerField(_("current step index"), default=0)
     completed_step_count = models.PositiveIntegerField(_("completed steps"), default=0)
     lease_owner = models.CharField(_("lease owner"), max_length=255, default="", blank=True)
@@ -265,6 +327,7 @@ class Run(models.Model):
             ("cancel_run", _("Can cancel runs")),
             ("resume_run", _("Can resume runs")),
             ("retrigger_run", _("Can retrigger runs")),
+            ("signal_run", _("Can send signals to runs")),
         ]
         constraints = [
             models.UniqueConstraint(
@@ -274,9 +337,15 @@ class Run(models.Model):
             ),
             models.UniqueConstraint(
                 fields=["job_name", "concurrency_key"],
-                # A run waiting for its retry is a continuation, not a request to coalesce into:
-                # it may share its key with a newer pending run (the claim serialises the two).
-                condition=Q(status="pending", concurrency_key__isnull=False, retry_at__isnull=True),
+                # A run waiting for its retry, or woken from a durable wait, is a continuation,
+                # not a request to coalesce into: it may share its key with a newer pending run
+                # (the claim serialises the two).
+                condition=Q(
+                    status="pending",
+                    concurrency_key__isnull=False,
+                    retry_at__isnull=True,
+                    waiting_for__isnull=True,
+                ),
                 name="durably_run_one_pending_per_key",
             ),
             models.CheckConstraint(
@@ -305,6 +374,12 @@ class Run(models.Model):
                 fields=["concurrency_key"],
                 condition=Q(status="leased"),
                 name="durably_run_leased_key_idx",
+            ),
+            # Waking: waiting runs by when their timer is due (partial: only waiting runs).
+            models.Index(
+                fields=["wake_at"],
+                condition=Q(status="waiting"),
+                name="durably_run_waking_idx",
             ),
             # Listing: newest first, overall and by job or status.
             models.Index(fields=["-created_at", "-id"], name="durably_run_created_idx"),
@@ -416,6 +491,9 @@ class AttemptOutcome(models.TextChoices):
     worker reclaimed the run."""
     RELEASED = "released", _("Handed back")
     """The worker handed the run back as it shut down."""
+    WAITING = "waiting", _("Released to wait")
+    """The job reached a durable wait (sleep, signal, child runs): the run was released, waiting,
+    until it is woken."""
 
 
 class RunAttempt(models.Model):
@@ -469,6 +547,49 @@ class RunAttempt(models.Model):
         return (self.ended_at - self.started_at).total_seconds()
 
 
+class Signal(models.Model):
+    """A named message sent to a run (``send_signal``), kept until a ``step.wait_for_signal`` of
+    that name consumes it: each wait takes the oldest unconsumed one, so a signal sent before the
+    run waits is not lost. Sent again with the same ``idempotency_key``, it is stored once."""
+
+    id = models.BigAutoField(primary_key=True)
+    # No index of its own: the (run, name, id) index serves lookups by run.
+    run = models.ForeignKey(
+        Run, on_delete=models.CASCADE, related_name="signals", verbose_name=_("run"), db_index=False
+    )
+    name = models.CharField(_("name"), max_length=255)
+    payload: Any = models.JSONField(_("payload"), null=True, blank=True)
+    idempotency_key = models.CharField(_("idempotency key"), max_length=255, null=True, blank=True)  # noqa: DJ001
+    sent_by = models.CharField(_("sent by"), max_length=255, default="", blank=True)
+    source = models.CharField(_("source"), max_length=32, default="python")
+    sent_at = models.DateTimeField(_("sent at"), db_default=DatabaseNow())
+    consumed_at = models.DateTimeField(_("consumed at"), null=True, blank=True)
+    consumed_by_step = models.CharField(
+        _("consumed by step"), max_length=255, default="", blank=True
+    )
+
+    class Meta:
+        verbose_name = _("signal")
+        verbose_name_plural = _("signals")
+        ordering = ["run_id", "id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["run", "idempotency_key"],
+                condition=Q(idempotency_key__isnull=False),
+                name="durably_signal_unique_idempotency_key",
+            ),
+        ]
+        indexes = [models.Index(fields=["run", "name", "id"], name="durably_signal_run_idx")]
+
+    def __str__(self) -> str:
+        state = "consumed" if self.consumed_at else "unconsumed"
+        return f"{self.name} ({state})"
+
+    @property
+    def is_consumed(self) -> bool:
+        return self.consumed_at is not None
+
+
 class RunLog(models.Model):
     """A line logged by a job through ``step.log``."""
 
@@ -499,6 +620,7 @@ class AuditAction(models.TextChoices):
     RESUME = "resume", _("Resume")
     RETRIGGER = "retrigger", _("Retrigger")
     DELETE = "delete", _("Delete")
+    SIGNAL = "signal", _("Send signal")
 
 
 class AuditRecord(models.Model):

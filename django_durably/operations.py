@@ -36,7 +36,12 @@ from django_durably.exceptions import (
     RunNotRetriggerable,
 )
 from django_durably.jobs import TriggerItem, get_job
-from django_durably.leases import lock_oldest_finished, record_attempt
+from django_durably.leases import (
+    lock_oldest_finished,
+    record_attempt,
+    unfinished_children,
+    wake_parents,
+)
 from django_durably.leases.statements import ended_fields
 from django_durably.models import (
     CANCELLABLE_STATUSES,
@@ -206,7 +211,7 @@ def _record(
 
 @_retried_when_locked
 def cancel_run(run_id: UUID | str, *, actor: Any = None, source: str = "python") -> CancelResult:
-    """Cancel a pending or leased run.
+    """Cancel a pending, leased or waiting run, and then its unfinished child runs.
 
     A worker running it stops before its next step starts (on PostgreSQL a notification reaches
     it when the cancel commits; elsewhere the step boundary reads the run), writes nothing more but
@@ -250,7 +255,24 @@ def cancel_run(run_id: UUID | str, *, actor: Any = None, source: str = "python")
             if owner:  # a handed-back lease has no owner: its attempt was recorded then
                 record_attempt(alias, run_id, AttemptOutcome.CANCELLED)
             notify_cancelled(alias, run_id, generation)
+        parent_id = (
+            Run.objects.using(alias).filter(pk=run_id).values_list("parent_id", flat=True)[0]
+        )
+    # Committed: a parent waiting for this run learns of its end; its own children are cancelled.
+    if parent_id is not None:
+        wake_parents([parent_id])
+    _cancel_children(run_id, actor=actor, source=source)
     return CancelResult(run_id=run_id, cancelled=True, from_status=from_status)
+
+
+def _cancel_children(run_id: UUID, *, actor: Any, source: str) -> None:
+    """Cancel the unfinished child runs of a cancelled run (and so theirs), each with its own
+    compare-and-swap: a child that ends meanwhile keeps its end."""
+    for child_id in unfinished_children([run_id]):
+        try:
+            cancel_run(child_id, actor=actor, source=source)
+        except (RunNotCancellable, RunNotFound):
+            continue
 
 
 # -- resume ------------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ from django_durably.exceptions import (
     RunNotFound,
     RunNotResumable,
     RunNotRetriggerable,
+    RunNotWaiting,
     RunStateError,
 )
 from django_durably.schemas import ErrorOut, ValidationErrorOut
@@ -61,6 +62,7 @@ _STATE_CODES: dict[type[RunStateError], str] = {
     RunNotResumable: "run_not_resumable",
     RunNotRetriggerable: "run_not_retriggerable",
     RunNotDeletable: "run_not_deletable",
+    RunNotWaiting: "run_not_waiting",
 }
 
 

@@ -18,7 +18,7 @@ from typing import Any
 from django.core.exceptions import ImproperlyConfigured
 
 from django_durably.conf import durably_settings
-from django_durably.exceptions import NonRetryable
+from django_durably.exceptions import ChildRunFailed, DurableWaitTimeout, NonRetryable
 
 __all__ = ["NO_RETRY", "Retry", "default_policy", "next_delay", "reclaim_limit", "seconds"]
 
@@ -95,7 +95,7 @@ class Retry:
 
     def retries(self, error: BaseException, tries: int) -> bool:
         """Whether to try again after ``tries`` failed tries, the last raising ``error``."""
-        if tries >= self.max_attempts or isinstance(error, NonRetryable):
+        if tries >= self.max_attempts or isinstance(error, (NonRetryable, *_DECIDED)):
             return False
         if self.give_up_on and isinstance(error, self.give_up_on):
             return False
@@ -152,6 +152,11 @@ def default_policy() -> Retry:
     raise ImproperlyConfigured(
         f"DURABLY_DEFAULT_RETRY must be a django_durably.Retry, a dict or None; got {value!r}."
     )
+
+
+# Outcomes of durable waits, checkpointed or decided by other runs: trying again would meet them
+# again at once (a wait's timeout is replayed; failed children stay failed until an operator acts).
+_DECIDED: tuple[type[BaseException], ...] = (DurableWaitTimeout, ChildRunFailed)
 
 
 def next_delay(policy: Retry, error: BaseException, tries: int) -> float | None:

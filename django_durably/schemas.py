@@ -41,14 +41,18 @@ from django_durably.validation import (
 
 logger = logging.getLogger(__name__)
 
-RunStatusName = Literal["pending", "leased", "completed", "failed", "cancelled"]
-RunStatusFilterName = Literal["pending", "leased", "running", "completed", "failed", "cancelled"]
+RunStatusName = Literal["pending", "leased", "waiting", "completed", "failed", "cancelled"]
+"""The values of ``RunStatus`` (a test keeps the two equal)."""
+RunStatusFilterName = Literal[
+    "pending", "leased", "running", "waiting", "completed", "failed", "cancelled"
+]
 STATUS_ALIASES = {"running": RunStatus.LEASED}
 """Filter values that name a status by another name (DESIGN.md section 3: "Running" is ``leased``)."""
-StepStatusName = Literal["completed", "failed", "cancelled"]
+StepStatusName = Literal["completed", "failed", "cancelled", "waiting"]
+"""The values of ``StepStatus`` (a test keeps the two equal)."""
 LogLevelName = Literal["info", "warning", "error"]
 AttemptOutcomeName = Literal[
-    "completed", "failed", "timed_out", "step_retry", "cancelled", "lost", "released"
+    "completed", "failed", "timed_out", "step_retry", "cancelled", "lost", "released", "waiting"
 ]
 """The values of ``AttemptOutcome`` (a test keeps the two equal)."""
 DispositionName = Literal["created", "idempotent", "coalesced"]
@@ -137,7 +141,7 @@ class ErrorOut(Schema):
         None,
         description="Machine-readable: run_not_found, job_not_found, permission_denied, "
         "run_not_cancellable, run_not_resumable, run_not_retriggerable, run_not_deletable, "
-        "pending_run_exists, conflict, payload_too_large.",
+        "run_not_waiting, pending_run_exists, conflict, payload_too_large.",
     )
     status: RunStatusName | None = Field(None, description="The run's current status (409).")
     run_id: UUID | None = Field(None, description="The run the error is about, when visible.")
@@ -237,6 +241,19 @@ class LeaseOut(Schema):
     generation: int = Field(description="Incremented by every claim; fences stale workers.")
 
 
+class WaitingForOut(Schema):
+    """What a waiting run waits for (its ``waiting_for``). Kept on a woken run (pending, then
+    running) until the wait returns; null once it has, and on runs that never waited."""
+
+    kind: str = Field(description="sleep, signal or runs.")
+    step: str = Field(description="The name of the step that waits.")
+    until: datetime | None = Field(
+        None, description="The wait's deadline (a sleep's end, a wait's timeout); null: none."
+    )
+    signal: str | None = Field(None, description="kind signal: the signal's name.")
+    runs: list[UUID] | None = Field(None, description="kind runs: the child runs waited for.")
+
+
 class RunOut(Schema):
     id: UUID
     job_name: str
@@ -248,8 +265,8 @@ class RunOut(Schema):
         "by itself."
     )
     is_active: bool = Field(
-        description="The run has not finished: pending, or leased (running). The opposite of "
-        "is_terminal."
+        description="The run has not finished: pending, leased (running) or waiting. The "
+        "opposite of is_terminal."
     )
     labels: dict[str, str]
     progress: ProgressOut | None
@@ -260,6 +277,16 @@ class RunOut(Schema):
     )
     retry_at: datetime | None = Field(
         description="When a pending run waiting for a retry will be tried again; null otherwise."
+    )
+    wake_at: datetime | None = Field(
+        description="When a waiting run's timer wakes it (a sleep's end, a wait's timeout); null "
+        "otherwise, and for a wait without a deadline."
+    )
+    waiting_for: WaitingForOut | None = Field(
+        description="What the run waits for (kept once it is woken, until the wait returns)."
+    )
+    parent_id: UUID | None = Field(
+        description="The run whose step.trigger() created this one; null for other runs."
     )
     completed_step_count: int
     idempotency_key: str | None
@@ -351,7 +378,10 @@ class StepOut(Schema):
     step_attempt: int = Field(
         description="Which try of the step's function this row records (1, 2, ... on retries)."
     )
-    output: Any
+    output: Any = Field(
+        description="The step's return value; for a waiting row (a durable wait's record), what "
+        "it waits for."
+    )
     error: RunErrorOut | None
     started_at: datetime
     completed_at: datetime
@@ -378,7 +408,8 @@ class AttemptOut(Schema):
     outcome: AttemptOutcomeName = Field(
         description="completed, failed (the run failed or was scheduled to be retried), "
         "timed_out, step_retry (released until a failed step's next try), cancelled, lost (its "
-        "worker stopped renewing the lease) or released (handed back at shutdown)."
+        "worker stopped renewing the lease), released (handed back at shutdown) or waiting "
+        "(released at a durable wait)."
     )
     error: RunErrorOut | None = Field(description="The exception that ended the attempt, if any.")
     retry_at: datetime | None = Field(
@@ -407,6 +438,40 @@ class LogOut(Schema):
 class LogPage(Schema):
     count: int = Field(description="How many log lines the run has in total.")
     items: list[LogOut]
+
+
+class SignalOut(Schema):
+    """A signal sent to a run, consumed or not yet."""
+
+    id: int
+    name: str
+    payload: Any = Field(description="The JSON sent with it (null when none).")
+    idempotency_key: str | None
+    sent_by: str = Field(description="Who sent it (empty when unknown).")
+    source: str = Field(description="Where it was sent from: python, admin or api.")
+    sent_at: datetime
+    consumed_at: datetime | None = Field(
+        description="When a step.wait_for_signal() took it; null while it waits for one."
+    )
+    consumed_by_step: str = Field(description="The step that took it (empty until then).")
+
+
+class SignalPage(Schema):
+    count: int = Field(description="How many signals the run has been sent in total.")
+    items: list[SignalOut]
+
+
+class SignalSentOut(Schema):
+    """The result of ``POST /runs/{run_id}/signals/{name}``."""
+
+    signal_id: int = Field(description="The stored signal (the first one, for a repeated key).")
+    run_id: UUID
+    name: str
+    created: bool = Field(
+        description="False when the idempotency key had been used: nothing new was stored."
+    )
+    woke: bool = Field(description="The run was waiting for this signal and is pending again.")
+    run_status: RunStatusName = Field(description="The run's status after the signal.")
 
 
 # -- inputs ------------------------------------------------------------------------------------
@@ -441,6 +506,21 @@ class EnqueueIn(Schema):
     )
 
 
+class SignalIn(Schema):
+    """A signal's body. Both fields are optional; unknown fields are refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    payload: Any = Field(
+        None, description="Any JSON, returned by the step.wait_for_signal() that takes it."
+    )
+    idempotency_key: Key | None = Field(
+        None,
+        description="A second signal to the run with the same key stores nothing and returns the "
+        "first (200).",
+    )
+
+
 class RunFilter(FilterSchema):
     """Filters of GET /runs. Repeat ``job`` or ``status`` to match any of several values."""
 
@@ -449,6 +529,9 @@ class RunFilter(FilterSchema):
     )
     status: list[RunStatusFilterName] | None = Field(
         None, description="Run status (repeatable: any of); running is an alias of leased."
+    )
+    parent: Annotated[UUID | None, FilterLookup("parent_id")] = Field(
+        None, description="Only the child runs of this run (created by its step.trigger())."
     )
     retrying: bool | None = Field(
         None,

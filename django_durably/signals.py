@@ -20,6 +20,11 @@ signal                      kwargs
                             ``timed_out`` or ``step_retry``), ``step_name`` (a step's retry, else
                             ``None``)
 ``run_cancelled``           ``run_id``, ``job_name``
+``run_waiting``             ``run_id``, ``job_name``, ``step_name``, ``kind`` (``sleep``, ``signal``
+                            or ``runs``), ``wake_at`` (database time, or ``None``), ``waiting_for``
+``run_woken``               ``run_ids`` (a list), ``reason`` (``timer``, ``signal`` or ``children``)
+``signal_sent``             ``run_id``, ``job_name``, ``name``, ``signal_id``, ``created``, ``woke``,
+                            ``actor``, ``source``
 ``run_resumed``             ``run_id``, ``job_name``
 ``run_retriggered``         ``run_id``, ``job_name``, ``new_run_id``
 ``run_deleted``             ``run_id``, ``job_name``
@@ -31,7 +36,7 @@ signal                      kwargs
 ``run_progress``            ``run_id``, ``progress`` (dict: current, total, message)
 ``run_log``                 ``run_id``, ``step_name``, ``level``, ``message``, ``data``
 ``worker_error``            ``context`` (``claim``, ``lease_renewal``, ``run_completion``,
-                            ``run_failure``, ``hand_back`` or ``maintenance``), ``worker_id``,
+                            ``run_failure``, ``hand_back``, ``maintenance`` or ``wake``), ``worker_id``,
                             ``run_id`` (or ``None``), ``error`` (dict: type, message)
 ==========================  ==========================================================================
 
@@ -49,6 +54,9 @@ run_completed = Signal()
 run_failed = Signal()
 run_retry_scheduled = Signal()
 run_cancelled = Signal()
+run_waiting = Signal()
+run_woken = Signal()
+signal_sent = Signal()
 run_resumed = Signal()
 run_retriggered = Signal()
 run_deleted = Signal()

@@ -6,9 +6,12 @@ The stream reads the database, so it sees what workers in any process write. It 
 =============  ===========================================================================
 event          data
 =============  ===========================================================================
-``snapshot``   the run (status, progress, attempts, retry_at, step counts, times, output, error)
-``status``     ``{"status", "attempt", "retry_at"}`` whenever one of them changes (``retry_at``
-               is set when the run went back to pending to be tried again)
+``snapshot``   the run (status, progress, attempts, retry_at, wake_at, waiting_for, parent_id,
+               step counts, times, output, error)
+``status``     ``{"status", "attempt", "retry_at", "wake_at", "waiting_for"}`` whenever one of
+               them changes (``retry_at`` is set when the run went back to pending to be tried
+               again; ``waiting_for`` and ``wake_at`` when it stopped at a durable wait, and
+               ``waiting_for`` stays set once it is woken, until the wait returns)
 ``step``       a step row written since: ``{"index", "name", "status", "attempt", ...}``
 ``progress``   ``{"current", "total", "message"}``, at most one per ``progress_interval``
 ``log``        a log line written since: ``{"level", "message", "data", "step_name", ...}``
@@ -17,8 +20,10 @@ event          data
 
 Each event has an increasing ``id``. Times are ISO 8601 (``2026-11-22T09:30:02.390Z``), as in the
 rest of the API. A status change to ``leased`` (a new attempt) comes before the steps and log lines
-of that attempt; a change that ends an attempt (back to ``pending``, say for a retry, or to a
-finished status) comes after them, and a finished status just before ``end``.
+of that attempt; a change that ends an attempt (back to ``pending``, say for a retry, to
+``waiting`` at a durable wait, or to a finished status) comes after them, and a finished status
+just before ``end``. A waiting run's stream stays open: its wake (back to ``pending``) is a status
+event too.
 Outputs longer than :data:`PREVIEW_BYTES` of JSON are sent as a preview (``output`` null,
 ``output_truncated`` true, ``output_preview`` the start of the JSON text); the run and step
 endpoints have them whole.
@@ -145,6 +150,7 @@ class EventStream:
     _status: str = ""
     _attempt: int = 0
     _retry_at: Any = None
+    _wait: Any = None  # (wake_at, waiting_for) as last told
     _progress: Any = None
     _progress_sent_at: float = 0.0
     _progress_pending: bool = False
@@ -228,6 +234,7 @@ class EventStream:
     def _snapshot(self, row: dict[str, Any], alias: str) -> str:
         self._status, self._attempt, self._progress = row["status"], row["attempt"], row["progress"]
         self._retry_at = row["retry_at"]
+        self._wait = (row["wake_at"], row["waiting_for"])
         self.last_step_id = _max_id(Step.objects.using(alias).filter(run_id=self.run_id))
         self.last_log_id = _max_id(RunLog.objects.using(alias).filter(run_id=self.run_id))
         self._progress_sent_at = time.monotonic()
@@ -272,12 +279,23 @@ class EventStream:
         self._inbox.put(self._event(event, data))
 
     def _status_change(self, row: dict[str, Any]) -> None:
-        seen = (row["status"], row["attempt"], row["retry_at"])
-        if seen != (self._status, self._attempt, self._retry_at):
-            self._status, self._attempt, self._retry_at = seen
+        seen = (
+            row["status"],
+            row["attempt"],
+            row["retry_at"],
+            (row["wake_at"], row["waiting_for"]),
+        )
+        if seen != (self._status, self._attempt, self._retry_at, self._wait):
+            self._status, self._attempt, self._retry_at, self._wait = seen
             self._send(
                 "status",
-                {"status": row["status"], "attempt": row["attempt"], "retry_at": row["retry_at"]},
+                {
+                    "status": row["status"],
+                    "attempt": row["attempt"],
+                    "retry_at": row["retry_at"],
+                    "wake_at": row["wake_at"],
+                    "waiting_for": row["waiting_for"],
+                },
             )
 
     def _progress_change(self, row: dict[str, Any], *, finished: bool) -> None:

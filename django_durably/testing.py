@@ -27,8 +27,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, get_args
 
+from django_durably.awaiting import WaitRequest, WaitResult, checkpoint_of
 from django_durably.context import StepContext
-from django_durably.exceptions import JobCancelled, LeaseLost
+from django_durably.exceptions import JobCancelled, LeaseLost, RunWaiting
 from django_durably.limits import StepCall
 from django_durably.types import JSON, LogLevel
 
@@ -74,6 +75,14 @@ class InMemoryStepStore:
     ``on="save_completed"`` (or another write), the stop lands just before that write instead, as
     when a run is cancelled while a step's function runs: the function finishes, its checkpoint is
     refused. Like the database, the store refuses naive ``started_at`` times.
+
+    Durable waits: ``step.sleep`` returns at once (recorded in ``sleeps``); ``wait_for_signal``
+    takes the oldest payload seeded in ``signals`` (by signal name) and otherwise unwinds the job
+    with :class:`~django_durably.exceptions.RunWaiting`, as in a worker (``waiting`` names the
+    step): seed the signal and call the job again with the same store, and it replays up to the
+    wait. ``step.trigger`` records ``children`` (id, job name, input) without running them;
+    ``wait_for_runs`` returns their outputs once all are in ``child_outputs`` (and unwinds until
+    then). Timeouts of waits are not simulated.
     """
 
     completed: dict[str, JSON] = field(default_factory=dict)
@@ -87,6 +96,11 @@ class InMemoryStepStore:
     waits: list[float] = field(default_factory=list)
     timeouts: list[tuple[str, float]] = field(default_factory=list)
     tries: dict[str, int] = field(default_factory=dict)
+    signals: dict[str, list[Any]] = field(default_factory=dict)
+    sleeps: list[str] = field(default_factory=list)
+    children: list[tuple[uuid.UUID, str, Any]] = field(default_factory=list)
+    child_outputs: dict[uuid.UUID, Any] = field(default_factory=dict)
+    waiting: str | None = None
     cancelled: bool = False
     lease_lost: bool = False
     _stop_on: tuple[Write, Literal["cancelled", "lease_lost"]] | None = field(
@@ -182,6 +196,41 @@ class InMemoryStepStore:
                 index=index, name=name, status="failed", error=error, step_attempt=step_attempt
             )
         )
+
+    def settle_wait(self, request: WaitRequest) -> WaitResult:
+        self._refuse_stopped()
+        result: WaitResult | None = None
+        if request.kind == "sleep":
+            self.sleeps.append(request.step)
+            result = WaitResult("done")
+        elif request.kind == "signal":
+            queued = self.signals.get(request.signal or request.step) or []
+            if queued:
+                result = WaitResult("done", queued.pop(0))
+        elif all(run_id in self.child_outputs for run_id in request.runs):
+            result = WaitResult("done", [self.child_outputs[i] for i in request.runs])
+        if result is None:
+            self.waiting = request.step
+            raise RunWaiting(self.run_id, step_name=request.step, kind=request.kind)
+        self.waiting = None
+        output = checkpoint_of(result)
+        self.completed[request.step] = output
+        self.steps.append(
+            StoredStep(index=request.index, name=request.step, status="completed", output=output)
+        )
+        return result
+
+    def trigger_children(
+        self, *, index: int, name: str, job: Any, inputs: list[Any], options: dict[str, Any]
+    ) -> list[uuid.UUID]:
+        self._refuse_stopped("save_completed")
+        job_name = str(getattr(job, "name", job))
+        ids = [uuid.uuid4() for _ in inputs]
+        self.children += [(i, job_name, value) for i, value in zip(ids, inputs, strict=True)]
+        output: JSON = [str(i) for i in ids]
+        self.completed[name] = output
+        self.steps.append(StoredStep(index=index, name=name, status="completed", output=output))
+        return ids
 
     def save_cancelled(self, *, index: int, name: str, started_at: datetime) -> None:
         self._aware(name, started_at)

@@ -92,6 +92,11 @@ def end_on_time(handle: LeaseHandle, expired: Expired) -> TimedOutEnd | None:
     handle.state = "timed_out"
     ended = TimedOutEnd(error=row.value, retry_at=won[handle.run_id])  # type: ignore[arg-type]
     _send_signals(handle, limits, step, ended)
+    if ended.retry_at is None and limits.parent_id is not None:
+        try:
+            leases.wake_parents([limits.parent_id])  # the run failed: its parent may be waiting
+        except DatabaseError:
+            pass  # the parent wakes at its wait's timeout, if it has one
     return ended
 
 

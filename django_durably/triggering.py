@@ -237,6 +237,7 @@ def _prepare(job: Job[Any, Any], item: TriggerItem) -> _Prepared:
             idempotency_key=check_optional_key(item.idempotency_key, "idempotency_key"),
             concurrency_key=job.resolve_concurrency_key(item.concurrency_key, parsed_input),
             labels=check_labels(item.labels),
+            parent_id=item.parent_id,
             # Not given: the database clock's now, the column's default.
             **({} if run_after is None else {"run_after": run_after}),
         ),

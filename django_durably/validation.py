@@ -32,6 +32,7 @@ from django_durably.exceptions import (
     InvalidRunAfter,
     InvalidStepName,
     InvalidTrigger,
+    InvalidValue,
     RunNotFound,
 )
 from django_durably.serialization import dump, storable_text, to_json, unstorable_text
@@ -316,6 +317,33 @@ def output_json(value: Any, *, what: str) -> JSON:
     :func:`~django_durably.serialization.to_json`): :class:`OutputTooLarge` past
     ``DURABLY_MAX_OUTPUT_BYTES``."""
     return to_json(value, what=what, max_bytes=durably_settings.MAX_OUTPUT_BYTES)
+
+
+# -- signals ---------------------------------------------------------------------------------------
+
+
+def check_signal_name(name: Any) -> str:
+    """A signal's name (what ``step.wait_for_signal`` waits for), or :class:`InvalidValue`."""
+    if not isinstance(name, str) or not name or len(name) > MAX_STEP_NAME_LENGTH:
+        raise InvalidValue(
+            f"A signal name must be a non-empty string of at most {MAX_STEP_NAME_LENGTH} "
+            f"characters, got {name!r}.",
+            field="name",
+        )
+    if (problem := unstorable_text(name)) is not None:
+        raise InvalidValue(f"Signal name {name!r} {problem}.", field="name")
+    return name
+
+
+def signal_payload(payload: Any) -> JSON:
+    """A signal's payload as it is stored (JSON, at most ``DURABLY_MAX_OUTPUT_BYTES``), or
+    :class:`InvalidValue`."""
+    try:
+        return to_json(
+            payload, what="The signal's payload", max_bytes=durably_settings.MAX_OUTPUT_BYTES
+        )
+    except (TypeError, ValueError) as exc:
+        raise InvalidValue(str(exc), field="payload") from exc
 
 
 # -- ids ---------------------------------------------------------------------------------------

@@ -31,9 +31,11 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from uuid import UUID
 
 from django.db import DatabaseError, connections
+from django.utils import timezone
 
 from django_durably import leases
 from django_durably.conf import durably_settings
@@ -53,6 +55,7 @@ from django_durably.maintenance import Retention
 from django_durably.models import Run
 from django_durably.notifications import Listener
 from django_durably.timeouts import TimedOutEnd
+from django_durably.waits import wake_due_runs
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +86,7 @@ def recycle_connections() -> None:
 @dataclass
 class WorkerStats:
     """Counts of what a worker did: runs claimed, and runs by outcome (``completed``, ``failed``,
-    ``retrying``, ``timed_out``, ``cancelled``, ``lost``, ``released``, ``crashed``); threads
+    ``retrying``, ``timed_out``, ``waiting``, ``cancelled``, ``lost``, ``released``, ``crashed``); threads
     abandoned in timed-out user code; whether it stopped to be restarted (too many abandoned)."""
 
     claimed: int = 0
@@ -156,6 +159,9 @@ class Worker:
         self._abandoned: dict[tuple[UUID, int], threading.Thread] = {}
         self._slots_started = 0
         self.started = threading.Event()
+        # When to look next for waiting runs whose timer is due (monotonic): every poll interval,
+        # and sooner at the wake time of a run this worker saw go waiting.
+        self._next_wake_check = 0.0
 
     # -- control -------------------------------------------------------------------------------
 
@@ -252,6 +258,7 @@ class Worker:
         backoff = 0.0
         while not self._stopping.is_set():
             self._wake.clear()
+            self._wake_due_runs()
             with self._running_lock:
                 free = self.concurrency - self._busy
             if self.max_runs is not None:
@@ -287,8 +294,11 @@ class Worker:
                 continue  # maybe more is ready; a full slot set waits below
             if self.until_idle and not claimed and self.in_flight() == 0:
                 return
-            # Idle or full: wait for a notification, a freed slot, a stop, or the poll interval.
-            woken = self._wake.wait(self.poll_interval * random.uniform(0.9, 1.1))  # noqa: S311
+            # Idle or full: wait for a notification, a freed slot, a stop, the poll interval, or
+            # the next due timer this worker knows of.
+            interval = self.poll_interval * random.uniform(0.9, 1.1)  # noqa: S311
+            until_timer = self._next_wake_check - time.monotonic()
+            woken = self._wake.wait(max(0.0, min(interval, until_timer)))
             if logger.isEnabledFor(logging.DEBUG):
                 self._log_wake_up(woken=woken, free=free - len(claimed))
 
@@ -310,6 +320,27 @@ class Worker:
             self.concurrency,
             extra={"action": "woke_up", "worker_id": self.worker_id, "reason": reason},
         )
+
+    def _wake_due_runs(self) -> None:
+        """Make pending the waiting runs whose timer is due, at most once per poll interval (and at
+        the wake times this worker knows of); a database error waits for the next interval."""
+        now = time.monotonic()
+        if now < self._next_wake_check:
+            return
+        self._next_wake_check = now + self.poll_interval
+        try:
+            woken = wake_due_runs()
+        except DatabaseError as exc:
+            send_worker_error(exc, context="wake", worker_id=self.worker_id)
+            connections[self.alias].close()
+            return
+        if woken:
+            self._next_wake_check = now  # maybe more are due: look again on the next turn
+
+    def _expect_timer(self, wake_at: datetime) -> None:
+        """A run this worker saw go waiting wakes at ``wake_at``: look for due timers then."""
+        delay = (wake_at - timezone.now()).total_seconds()
+        self._next_wake_check = min(self._next_wake_check, time.monotonic() + max(0.0, delay))
 
     def _apply_retention(self) -> None:
         """When idle, purge runs older than ``DURABLY_RETENTION`` (one batch per interval)."""
@@ -534,6 +565,8 @@ class Worker:
                 self._log_outcome(outcome)
             if outcome.status == "lost":
                 self._hand_back_lost(end.lease)
+            if outcome.wake_at is not None:
+                self._expect_timer(outcome.wake_at)
             self.keeper.untrack(end.lease)
             with self._running_lock:
                 self._running.pop(end.lease.key, None)

@@ -22,6 +22,7 @@ from django_durably.models import (
     RunAttempt,
     RunLog,
     RunStatus,
+    Signal,
     Step,
     StepStatus,
 )
@@ -75,6 +76,18 @@ def make_attempt(run: Run, **fields: Any) -> RunAttempt:
     return attempt
 
 
+def make_signal(run: Run, **fields: Any) -> Signal:
+    """An unconsumed signal ``approval`` sent to ``run`` from Python by ``ops``, with no payload
+    and no key."""
+    fields.setdefault("name", "approval")
+    fields.setdefault("payload", None)
+    fields.setdefault("idempotency_key", None)
+    fields.setdefault("sent_by", "ops")
+    fields.setdefault("source", "python")
+    signal: Signal = baker.make(Signal, _using=db_alias(), run=run, **fields)
+    return signal
+
+
 def make_audit_record(run: Run, **fields: Any) -> AuditRecord:
     """A cancel of ``run`` by ``ops``."""
     fields.setdefault("action", "cancel")
@@ -94,6 +107,8 @@ def make_audit_record(run: Run, **fields: Any) -> AuditRecord:
 
 
 ERROR = {"type": "builtins.RuntimeError", "message": "boom", "traceback": "Tb"}  # of a failed run
+WAITING_FOR_SIGNAL = {"kind": "signal", "step": "approval", "signal": "approval", "until": None}
+"""The ``waiting_for`` of a run left ``waiting`` (a ``step.wait_for_signal("approval")``)."""
 
 
 def _left_in(status: str) -> dict[str, Any]:
@@ -107,6 +122,13 @@ def _left_in(status: str) -> dict[str, Any]:
             "lease_expires_at": now + timedelta(minutes=5),
             "started_at": now - timedelta(seconds=3),
         }
+    if status == RunStatus.WAITING:  # its attempt released the lease at the wait
+        values |= {
+            "lease_owner": "",
+            "started_at": now - timedelta(seconds=3),
+            "waiting_for": WAITING_FOR_SIGNAL,
+            "wake_at": None,
+        }
     if status in TERMINAL_STATUSES:
         values |= {"started_at": now - timedelta(seconds=90), "completed_at": now}
     if status == RunStatus.FAILED:
@@ -117,8 +139,10 @@ def _left_in(status: str) -> dict[str, Any]:
 def make_run_in(status: str = "pending", **fields: Any) -> Run:
     """A run of the registered job ``tests.jobs.noop`` (so it can be retriggered) left in
     ``status`` as a worker or an operator would leave it: ``leased`` holds a live lease (attempt 1,
-    generation 1, started 3 s ago); a finished run was leased once too, started 90 s ago and ended
-    now, and a ``failed`` one carries an error. Any field can be given."""
+    generation 1, started 3 s ago); ``waiting`` was leased once too, started 3 s ago, and waits
+    with no deadline for the signal ``approval`` (:data:`WAITING_FOR_SIGNAL`); a finished run was
+    leased once, started 90 s ago and ended now, and a ``failed`` one carries an error. Any field
+    can be given."""
     return make_run(**({"job_name": noop.name} | _left_in(status) | fields))
 
 

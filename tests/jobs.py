@@ -380,3 +380,8 @@ def sleeps_past_its_timeout(step: StepContext, input: dict[str, Any]) -> None:
     """Its step sleeps ``input["seconds"]``, past the job's timeout of 0.3 s (for worker
     processes, which a gate of this process cannot hold)."""
     step.run("sleep", time.sleep, input["seconds"])
+
+
+# The durable-wait jobs live in their own module; imported here so that every process that
+# autodiscovers this one (the test process, worker subprocesses) registers them too.
+from tests import wait_jobs  # noqa: E402, F401

@@ -7,17 +7,20 @@ record, and a run that a worker finished meanwhile is reported, never overwritte
 
 Permissions: ``durably.cancel_run``, ``durably.resume_run`` and ``durably.retrigger_run`` (or
 ``durably.change_run``, which grants all three) gate the actions and buttons; ``durably.delete_run``
-gates the guarded delete action; viewing needs ``durably.view_run``, and so does every action and
-button. Each action and button asks for confirmation first.
+gates the guarded delete action; ``durably.signal_run`` the Send signal form; viewing needs
+``durably.view_run``, and so does every action and button. Each action and button asks for
+confirmation first (the Send signal form is its own confirmation).
 
 * ``display``: HTML for statuses (one vocabulary: ``leased`` is "Running"), times to the second,
   progress, durations, labels, JSON and errors
-* ``filters``: the list filters (status, retrying, job...), and a change list that refuses filter
-  values with NUL characters
+* ``filters``: the list filters (status, retrying, job, parent run...), and a change list that
+  refuses filter values with NUL characters
 * ``inlines``: the read-only attempts, steps, log lines and audit trail of a run
 * ``attempts``: a run's attempts and its job's retry policy and timeout, in the admin's words
 * ``actions``: the bulk actions and their confirmation pages
 * ``buttons``: the run page's buttons and their confirmation pages
+* ``waits``: what a waiting run waits for and until when, its parent, child runs and signals
+* ``signalling``: the run page's Send signal button and form
 * ``runs``, ``audit``: the registered ``ModelAdmin`` classes
 """
 

@@ -20,6 +20,7 @@ from django_durably.models import AttemptOutcome, AuditAction, AuditRecord, Run,
 STATUS_COLOURS: dict[str, str] = {
     RunStatus.PENDING: "#6b7280",
     RunStatus.LEASED: "#2563eb",
+    RunStatus.WAITING: "#0f766e",
     RunStatus.COMPLETED: "#15803d",
     RunStatus.FAILED: "#b91c1c",
     RunStatus.CANCELLED: "#b45309",
@@ -32,6 +33,7 @@ OUTCOME_COLOURS: dict[str, str] = {
     AttemptOutcome.CANCELLED: "#b45309",
     AttemptOutcome.LOST: "#7c3aed",
     AttemptOutcome.RELEASED: "#6b7280",
+    AttemptOutcome.WAITING: "#0f766e",
 }
 """How an attempt ended, in the status colours where it means the same (a failure is red)."""
 STATUS_ORDER = [status.value for status in RunStatus]
@@ -306,7 +308,10 @@ def labels_html(labels: Any, *, limit: int | None = None) -> SafeString | None:
 
 
 def transition(record: AuditRecord) -> str:
-    """``running → cancelled``, in the words of :func:`status_label`."""
+    """``running → cancelled``, in the words of :func:`status_label`; ``running (unchanged)`` for
+    a signal that did not wake its run."""
+    if record.action == AuditAction.SIGNAL and not record.to_status:
+        return gettext("%(status)s (unchanged)") % {"status": status_word(record.from_status)}
     after = status_word(record.to_status) if record.to_status else "-"
     return f"{status_word(record.from_status)} → {after}"
 

@@ -9,9 +9,11 @@ It also reads ``running``, the admin's word for ``leased``, in status filters.
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from django.contrib import admin, messages
+from django.contrib.admin.options import IncorrectLookupParameters
 from django.contrib.admin.views.main import ChangeList
 from django.db.models import QuerySet
 from django.http import HttpRequest
@@ -64,6 +66,43 @@ class RetryingFilter(admin.SimpleListFilter):
         if self.value() == "no":
             return queryset.exclude(pk__in=retrying.values("pk"))
         return queryset
+
+
+class ParentFilter(admin.SimpleListFilter):
+    """Runs triggered by a step of another run (child runs), the others, or the child runs of one
+    run (``?parent=<run id>``, where a run's page links to)."""
+
+    title = _("parent run")
+    parameter_name = "parent"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        choices = [("none", gettext("No parent")), ("any", gettext("Child runs"))]
+        parent = self._parent()
+        if parent is not None:  # shown selected, as a choice of its own
+            choices.append((str(parent), gettext("Child runs of %(id)s") % {"id": str(parent)[:8]}))
+        return choices
+
+    def _parent(self) -> uuid.UUID | None:
+        value = self.value()
+        if value in (None, "none", "any"):
+            return None
+        try:
+            return uuid.UUID(str(value))
+        except ValueError:
+            return None
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        value = self.value()
+        if value is None:
+            return queryset
+        if value == "none":
+            return queryset.filter(parent__isnull=True)
+        if value == "any":
+            return queryset.filter(parent__isnull=False)
+        parent = self._parent()
+        if parent is None:  # Django's admin then shows its "?e=1" page, as for a bad lookup
+            raise IncorrectLookupParameters(f"{value!r} is not a run id.")
+        return queryset.filter(parent_id=parent)
 
 
 def _status(value: str) -> str:

@@ -26,7 +26,6 @@ from django_durably.admin.attempts import (
     registered_job,
     timeout_text,
 )
-from django_durably.admin.buttons import RunButtonsAdmin
 from django_durably.admin.display import (
     LIST_LABELS,
     format_duration,
@@ -48,6 +47,7 @@ from django_durably.admin.filters import (
     STATUS_PARAMETERS,
     CheckedChangeList,
     JobFilter,
+    ParentFilter,
     RetryingFilter,
 )
 from django_durably.admin.inlines import (
@@ -55,6 +55,14 @@ from django_durably.admin.inlines import (
     AuditRecordInline,
     RunLogInline,
     StepInline,
+)
+from django_durably.admin.signalling import RunSignalAdmin
+from django_durably.admin.waits import (
+    WAIT_FIELDS,
+    RunWaitsAdmin,
+    hidden_wait_fields,
+    list_wait_note,
+    run_link,
 )
 from django_durably.models import AuditAction, AuditRecord, Run, RunStatus
 
@@ -139,7 +147,7 @@ class RunChangeList(CheckedChangeList):
 
 
 @admin.register(Run)
-class RunAdmin(RunButtonsAdmin):
+class RunAdmin(RunSignalAdmin, RunWaitsAdmin):
     # What fits beside the navigation and the filters at 1280 px: the queue goes under the job,
     # the attempt (when not the first) and the progress under the status; started and finished
     # are in the duration's tooltip and on the run's page.
@@ -156,6 +164,7 @@ class RunAdmin(RunButtonsAdmin):
         "status",
         RetryingFilter,
         JobFilter,
+        ParentFilter,
         "queue",
         ("created_at", admin.DateFieldListFilter),
     ]
@@ -173,6 +182,7 @@ class RunAdmin(RunButtonsAdmin):
                     "id",
                     "job_name",
                     "status_display",
+                    "waiting_for_display",
                     "queue",
                     "priority",
                     "attempt",
@@ -182,6 +192,7 @@ class RunAdmin(RunButtonsAdmin):
                     "labels_display",
                     "idempotency_key",
                     "retriggered_from",
+                    "parent_display",
                     "concurrency_key",
                 ]
             },
@@ -194,6 +205,7 @@ class RunAdmin(RunButtonsAdmin):
                     "created",
                     "run_after_display",
                     "retrying_at",
+                    "waking_at",
                     "started",
                     "finished",
                     "duration",
@@ -235,6 +247,7 @@ class RunAdmin(RunButtonsAdmin):
         "input_display",
         "output_display",
         "error_display",
+        *WAIT_FIELDS,
     ]
 
     # -- read-only history ---------------------------------------------------------------------
@@ -257,7 +270,7 @@ class RunAdmin(RunButtonsAdmin):
         """The run's sections, without Output or Error when it has none. A retriggered run says
         which run it came from instead of showing the key the retrigger made. The retry policy and
         timeout are its job's, when the job is registered here."""
-        hidden = set()
+        hidden = hidden_wait_fields(obj)
         if obj is None or registered_job(obj.job_name) is None:
             hidden.update({"retry_policy", "timeout"})
         if obj is None or not is_retrying(obj):
@@ -318,19 +331,31 @@ class RunAdmin(RunButtonsAdmin):
 
     @admin.display(description=_("job"), ordering="job_name")
     def job_cell(self, run: Run) -> SafeString:
-        """The job's name, which may break after a dot or an underscore, and its queue."""
-        return format_html(
+        """The job's name, which may break after a dot or an underscore, its queue, and the
+        run whose step triggered it."""
+        cell = format_html(
             '<span class="durably-job">{}</span><div class="durably-queue">{} {}</div>',
             breakable(run.job_name),
             gettext("queue"),
             run.queue,
         )
+        if run.parent_id is None:
+            return cell
+        return format_html(
+            '{}<div class="durably-parent">{} {}</div>',
+            cell,
+            gettext("child of"),
+            run_link(run.parent_id, self.admin_site.name),
+        )
 
     @admin.display(description=_("status"), ordering="status")
     def status_cell(self, run: Run) -> SafeString:
-        """The badge, when a retry is due, the attempt when it is not the first (or is retried),
-        and the progress."""
+        """The badge, what a waiting run waits for, when a retry is due, the attempt when it is
+        not the first (or is retried), and the progress."""
         parts = [status_badge(run.status)]
+        wait = list_wait_note(run)
+        if wait is not None:
+            parts.append(format_html('<div class="durably-waiting">{}</div>', wait))
         retrying = is_retrying(run)
         if retrying:
             parts.append(
@@ -440,16 +465,17 @@ class RunAdmin(RunButtonsAdmin):
 
     @admin.display(description=_("started at"))
     def started(self, run: Run) -> SafeString | str:
-        """When the first attempt started; a run that is pending again says it waits."""
+        """When the first attempt started; a run that is pending again, or waiting, says so."""
         shown = format_time(run.started_at)
         if shown is None or run.started_at is None:
             return self.get_empty_value_display()
-        if run.status == RunStatus.PENDING:
-            waiting = (
-                gettext("Not running: waiting to be tried again.")
-                if is_retrying(run)
-                else gettext("Not running: pending again, waiting for a worker.")
-            )
+        if run.status in (RunStatus.PENDING, RunStatus.WAITING):
+            if run.status == RunStatus.WAITING:
+                waiting = gettext("Not running: waiting, without a worker.")
+            elif is_retrying(run):
+                waiting = gettext("Not running: waiting to be tried again.")
+            else:
+                waiting = gettext("Not running: pending again, waiting for a worker.")
             return format_html(
                 '<span class="durably-pending-again">{}</span> {}',
                 waiting,

@@ -9,6 +9,8 @@ won; lease times come from the database clock. By what each module owns:
   back, and asking the database what became of it (``probe``, ``refusal``);
 * ``writes``: the writes a lease holder makes (steps, progress, log lines, the attempt's end with
   its history row);
+* ``waiting``: durable waits: a holder settling one (over, or the run goes ``waiting``), and the
+  wake-ups (a due timer, a signal, the end of child runs);
 * ``inserts``: the trigger's insert on PostgreSQL;
 * ``statements``: the hand-written statements, each beside the ORM expression it restates.
 """
@@ -25,6 +27,15 @@ from django_durably.leases.holding import (
 )
 from django_durably.leases.inserts import NewRun, insert_runs
 from django_durably.leases.statements import lease_expiry
+from django_durably.leases.waiting import (
+    Delivery,
+    Waiting,
+    deliver_signal,
+    settle,
+    unfinished_children,
+    wake_due,
+    wake_parents,
+)
 from django_durably.leases.writes import (
     FinishRow,
     complete,
@@ -41,6 +52,13 @@ from django_durably.leases.writes import (
 
 __all__ = [
     "CancelFeed",
+    "Delivery",
+    "Waiting",
+    "deliver_signal",
+    "settle",
+    "unfinished_children",
+    "wake_due",
+    "wake_parents",
     "FinishRow",
     "LeaseHandle",
     "LeaseState",

@@ -334,6 +334,8 @@ _NOT_CLAIMED = frozenset(
         "updated_at",
         "completed_at",
         "attempt_started_at",  # the attempt's end reads it from the row
+        "wake_at",  # a wait reads its own record (a step row), not the run's copy
+        "waiting_for",
     }
 )
 _CLAIMED_FIELDS = [field for field in Run._meta.concrete_fields if field.name not in _NOT_CLAIMED]

@@ -45,6 +45,7 @@ def insert_runs(alias: str, job_name: str, new_runs: Sequence[NewRun]) -> None:
                 [new.run.concurrency_key for new in new_runs],
                 [dump(new.run.labels) for new in new_runs],
                 [new.run_after for new in new_runs],
+                [new.run.parent_id for new in new_runs],
                 CHANNEL,
             ],
         )

@@ -103,6 +103,8 @@ def ended_fields(status: str) -> dict[str, Any]:
         "completed_at": DatabaseNow(),
         "lease_expires_at": None,
         "retry_at": None,
+        "wake_at": None,
+        "waiting_for": None,
         "updated_at": DatabaseNow(),
     }
 
@@ -129,6 +131,8 @@ UPDATE durably_run run SET
     failed_attempts = run.failed_attempts + ending.counted,
     lease_generation = run.lease_generation + ending.bump,
     lease_expires_at = NULL,
+    wake_at = NULL,
+    waiting_for = NULL,
     updated_at = statement_timestamp()
 FROM (VALUES {rows}) AS ending (id, generation, status, outcome, value, delay, counted, bump)
 WHERE run.id = ending.id AND """  # noqa: S608 - constants only
@@ -170,6 +174,8 @@ def retry_fields(delay: float) -> dict[str, Any]:
         "retry_at": due,
         "completed_at": None,
         "lease_expires_at": None,
+        "wake_at": None,
+        "waiting_for": None,
         "updated_at": DatabaseNow(),
     }
 
@@ -233,18 +239,21 @@ WITH created AS (
     INSERT INTO durably_run (
         id, job_name, queue, priority, status, input, output, error, idempotency_key,
         concurrency_key, labels, progress, run_after, attempt, failed_attempts,
-        attempt_started_at, retry_at, current_step_index, completed_step_count, lease_owner,
-        lease_expires_at, lease_generation, started_at, completed_at
+        attempt_started_at, retry_at, wake_at, waiting_for, parent_id, current_step_index,
+        completed_step_count, lease_owner, lease_expires_at, lease_generation, started_at,
+        completed_at
     )
     SELECT
         item.id, %s, item.queue, item.priority, 'pending', item.input::jsonb, NULL, NULL,
         item.idempotency_key, item.concurrency_key, item.labels::jsonb, NULL,
-        COALESCE(item.run_after, STATEMENT_TIMESTAMP()), 0, 0, NULL, NULL, 0, 0, '', NULL, 0,
-        NULL, NULL
+        COALESCE(item.run_after, STATEMENT_TIMESTAMP()), 0, 0, NULL, NULL, NULL, NULL,
+        item.parent_id, 0, 0, '', NULL, 0, NULL, NULL
     FROM unnest(
         %s::uuid[], %s::text[], %s::integer[], %s::text[], %s::text[], %s::text[], %s::text[],
-        %s::timestamptz[]
-    ) AS item(id, queue, priority, input, idempotency_key, concurrency_key, labels, run_after)
+        %s::timestamptz[], %s::uuid[]
+    ) AS item(
+        id, queue, priority, input, idempotency_key, concurrency_key, labels, run_after, parent_id
+    )
     RETURNING id, run_after, created_at, updated_at, queue
 )
 SELECT id, run_after, created_at, updated_at FROM created
@@ -334,3 +343,28 @@ RECORD_LOST_SQL = """, lost AS (
 )"""
 
 KEY_LOCK_SQL = "SELECT pg_try_advisory_xact_lock(%s)"
+
+
+# -- waking waiting runs -----------------------------------------------------------------------------
+
+# The due runs ``waiting.wake_due`` found (``RunQuerySet.due_to_wake()``, index-driven) made pending
+# (``waiting._woken_fields``), each still guarded by its status and timer, and the workers of their
+# queues woken by the same statement (as ``INSERT_RUNS_SQL`` does). Parameters: the run ids, the
+# channel.
+WAKE_DUE_SQL = """
+WITH woken AS (
+    UPDATE durably_run run SET
+        status = 'pending',
+        run_after = statement_timestamp(),
+        wake_at = NULL,
+        updated_at = statement_timestamp()
+    WHERE run.id = ANY(%s) AND run.status = 'waiting' AND run.wake_at <= statement_timestamp()
+    RETURNING run.id, run.queue
+)
+SELECT id FROM woken
+WHERE (
+    SELECT count(*) FROM (
+        SELECT pg_notify(%s, queue) FROM (SELECT DISTINCT queue FROM woken) AS queues
+    ) AS notified
+) >= 0
+"""

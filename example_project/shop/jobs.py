@@ -5,6 +5,7 @@ run returns its stored output instead of calling ``fn`` again. Step functions be
 (upserts, gateway idempotency keys), because a worker can die after ``fn`` returns but before the
 checkpoint is written, and then the step runs once more. That also makes them safe to retry:
 ``send_invoices`` retries a charge the gateway could not take, and the whole run after an outage.
+``place_order`` waits durably, holding no worker, for the payment provider to confirm a payment.
 """
 
 from __future__ import annotations
@@ -14,12 +15,22 @@ from datetime import timedelta
 from typing import Any
 
 from django.db import transaction
+from django.db.models import F
 from django.utils import timezone
 from pydantic import BaseModel, Field
 
-from django_durably import NonRetryable, Retry, StepContext, current_context, job
+from django_durably import (
+    NonRetryable,
+    Retry,
+    SignalResult,
+    SignalTimeout,
+    StepContext,
+    current_context,
+    job,
+    send_signal,
+)
 from shop import gateway
-from shop.models import Invoice, Product
+from shop.models import Invoice, Order, Product
 
 CATEGORIES = ("kitchen", "garden", "office", "toys", "outdoor")
 ADJECTIVES = ("Classic", "Compact", "Deluxe", "Eco", "Pro", "Travel")
@@ -224,3 +235,117 @@ def send_invoices(step: StepContext, input: InvoiceBatch) -> InvoiceBatchResult:
         step.progress(done + 1, total=len(invoices), message=f"charged {invoice['number']}")
     step.log.info("invoices charged", batch=input.batch, invoices=len(invoices), total_cents=total)
     return InvoiceBatchResult(batch=input.batch, charged=len(invoices), total_cents=total)
+
+
+# -- place_order -------------------------------------------------------------------------------
+
+PAYMENT_CONFIRMED = "payment-confirmed"
+"""The signal the payment provider's webhook sends to an order's run, with ``{"payment_ref": ...}``."""
+
+
+class OrderRequest(BaseModel):
+    """Input of ``place_order``: one customer ordering some units of one product."""
+
+    number: str = Field(pattern=r"^[A-Za-z0-9-]{1,40}$")
+    customer: str = Field(min_length=1, max_length=100)
+    sku: str = Field(min_length=1, max_length=64)
+    quantity: int = Field(default=1, ge=1, le=100)
+    # How long the customer has to pay before the order is cancelled: stored as JSON like the rest
+    # of the input (an ISO 8601 duration, "P1D"). The demo gives its unpaid order a few seconds.
+    payment_window: timedelta = Field(default=timedelta(days=1), gt=timedelta(0))
+
+
+class OrderResult(BaseModel):
+    number: str
+    status: str
+    payment_ref: str = ""
+
+
+def reserve_stock(
+    run_id: str, number: str, customer: str, sku: str, quantity: int
+) -> dict[str, Any]:
+    """Create the order and take its units out of stock, in one transaction; safe to run twice."""
+    with transaction.atomic():
+        if not Order.objects.filter(number=number).exists():
+            product = Product.objects.get(sku=sku)
+            taken = Product.objects.filter(pk=product.pk, stock__gte=quantity).update(
+                stock=F("stock") - quantity
+            )
+            if not taken:
+                raise NonRetryable(f"{number}: only {product.stock} of {sku} in stock")
+            Order.objects.create(
+                number=number, customer=customer, product=product, quantity=quantity, run_id=run_id
+            )
+    return {"number": number, "sku": sku, "quantity": quantity}
+
+
+def ship_order(number: str, payment_ref: str) -> dict[str, Any]:
+    """Mark the paid order shipped (a real shop would book the courier here); safe to run twice."""
+    order = Order.objects.get(number=number)
+    if order.status == Order.Status.RESERVED:
+        order.status = Order.Status.SHIPPED
+        order.payment_ref = payment_ref
+        order.shipped_at = timezone.now()
+        order.save(update_fields=["status", "payment_ref", "shipped_at"])
+    return {"number": order.number, "status": order.status}
+
+
+def release_stock(number: str) -> dict[str, Any]:
+    """Cancel the unpaid order and put its units back in stock, in one transaction; safe to run
+    twice (only a reserved order is cancelled)."""
+    with transaction.atomic():
+        if Order.objects.filter(number=number, status=Order.Status.RESERVED).update(
+            status=Order.Status.CANCELLED
+        ):
+            order = Order.objects.get(number=number)
+            Product.objects.filter(pk=order.product_id).update(stock=F("stock") + order.quantity)
+    return {"number": number, "status": Order.Status.CANCELLED}
+
+
+@job(name="shop.place_order", queue="orders")
+def place_order(step: StepContext, input: OrderRequest) -> OrderResult:
+    """Reserve the order's stock, then wait for the payment provider to confirm the payment (the
+    signal ``payment-confirmed``, sent by :func:`confirm_payment`). Paid: ship the order. Not paid
+    within ``payment_window``: cancel it and release its stock.
+
+    While it waits, the run is ``waiting``: it holds no worker and no lease, for a day if need be.
+    The signal wakes it and the job starts again from the top: ``reserve`` is replayed from its
+    checkpoint (not run again), and the wait returns the signal's payload.
+    """
+    step.run(
+        "reserve",
+        reserve_stock,
+        str(step.run_id),
+        input.number,
+        input.customer,
+        input.sku,
+        input.quantity,
+    )
+    try:
+        payment = step.wait_for_signal(PAYMENT_CONFIRMED, timeout=input.payment_window)
+    except SignalTimeout:
+        step.run("release", release_stock, input.number)
+        step.log.warning("no payment in time: order cancelled, stock released", order=input.number)
+        return OrderResult(number=input.number, status="cancelled")
+    step.run("ship", ship_order, input.number, payment["payment_ref"])
+    step.log.info("order paid and shipped", order=input.number, payment_ref=payment["payment_ref"])
+    return OrderResult(number=input.number, status="shipped", payment_ref=payment["payment_ref"])
+
+
+def confirm_payment(number: str, payment_ref: str) -> SignalResult:
+    """What the payment provider's webhook calls when the order ``number`` is paid.
+
+    Providers deliver a webhook more than once: the payment reference is the signal's idempotency
+    key, so a repeated delivery stores nothing more (``created`` is false), even once the run has
+    finished. A confirmation that arrives before the run waits is kept until it does. A new
+    confirmation for a run that has finished (its payment window closed, say) raises
+    ``RunNotWaiting``.
+    """
+    order = Order.objects.get(number=number)
+    return send_signal(
+        order.run_id,
+        PAYMENT_CONFIRMED,
+        {"payment_ref": payment_ref},
+        idempotency_key=payment_ref,
+        actor="payment-webhook",
+    )

@@ -1,4 +1,4 @@
-"""What the shop's jobs write: products imported from a supplier feed, and invoices."""
+"""What the shop's jobs write: products imported from a supplier feed, invoices, and orders."""
 
 from django.db import models
 
@@ -11,6 +11,7 @@ class Product(models.Model):
     name = models.CharField(max_length=200)
     category = models.CharField(max_length=64)
     price_cents = models.PositiveIntegerField()
+    stock = models.PositiveIntegerField(default=10)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
@@ -34,6 +35,32 @@ class Invoice(models.Model):
     status = models.CharField(max_length=8, choices=Status.choices, default=Status.DRAFT)
     gateway_ref = models.CharField(max_length=64, blank=True, default="")
     paid_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["number"]
+
+    def __str__(self) -> str:
+        return f"{self.number} {self.customer} ({self.status})"
+
+
+class Order(models.Model):
+    """A customer's order, placed by ``place_order``: its stock is reserved while it waits for the
+    payment, then it is shipped, or cancelled and its stock released when no payment came."""
+
+    class Status(models.TextChoices):
+        RESERVED = "reserved", "Reserved, awaiting payment"
+        SHIPPED = "shipped", "Shipped"
+        CANCELLED = "cancelled", "Cancelled"
+
+    number = models.CharField(max_length=64, unique=True)
+    customer = models.CharField(max_length=100)
+    product = models.ForeignKey(Product, on_delete=models.PROTECT, related_name="orders")
+    quantity = models.PositiveIntegerField()
+    status = models.CharField(max_length=9, choices=Status.choices, default=Status.RESERVED)
+    payment_ref = models.CharField(max_length=64, blank=True, default="")
+    run_id = models.UUIDField(help_text="The place_order run that handles the order.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    shipped_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["number"]

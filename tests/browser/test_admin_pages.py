@@ -1,6 +1,6 @@
 """What a person sees in the admin, in a real Chromium at 1280 x 800: the run list fits, times
-have seconds, labels, retries and the original of a retriggered run are shown, a retried run's page
-has its attempt timeline, and every action asks first.
+have seconds, labels, retries, waits and the original of a retriggered run are shown, a retried
+run's page has its attempt timeline, every action asks first, and a waiting run can be sent a signal.
 
 ``DURABLY_WRITE_SCREENSHOTS=1`` writes ``docs/images/admin-run-list.png`` and
 ``admin-run-page.png`` (linked from docs/howto/operate-runs-in-the-admin.md).
@@ -19,8 +19,9 @@ from django.utils import timezone
 
 from django_durably import Retry, operations, process_until_idle
 from django_durably.jobs import Job, register, unregister
-from django_durably.models import Run
+from django_durably.models import Run, Signal
 from tests import jobs
+from tests.browser.conftest import PASSWORD
 from tests.factories import make_run_in
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
@@ -147,7 +148,27 @@ def a_day_of_runs() -> dict[str, Run]:
             run_after=now + timedelta(minutes=4),
             **at(420),
         ),
+        "approval": awaiting_approval(**at(1800)),
     }
+
+
+def awaiting_approval(**fields: Any) -> Run:
+    """A refund waiting (for two more days at most) for a manager's signal ``approval``."""
+    until = timezone.now() + timedelta(days=2)
+    waiting_for = {
+        "kind": "signal",
+        "step": "manager-approval",
+        "signal": "approval",
+        "until": until.isoformat(),
+    }
+    values: dict[str, Any] = {
+        "job_name": "billing.jobs.refund_large_order",
+        "queue": "billing",
+        "labels": {"tenant": "acme"},
+        "waiting_for": waiting_for,
+        "wake_at": until,
+    }
+    return make_run_in("waiting", **(values | fields))
 
 
 def test_run_list__the_useful_columns_fit_at_1280px(
@@ -181,6 +202,12 @@ def test_run_list__the_useful_columns_fit_at_1280px(
     retry_note = " ".join(retrying.locator(".durably-retrying").inner_text().split())
     assert re.fullmatch(rf"retrying at {SECONDS.pattern}", retry_note), retry_note
     assert retrying.locator(".durably-attempt").inner_text() == "attempt 2 of 5"
+    approval = page.locator("#result_list tbody tr", has_text=str(runs["approval"].pk)[:8])
+    assert approval.locator(".durably-status").inner_text() == "Waiting"
+    wait_note = " ".join(approval.locator(".durably-waiting").inner_text().split())
+    assert re.fullmatch(rf"Waiting for signal 'approval' until {SECONDS.pattern}", wait_note), (
+        wait_note
+    )
     assert page.locator("#changelist-filter").get_by_role("link", name="Running").is_visible()
     retrying_filter = page.locator('#changelist-filter details[data-filter-title="retrying"]')
     assert retrying_filter.get_by_role("link", name="Yes").is_visible()
@@ -336,3 +363,65 @@ def test_bulk_resume__lists_what_it_will_do_and_asks_first(log_in, superuser, li
     expect(page.locator(".messagelist .success")).to_have_text("2 runs resumed.")
     assert {Run.objects.get(pk=run.pk).status for run in failed} == {"pending"}
     assert Run.objects.get(pk=running.pk).status == "leased"
+
+
+@pytest.fixture
+def signaller(django_user_model: Any) -> Any:
+    """A staff user who may view runs and send them signals, nothing more."""
+    from django.contrib.auth.models import Permission
+
+    user = django_user_model.objects.create_user("signaller", password=PASSWORD, is_staff=True)
+    user.user_permissions.set(
+        Permission.objects.filter(
+            content_type__app_label="durably", codename__in=["view_run", "signal_run"]
+        )
+    )
+    return user
+
+
+def test_send_signal__a_form_error_then_the_signal_wakes_the_waiting_run(
+    log_in, signaller, live_server, expect
+):
+    run = awaiting_approval()
+    page = log_in(signaller)
+    run_page = f"{live_server.url}/admin/durably/run/{run.pk}/change/"
+    page.goto(run_page)
+    assert page.locator(".field-status_display .readonly").inner_text() == "Waiting"
+    wait = page.locator(".field-waiting_for_display .readonly").inner_text()
+    assert re.fullmatch(
+        rf"Waiting for signal 'approval' until {SECONDS.pattern} \(in (47 h 59 min|2 d 0 h)\), "
+        r"in step 'manager-approval'\.",
+        wait,
+    ), wait
+    assert page.locator("#signals-group .durably-none").inner_text() == "None"
+    assert page.locator(".object-tools a").all_inner_texts() == ["SEND SIGNAL"]
+
+    page.get_by_role("link", name="Send signal").click()
+
+    assert page.locator(".durably-wait").inner_text().startswith("Waiting for signal 'approval'")
+    assert page.get_by_label("Signal").input_value() == "approval"
+    assert page.get_by_label("Idempotency key").input_value().startswith("admin-")
+    page.get_by_label("Payload").fill('{"approved_by": "ada", }')
+    page.get_by_role("button", name="Send signal").click()
+
+    expect(page.locator(".errornote")).to_have_text("Please correct the error below.")
+    error = page.locator(".field-payload .errorlist").inner_text()
+    assert error.startswith("Enter valid JSON: Expecting property name"), error
+    assert page.get_by_label("Payload").input_value() == '{"approved_by": "ada", }'
+    assert page.evaluate("document.documentElement.scrollWidth - window.innerWidth") <= 0
+    assert not Signal.objects.exists()
+    page.get_by_label("Payload").fill('{"approved_by": "ada"}')
+    page.get_by_role("button", name="Send signal").click()
+
+    page.wait_for_url(run_page)
+    assert page.locator(".messagelist .success").inner_text() == (
+        f"Signal 'approval' sent: it woke run {str(run.pk)[:8]}, which is pending again."
+    )
+    assert page.locator(".field-status_display .readonly").inner_text() == "Pending"
+    row = page.locator("#signals-group tbody tr")
+    assert row.locator(".field-name").inner_text() == "approval"
+    assert row.locator(".field-payload_summary").inner_text() == '{"approved_by": "ada"}'
+    assert row.locator(".field-sent_by").inner_text() == "signaller (admin)"
+    assert row.locator(".field-consumed").inner_text() == "not yet"
+    assert Run.objects.get(pk=run.pk).status == "pending"
+    assert Signal.objects.get().payload == {"approved_by": "ada"}

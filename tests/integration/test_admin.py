@@ -473,7 +473,7 @@ def test_detail__buttons_follow_status_and_permissions(admin_client, staff_clien
         assert response.status_code == 200
         return [b["action"] for b in response.context["durably_buttons"]]
 
-    assert buttons(admin_client, pending) == ["cancel"]
+    assert buttons(admin_client, pending) == ["signal", "cancel"]  # signals: test_admin_waits
     assert buttons(admin_client, failed) == ["resume", "retrigger"]
     assert buttons(admin_client, done) == ["retrigger"]
     html = admin_client.get(change_url(failed)).content.decode()

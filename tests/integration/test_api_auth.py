@@ -175,6 +175,7 @@ def test_csrf__with_the_token_in_the_header(operator):
         ("resume_run", "post", "/runs/{id}/resume", RunStatus.FAILED, 200),
         ("retrigger_run", "post", "/runs/{id}/retrigger", RunStatus.COMPLETED, 201),
         ("delete_run", "delete", "/runs/{id}", RunStatus.COMPLETED, 204),
+        ("signal_run", "post", "/runs/{id}/signals/approval", RunStatus.WAITING, 201),
     ],
 )
 def test_permissions__each_action_needs_its_permission(
@@ -185,13 +186,13 @@ def test_permissions__each_action_needs_its_permission(
     without = logged_in(make_user("without", "view_run"))
     with_it = logged_in(make_user("with", "view_run", permission))
 
-    refused = getattr(without, method)(url)
+    refused = getattr(without, method)(url, content_type="application/json")
     assert refused.status_code == 403
     assert refused.json()["detail"] == f"You need the permission durably.{permission}."
     assert Run.objects.get(pk=run.pk).status == status
     assert not AuditRecord.objects.exists()
 
-    assert getattr(with_it, method)(url).status_code == expected
+    assert getattr(with_it, method)(url, content_type="application/json").status_code == expected
     assert AuditRecord.objects.get().actor == "with"
 
 
@@ -297,6 +298,8 @@ def test_openapi__served_with_every_endpoint(operator):
         ("GET", "/runs/{run_id}/steps"): "durably_list_steps",
         ("GET", "/runs/{run_id}/attempts"): "durably_list_attempts",
         ("GET", "/runs/{run_id}/logs"): "durably_list_logs",
+        ("GET", "/runs/{run_id}/signals"): "durably_list_signals",
+        ("POST", "/runs/{run_id}/signals/{name}"): "durably_send_signal",
         ("POST", "/runs/{run_id}/cancel"): "durably_cancel_run",
         ("POST", "/runs/{run_id}/resume"): "durably_resume_run",
         ("POST", "/runs/{run_id}/retrigger"): "durably_retrigger_run",

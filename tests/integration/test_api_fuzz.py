@@ -1,7 +1,7 @@
 """Property-based fuzzing of the HTTP API from its own OpenAPI schema, with schemathesis.
 
 Every operation of ``/durably/openapi.json`` is called through Django's WSGI application (the real
-middleware and URLconf) as a logged-in staff operator holding every run permission, with the CSRF
+middleware and URLconf) as a logged-in staff user holding every run permission, with the CSRF
 cookie and header set, with requests that match the schema (positive) and requests that break it
 (negative). Each response must not be a 5xx, must use a status code the schema declares, and must
 match the schema declared for that code. Runs in several statuses exist, and operations on a run are
@@ -52,9 +52,17 @@ CSRF_SECRET = "f" * 32
 # ids and job names that do not exist (404), runs in a status the action does not apply to (409), and
 # an input that fails the job's own pydantic schema (422: each job's schema is in GET /jobs, not in
 # the document, where input is any JSON), and a cursor that this API did not make (422: cursors are
-# opaque strings).
+# opaque strings), and a signal's payload or name holding text that JSON allows but databases
+# cannot store (422: NUL characters, lone surrogates).
 CONFIG = {
     "operations": [
+        # First: where several entries apply to an operation, the first one's settings win.
+        {
+            "include-operation-id": "durably_send_signal",
+            "checks": {
+                "positive_data_acceptance": {"expected-statuses": ["2xx", "404", "409", "422"]}
+            },
+        },
         {
             "include-operation-id": "durably_trigger_run",
             "checks": {
@@ -99,9 +107,11 @@ def wsgi_app(settings: Any) -> Iterator[WSGIHandler]:
 
 
 @pytest.fixture
-def credentials(operator: Any) -> dict[str, Any]:
+def credentials(make_user: Any) -> dict[str, Any]:
+    from tests.conftest import RUN_PERMISSIONS
+
     client = Client()
-    client.force_login(operator)
+    client.force_login(make_user("fuzzer", *RUN_PERMISSIONS, "signal_run"))
     return {
         "cookies": {"sessionid": client.cookies["sessionid"].value, "csrftoken": CSRF_SECRET},
         "headers": {"X-CSRFToken": CSRF_SECRET},
@@ -162,7 +172,7 @@ def test_api_fuzz__no_server_errors_and_responses_match_the_schema(wsgi_app, cre
         # The event stream stays open while its run is unfinished; test_stream.py covers it.
         if not operation.path.endswith("/events")
     ]
-    assert len(operations) == 11
+    assert len(operations) == 13
     seen: Counter[tuple[str, int]] = Counter()
 
     for operation in operations:

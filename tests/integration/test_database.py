@@ -42,6 +42,7 @@ DURABLY_MIGRATIONS = (
     "durably.0001_initial",
     "durably.0002_database_now_on_sqlite",
     "durably.0003_retries_and_attempts",
+    "durably.0004_waits",
 )
 
 
@@ -218,7 +219,7 @@ def test_ensure_migrated__names_the_unapplied_migrations_of_an_empty_database(un
     assert str(error) == (
         f"Database {unmigrated!r} is not migrated for django-durably: migrations "
         "durably.0001_initial, durably.0002_database_now_on_sqlite, "
-        "durably.0003_retries_and_attempts are not applied. "
+        "durably.0003_retries_and_attempts, durably.0004_waits are not applied. "
         f"Run `{migrate_command(unmigrated)}`."
     )
 

@@ -83,13 +83,16 @@ def test_a_run_on_its_first_attempt__claim_and_finish_only(db_alias):
 
     assert Run.objects.get(pk=run.pk).status == "completed"
     assert transactions(sql) == 2, sql  # the claim and the finish
+    # First, the look for waiting runs whose timer is due: one indexed read, no write when none
+    # is (a worker looks once per poll interval, not once per claim).
+    assert keyword(sql[0]) == "SELECT" and "'waiting'" in sql[0], sql
     if is_postgres(db_alias):
-        assert len(sql) == 2, sql  # the claim (one statement, rows returned) and the finish
+        assert len(sql) == 3, sql  # then the claim (one statement, rows returned) and the finish
     else:
         # SQLite: the two candidate lists, the conditional claim and the claimed row read back
         # under the same write lock (BEGIN, UPDATE, SELECT, COMMIT), and the finish (BEGIN,
         # UPDATE, COMMIT): a completed run is its attempt's record, no history row is written.
-        assert len(sql) == 9, sql
+        assert len(sql) == 10, sql
 
 
 @pytest.mark.parametrize("steps", [1, 5])

@@ -7,6 +7,10 @@
    charged. Then a declined card raises ``NonRetryable``: the run fails at once, with attempts left.
 3. Once the customer has updated their card, ``resume_run`` puts the failed run back to pending; the
    next attempt replays the checkpointed steps and charges only the invoices that are left.
+4. ``place_order`` reserves stock, then waits for the payment provider's ``payment-confirmed``
+   signal, holding no worker. One order's payment is confirmed (twice, as webhooks are delivered)
+   with ``send_signal`` and it ships; the other is never paid, so its wait times out after a few
+   seconds and the order is cancelled, its stock released.
 
 Everything runs in this process through ``django_durably.process_until_idle()``, the same entry
 point a cron job or a serverless function would use. Run with ``-v 2`` to see django-durably's logs.
@@ -18,7 +22,7 @@ import json
 import logging
 import time
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.core.management import call_command
@@ -27,8 +31,8 @@ from django.utils import timezone
 
 from django_durably import Run, process_until_idle, resume_run
 from shop import gateway
-from shop.jobs import import_catalog, send_invoices
-from shop.models import Invoice, Product
+from shop.jobs import confirm_payment, import_catalog, place_order, send_invoices
+from shop.models import Invoice, Order, Product
 
 CUSTOMERS = ["Acme Corp", "Globex", "Initech", "Umbrella", "Hooli", "Stark Industries"]
 # The gateway's bad day, by call number (1 is the first charge): calls 2 and 3 answer 503 (a hiccup:
@@ -37,6 +41,8 @@ CUSTOMERS = ["Acme Corp", "Globex", "Initech", "Umbrella", "Hooli", "Stark Indus
 HICCUP_CALLS = {2, 3}
 OUTAGE_CALLS = {5, 6, 7}
 DECLINED = "Umbrella"
+# The unpaid order's payment window: seconds, so that the demo sees its wait time out.
+UNPAID_WINDOW = timedelta(seconds=3)
 
 
 class Command(BaseCommand):
@@ -48,6 +54,7 @@ class Command(BaseCommand):
         suffix = uuid.uuid4().hex[:8]
         self.import_catalog(suffix)
         self.send_invoices(suffix)
+        self.place_orders(suffix)
 
     # -- 1. a job that completes ---------------------------------------------------------------
 
@@ -99,7 +106,7 @@ class Command(BaseCommand):
                 "the step's three\ntries, so attempt 1 failed and the job's retry policy put the "
                 "run back to pending."
             )
-            self.wait_for_retry(run.retry_at)
+            self.wait_until(run.retry_at, "the retry")
         run = Run.objects.get(pk=run.pk)
         self.show_run(run)
         invoices = Invoice.objects.filter(batch=batch)
@@ -128,10 +135,92 @@ class Command(BaseCommand):
         if run.status != "completed" or paid != len(CUSTOMERS):
             raise CommandError(f"the resumed send_invoices ended {run.status}, expected completed.")
 
-    def wait_for_retry(self, retry_at: datetime) -> None:
-        """Wait until a run's retry is due (``retry_at``, database clock), then process it."""
-        delay = max((retry_at - timezone.now()).total_seconds(), 0.0)
-        self.say(f"\nwaiting {delay:.1f}s for the retry (process_until_idle() does not wait)")
+    # -- 4. a job that waits for a signal -----------------------------------------------------
+
+    def place_orders(self, suffix: str) -> None:
+        self.heading("4. place_order: orders that wait for their payment")
+        # The imported product with the most units left (each demo ships some).
+        product = Product.objects.filter(supplier="acme").order_by("-stock", "sku").first()
+        if product is None or product.stock < 3:
+            raise CommandError("no acme product has 3 units in stock left for the orders.")
+        paid, unpaid = f"ORD-{suffix}-1", f"ORD-{suffix}-2"
+        paid_run = place_order.trigger(
+            {"number": paid, "customer": "Ada", "sku": product.sku, "quantity": 2},
+            idempotency_key=f"order-{paid}",
+            labels={"tenant": "acme", "source": "demo"},
+        )
+        unpaid_run = place_order.trigger(
+            {
+                "number": unpaid,
+                "customer": "Bob",
+                "sku": product.sku,
+                "quantity": 1,
+                "payment_window": UNPAID_WINDOW,
+            },
+            idempotency_key=f"order-{unpaid}",
+            labels={"tenant": "acme", "source": "demo"},
+        )
+        self.say(
+            f"triggered run {paid_run.id} for order {paid} (2 x {product.sku}, a day to pay)\n"
+            f"triggered run {unpaid_run.id} for order {unpaid} (1 x {product.sku}, "
+            f"{UNPAID_WINDOW.total_seconds():g} seconds to pay)"
+        )
+        self.say(f"process_until_idle() processed {process_until_idle()} run(s)")
+        paid_run = Run.objects.get(pk=paid_run.pk)
+        self.show_run(paid_run)
+        self.say(f"{product.sku} in stock: {self.stock(product)} (3 units reserved)")
+        waiting = Run.objects.filter(pk__in=[paid_run.pk, unpaid_run.pk]).waiting().count()
+        if waiting != 2:
+            raise CommandError(f"{waiting} of the 2 place_order runs wait, expected both.")
+        self.say(
+            "\nBoth runs wait for the signal 'payment-confirmed', holding no worker and no lease, "
+            "so\nprocess_until_idle() returned. The payment provider's webhook confirms the "
+            f"payment of order\n{paid}, and delivers it twice, as webhooks can."
+        )
+        for _ in range(2):
+            result = confirm_payment(paid, payment_ref=f"pay_{suffix}")
+            self.say(
+                f"send_signal(): signal {result.signal_id}, created={result.created}, "
+                f"woke={result.woke}, run {result.run_status}"
+            )
+        self.say(f"process_until_idle() processed {process_until_idle()} run(s)")
+        paid_run = Run.objects.get(pk=paid_run.pk)
+        self.show_run(paid_run)
+        if paid_run.status != "completed" or paid_run.output["status"] != "shipped":
+            raise CommandError(f"the paid order's run ended {paid_run.status}, expected shipped.")
+        self.say(
+            "\nWoken by the signal, the run replayed 'reserve' from its checkpoint, the wait "
+            "returned the signal's payload\nand the order shipped. Nobody pays for order "
+            f"{unpaid}: its wait times out."
+        )
+        unpaid_run = Run.objects.get(pk=unpaid_run.pk)
+        self.wait_until(unpaid_run.wake_at, "the payment window to close")
+        unpaid_run = Run.objects.get(pk=unpaid_run.pk)
+        self.show_run(unpaid_run)
+        orders = ", ".join(
+            f"{order.number} {order.status}"
+            for order in Order.objects.filter(number__in=[paid, unpaid])
+        )
+        self.say(f"orders: {orders}; {product.sku} in stock: {self.stock(product)}")
+        if unpaid_run.status != "completed" or unpaid_run.output["status"] != "cancelled":
+            raise CommandError(
+                f"the unpaid order's run ended {unpaid_run.status}, expected cancelled."
+            )
+        self.say(
+            "\nThe wait raised SignalTimeout inside the job, which caught it, released the "
+            "stock and cancelled the order."
+        )
+
+    def stock(self, product: Product) -> int:
+        return Product.objects.values_list("stock", flat=True).get(pk=product.pk)
+
+    def wait_until(self, due: datetime | None, what: str) -> None:
+        """Wait until a run is due (a retry's ``retry_at``, a wait's ``wake_at``: database clock),
+        then process it."""
+        if due is None:
+            raise CommandError(f"nothing to wait for: {what} has no due time.")
+        delay = max((due - timezone.now()).total_seconds(), 0.0)
+        self.say(f"\nwaiting {delay:.1f}s for {what} (process_until_idle() does not wait)")
         time.sleep(delay)
         deadline = time.monotonic() + 10
         while (processed := process_until_idle()) == 0 and time.monotonic() < deadline:
@@ -160,14 +249,14 @@ class Command(BaseCommand):
         self.stdout.write(text)
 
     def show_run(self, run: Run) -> None:
-        status = run.status
-        styled = self.style.SUCCESS(status) if status == "completed" else self.style.ERROR(status)
         self.say(f"\nrun {run.id}")
         self.field("job", f"{run.job_name} (queue {run.queue})")
-        state = f"{styled}, attempt {run.attempt}"
+        state = f"{self.styled(run.status)}, attempt {run.attempt}"
         if run.retry_at is not None:
             state += f", retrying at {_time(run.retry_at)}"
         self.field("status", state)
+        if run.status == "waiting":
+            self.field("waiting", _json(run.waiting_for))
         self.field("labels", _json(run.labels))
         if run.progress:
             progress = run.progress
@@ -196,6 +285,13 @@ class Command(BaseCommand):
             self.field("output", _json(run.output))
         if run.error:
             self.field("error", f"{run.error['type']}: {run.error['message']}")
+
+    def styled(self, status: str) -> str:
+        if status == "completed":
+            return self.style.SUCCESS(status)
+        if status in ("pending", "waiting"):  # not finished: it will go on
+            return self.style.WARNING(status)
+        return self.style.ERROR(status)
 
     def field(self, name: str, value: str) -> None:
         self.say(f"  {name:<9} {value}")

@@ -27,6 +27,46 @@ def send_after_commit(signal: Signal, *, using: str, **kwargs: Any) -> None:
     transaction.on_commit(lambda: send_now(signal, **kwargs), using=using)
 
 
+def send_attempt_end(
+    *,
+    using: str,
+    run_id: UUID,
+    job_name: str,
+    attempt: int,
+    error: Any = None,
+    retry_at: Any = None,
+    outcome: str = "failed",
+    step_name: str | None = None,
+    completed: bool = False,
+    output: Any = None,
+) -> None:
+    """The signal of an attempt's end, once it commits: ``run_completed`` (``completed``),
+    ``run_failed``, or ``run_retry_scheduled`` when the run is pending again until ``retry_at``
+    (``outcome``: ``failed``, ``timed_out`` or ``step_retry``; ``step_name`` for a step's retry)."""
+    from django_durably import signals
+
+    if completed:
+        send_after_commit(
+            signals.run_completed, using=using, run_id=run_id, job_name=job_name, output=output
+        )
+    elif retry_at is None:
+        send_after_commit(
+            signals.run_failed, using=using, run_id=run_id, job_name=job_name, error=error
+        )
+    else:
+        send_after_commit(
+            signals.run_retry_scheduled,
+            using=using,
+            run_id=run_id,
+            job_name=job_name,
+            attempt=attempt,
+            retry_at=retry_at,
+            error=error,
+            outcome=outcome,
+            step_name=step_name,
+        )
+
+
 WorkerErrorContext = Literal[
     "claim", "lease_renewal", "run_completion", "run_failure", "hand_back", "maintenance", "wake"
 ]

@@ -21,12 +21,12 @@ from uuid import UUID
 from django.core.exceptions import ImproperlyConfigured
 from django.db import DatabaseError
 
-from django_durably import leases, signals
+from django_durably import leases
 from django_durably.checkpoints import ModelStepStore
 from django_durably.conf import durably_settings
 from django_durably.context import StepContext
 from django_durably.database import db_alias, ensure_outside_transaction
-from django_durably.events import send_after_commit, send_worker_error
+from django_durably.events import send_attempt_end, send_worker_error
 from django_durably.exceptions import (
     JobCancelled,
     JobNotFound,
@@ -306,21 +306,18 @@ def _finish_row(end: AttemptEnd) -> leases.FinishRow:
 
 
 def _send_end_signal(end: AttemptEnd, alias: str, retry_at: datetime | None) -> None:
-    result: dict[str, Any]
-    if end.status == "completed":
-        signal, result = signals.run_completed, {"output": end.output}
-    elif retry_at is None:
-        signal, result = signals.run_failed, {"error": end.error}
-    else:
-        signal = signals.run_retry_scheduled
-        result = {
-            "attempt": end.run.attempt,
-            "retry_at": retry_at,
-            "error": end.error,
-            "outcome": "step_retry" if end.status == "step_retry" else "failed",
-            "step_name": end.step_name,
-        }
-    send_after_commit(signal, using=alias, run_id=end.run.pk, job_name=end.run.job_name, **result)
+    send_attempt_end(
+        using=alias,
+        run_id=end.run.pk,
+        job_name=end.run.job_name,
+        attempt=end.run.attempt,
+        error=end.error,
+        retry_at=retry_at,
+        outcome="step_retry" if end.status == "step_retry" else "failed",
+        step_name=end.step_name,
+        completed=end.status == "completed",
+        output=end.output,
+    )
 
 
 def _refused_status(end: AttemptEnd) -> OutcomeStatus:

@@ -24,11 +24,11 @@ from django.utils import timezone
 
 from django_durably import leases, signals
 from django_durably.database import db_alias
-from django_durably.events import send_after_commit
+from django_durably.events import send_after_commit, send_attempt_end
 from django_durably.exceptions import RunTimedOut, StepTimedOut, TimedOut
 from django_durably.leases import FinishRow, LeaseHandle
 from django_durably.limits import AttemptLimits, Expired, StepCall, step_retry_marker
-from django_durably.models import AttemptOutcome, RunStatus
+from django_durably.models import AttemptOutcome, RunStatus, StepStatus
 from django_durably.retries import next_delay
 from django_durably.serialization import describe_exception
 
@@ -69,8 +69,9 @@ def end_on_time(handle: LeaseHandle, expired: Expired) -> TimedOutEnd | None:
     row = _ending(handle, limits, step, error_obj, error)
     also = None
     if step is not None:
-        failed = leases.failed_step(
+        failed = leases.step_row(
             handle.run_id,
+            StepStatus.FAILED,
             index=step.index,
             name=step.name,
             attempt=limits.run_attempt,
@@ -114,26 +115,16 @@ def _send_signals(
             error=ended.error,
             step_attempt=step.step_attempt,
         )
-    if ended.retry_at is None:
-        send_after_commit(
-            signals.run_failed,
-            using=alias,
-            run_id=handle.run_id,
-            job_name=limits.job_name,
-            error=ended.error,
-        )
-    else:
-        send_after_commit(
-            signals.run_retry_scheduled,
-            using=alias,
-            run_id=handle.run_id,
-            job_name=limits.job_name,
-            attempt=limits.run_attempt,
-            retry_at=ended.retry_at,
-            error=ended.error,
-            outcome="timed_out",
-            step_name=None if step is None else step.name,
-        )
+    send_attempt_end(
+        using=alias,
+        run_id=handle.run_id,
+        job_name=limits.job_name,
+        attempt=limits.run_attempt,
+        error=ended.error,
+        retry_at=ended.retry_at,
+        outcome="timed_out",
+        step_name=None if step is None else step.name,
+    )
 
 
 def _ending(

@@ -40,7 +40,6 @@ from django_durably.leases.writes import (
     FinishRow,
     complete,
     fail,
-    failed_step,
     finish,
     persist_completed_step,
     persist_failed_step,
@@ -48,6 +47,7 @@ from django_durably.leases.writes import (
     persist_progress,
     record_attempt,
     record_cancelled_step,
+    step_row,
 )
 
 __all__ = [
@@ -66,7 +66,6 @@ __all__ = [
     "claim",
     "complete",
     "fail",
-    "failed_step",
     "finish",
     "insert_runs",
     "lease_expiry",
@@ -81,4 +80,5 @@ __all__ = [
     "refusal",
     "release",
     "renew",
+    "step_row",
 ]

@@ -199,7 +199,7 @@ def _claim_one_at_a_time(
             won = (
                 runs.ready(queues)
                 # As it was read: a lost attempt recorded below is the one this claim ends.
-                .filter(pk=run_id, lease_generation=seen.generation)
+                .filter(pk=run_id, lease_generation=seen.lease_generation)
                 .exclude(_busy_key())
                 .update(**lease_fields(worker_id, seconds))
             )
@@ -237,10 +237,6 @@ class Candidate(NamedTuple):
     lease_owner: str
     attempt_started_at: datetime | None
     lease_expires_at: datetime | None
-
-    @property
-    def generation(self) -> int:
-        return self.lease_generation
 
 
 def _busy_key() -> Exists:

@@ -32,7 +32,7 @@ from django_durably.awaiting import WaitRequest, WaitResult, checkpoint_of, pars
 from django_durably.database import db_alias, retry_if_locked
 from django_durably.exceptions import InvalidWait, RunNotFound, RunNotWaiting
 from django_durably.leases.statements import WAKE_DUE_SQL, cursor_for
-from django_durably.leases.writes import record_attempt
+from django_durably.leases.writes import record_attempt, step_row
 from django_durably.models import (
     SIGNALLABLE_STATUSES,
     AttemptOutcome,
@@ -101,15 +101,15 @@ def settle(
             return result
         waiting_for = request.describe(until)
         if record is None:
-            Step.objects.using(alias).create(
-                run_id=run_id,
+            step_row(
+                run_id,
+                StepStatus.WAITING,
                 index=request.index,
                 name=request.step,
-                status=StepStatus.WAITING,
                 attempt=attempt,
                 output=waiting_for,
                 started_at=now,
-            )
+            ).save(using=alias, force_insert=True)
         record_attempt(alias, run_id, AttemptOutcome.WAITING)
         runs.filter(pk=run_id).update(
             status=RunStatus.WAITING,
@@ -194,15 +194,15 @@ def _checkpoint(
     now: datetime,
 ) -> None:
     """The wait's completed step, the run's step counters and its wait cleared (the lock held)."""
-    Step.objects.using(alias).create(
-        run_id=run_id,
+    step_row(
+        run_id,
+        StepStatus.COMPLETED,
         index=request.index,
         name=request.step,
-        status=StepStatus.COMPLETED,
         attempt=attempt,
         output=checkpoint_of(result),
         started_at=now,
-    )
+    ).save(using=alias, force_insert=True)
     Run.objects.using(alias).filter(pk=run_id).update(
         current_step_index=request.index + 1,
         completed_step_count=F("completed_step_count") + 1,

@@ -88,11 +88,11 @@ def persist_completed_step(
             return cursor.fetchone() is not None
     return _guarded_insert(
         Run.objects.using(alias).held_by(run_id, generation),
-        Step(
-            run_id=run_id,
+        step_row(
+            run_id,
+            StepStatus.COMPLETED,
             index=index,
             name=name,
-            status=StepStatus.COMPLETED,
             attempt=attempt,
             step_attempt=step_attempt,
             output=output,
@@ -120,8 +120,9 @@ def persist_failed_step(
     run; return whether it did."""
     return _guarded_insert(
         Run.objects.using(db_alias()).held_by(run_id, generation),
-        failed_step(
+        step_row(
             run_id,
+            StepStatus.FAILED,
             index=index,
             name=name,
             attempt=attempt,
@@ -133,29 +134,36 @@ def persist_failed_step(
     )
 
 
-def failed_step(
+def step_row(
     run_id: UUID,
+    status: StepStatus,
     *,
     index: int,
     name: str,
     attempt: int,
-    step_attempt: int,
-    error: dict[str, str],
     started_at: datetime,
-    completed_at: datetime,
+    completed_at: datetime | None = None,
+    step_attempt: int = 1,
+    output: JSON = None,
+    error: dict[str, str] | None = None,
 ) -> Step:
-    """The row of a failed try of a step (unsaved)."""
-    return Step(
+    """A step row (unsaved): a completed checkpoint with its ``output``, a failed try with its
+    ``error``, a cancelled step, or a durable wait's record. ``completed_at`` ``None``: the
+    database clock's now, the column's default."""
+    row = Step(
         run_id=run_id,
         index=index,
         name=name,
-        status=StepStatus.FAILED,
+        status=status,
         attempt=attempt,
         step_attempt=step_attempt,
+        output=output,
         error=error,
         started_at=started_at,
-        completed_at=completed_at,
     )
+    if completed_at is not None:
+        row.completed_at = completed_at
+    return row
 
 
 def record_cancelled_step(
@@ -177,11 +185,11 @@ def record_cancelled_step(
     )
     return _guarded_insert(
         cancelled,
-        Step(
-            run_id=run_id,
+        step_row(
+            run_id,
+            StepStatus.CANCELLED,
             index=index,
             name=name,
-            status=StepStatus.CANCELLED,
             attempt=attempt,
             started_at=started_at,
             completed_at=completed_at,

@@ -207,10 +207,13 @@ def _refuse_poison(run: Run, policy: Retry) -> None:
         )
 
 
-def record(ends: Sequence[AttemptEnd], *, worker_id: str = "") -> list[RunOutcome]:
+def record(
+    ends: Sequence[AttemptEnd], *, worker_id: str = "", unwoken: set[UUID] | None = None
+) -> list[RunOutcome]:
     """Write the ends of completed, failed and retried attempts in one fenced statement (each with
     its attempt's history row), send their signals after commit, and return each run's outcome, in
-    order. A refused write reports ``cancelled``, ``timed_out`` (the worker ended it first) or
+    order; then wake the parents waiting for the runs that ended (those that could not be woken
+    are added to ``unwoken``). A refused write reports ``cancelled``, ``timed_out`` (the worker ended it first) or
     ``lost``; a database error reports ``lost`` (the lease will expire and the run be retried).
     Both a database error and a lost lease send ``worker_error``."""
     writes = [_finish_row(end) for end in ends if end.status in _WRITTEN]
@@ -262,19 +265,24 @@ def record(ends: Sequence[AttemptEnd], *, worker_id: str = "") -> list[RunOutcom
         for end in ends
         if end.run.parent_id is not None and end.run.pk in won and won[end.run.pk] is None
     ]
-    if ended_children:
-        wake_parents_after_end(ended_children, worker_id=worker_id)
+    if ended_children and not wake_parents_after_end(ended_children, worker_id=worker_id):
+        if unwoken is not None:
+            unwoken.update(p for p in ended_children if p is not None)
     return outcomes
 
 
-def wake_parents_after_end(parent_ids: Sequence[UUID | None], *, worker_id: str) -> None:
-    """Wake the parents waiting for runs that just ended; a database error is logged and sent as
-    ``worker_error`` (context ``wake``): the parent then wakes at its wait's timeout, if any."""
+def wake_parents_after_end(parent_ids: Sequence[UUID | None], *, worker_id: str) -> bool:
+    """Wake the parents waiting for runs that just ended, and say whether that could be done. A
+    database error is logged and sent as ``worker_error`` (context ``wake``); a worker tries again
+    on its next turn (``record(..., unwoken=...)``), ``process_one`` does not: the parent then
+    wakes at its wait's timeout, if it has one."""
     try:
         wake_parents_of(parent_ids)
     except DatabaseError as exc:
         logger.exception("Could not wake the parents of runs that ended: %s", parent_ids)
         send_worker_error(exc, context="wake", worker_id=worker_id)
+        return False
+    return True
 
 
 # The ends that are written: the others were written by someone else (a cancel, the worker ending

@@ -5,10 +5,12 @@ run, and the errors of misuse."""
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
+from django.db import OperationalError, connections
 from django.db.models.functions import Now
 
 from django_durably import (
@@ -18,11 +20,13 @@ from django_durably import (
     StepContext,
     cancel_run,
     job,
+    leases,
     process_next,
     process_until_idle,
     send_signal,
 )
 from django_durably.exceptions import RunWaiting, SignalTimeout
+from django_durably.executor import AttemptEnd, record, wake_parents_after_end
 from django_durably.models import (
     AttemptOutcome,
     AuditRecord,
@@ -38,6 +42,7 @@ from django_durably.waits import wake_due_runs
 from django_durably.worker import Worker
 from tests import jobs, wait_jobs
 from tests.concurrency import at_once, start_worker, wait_until
+from tests.leasing import handle_of
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
@@ -341,3 +346,27 @@ def test_race__a_child_ending_while_its_parent_is_cancelled(trial):
         assert ended.status in ("completed", "cancelled")
     assert process_until_idle() == 0
     assert stored(parent).status == "cancelled"
+
+
+def test_a_parent_whose_wake_up_met_a_database_error_is_kept_to_be_woken_again(db_alias):
+    parent = wait_jobs.fans_out.trigger({"count": 1})
+    assert process_next() is not None  # the parent: triggers its child, then waits
+    (child,) = leases.claim(worker_id="w", limit=1)
+    end = AttemptEnd(child, handle_of(child), "completed", time.monotonic(), output=10)
+
+    def refuse_the_wake(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        if sql.startswith('UPDATE "durably_run" SET "updated_at"'):  # the parent's lock
+            raise OperationalError("the database went away (injected)")
+        return execute(sql, params, many, context)
+
+    unwoken: set[Any] = set()
+    with connections[db_alias].execute_wrapper(refuse_the_wake):
+        (outcome,) = record([end], worker_id="w", unwoken=unwoken)
+
+    assert outcome.status == "completed"
+    assert unwoken == {parent.pk}
+    assert stored(parent).status == "waiting"
+    assert wake_parents_after_end(list(unwoken), worker_id="w")  # the worker's next turn
+    assert stored(parent).status == "pending"
+    process_until_idle()
+    assert stored(parent).output["outputs"] == [10]

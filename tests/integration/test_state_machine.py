@@ -14,8 +14,11 @@ under.
 
 Invariants checked after every rule: at most one completed step per name, a leased run has an
 expiry, a generation only grows, one valid lease per concurrency key, one pending run per (job,
-concurrency key); typed errors carry the status the model says the run has. Not modelled: the
-``waiting`` status and retries (the last rows of section 3), which the library does not have yet.
+concurrency key); typed errors carry the status the model says the run has. The ``waiting`` status is
+modelled through signal waits (a holder settles a wait: the signal is consumed, or the run waits;
+a signal wakes it; cancel applies, resume does not). Not modelled: retries, timers and child runs
+(their own tests cover them: tests/integration/test_retries.py, test_waits.py and
+tests/acceptance/test_waits_contract.py).
 
 Lease expiry is arranged, not waited for: a rule moves ``lease_expires_at`` one second behind the
 database clock with an UPDATE (as ``tests.leasing.expire`` does), and every claim and renewal asks
@@ -57,7 +60,8 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from django_durably import leases, operations
+from django_durably import leases, operations, waits
+from django_durably.awaiting import WaitRequest, WaitResult
 from django_durably.exceptions import (
     JobCancelled,
     LeaseLost,
@@ -67,10 +71,11 @@ from django_durably.exceptions import (
     RunNotFound,
     RunNotResumable,
     RunNotRetriggerable,
+    RunNotWaiting,
     RunStateError,
 )
 from django_durably.leases import FinishRow
-from django_durably.models import AuditRecord, DatabaseNow, Run, RunStatus, Step
+from django_durably.models import AuditRecord, DatabaseNow, Run, RunStatus, Signal, Step
 from django_durably.types import JSON, Coalesce
 from tests import jobs
 
@@ -97,6 +102,8 @@ PENDING = RunStatus.PENDING
 CANCELLED = RunStatus.CANCELLED
 COMPLETED = RunStatus.COMPLETED
 FAILED = RunStatus.FAILED
+WAITING = RunStatus.WAITING
+SIGNALS = ("s1", "s2")  # a wait's step name is the signal's name
 TERMINAL = (COMPLETED, FAILED, CANCELLED)
 
 Lease = tuple[UUID, int]
@@ -147,6 +154,14 @@ MUST_REACH = (
     "delete: completed",
     "delete: pending",
     "delete: deleted",
+    "wait for signal: waiting",
+    "wait for signal: consumed",
+    "wait for signal: refused (lost)",
+    "send signal: woke",
+    "send signal: stored",
+    "send signal: RunNotWaiting",
+    "cancel: waiting",
+    "resume: waiting",
 )
 
 
@@ -194,6 +209,12 @@ class ModelRun:
     current_step_index: int = 0
     output: Any = None
     error: Any = None
+    waiting_for: str | None = None
+    """The signal (and step) the run waits for, or was woken from and has not consumed yet."""
+    wait_records: dict[str, int] = field(default_factory=dict)
+    """The ``waiting`` step rows: the waits the run reached, and their index."""
+    signals: list[str] = field(default_factory=list)
+    """Signals sent and not consumed, oldest first."""
 
 
 @dataclass
@@ -219,7 +240,10 @@ class Model:
             (
                 run_id
                 for run_id, run in self.runs.items()
-                if run.job_name == job_name and run.concurrency_key == key and run.status == PENDING
+                if run.job_name == job_name
+                and run.concurrency_key == key
+                and run.status == PENDING
+                and run.waiting_for is None  # a woken run continues; it is not coalesced into
             ),
             None,
         )
@@ -701,7 +725,7 @@ class RunMachine(RuleBasedStateMachine):
 
     def _finished(self, run_id: UUID, generation: int, status: str) -> None:
         model = self.model.runs[run_id]
-        model.status, model.lease_valid = status, False
+        model.status, model.lease_valid, model.waiting_for = status, False, None
         if status == COMPLETED:
             model.output = output_of(generation)
         else:
@@ -765,6 +789,89 @@ class RunMachine(RuleBasedStateMachine):
         if model is not None and model.status == LEASED:
             model.lease_valid = False
 
+    # -- durable waits (signals) ---------------------------------------------------------------
+
+    @precondition(has_leases)
+    @rule(lease=any_lease(), name=st.sampled_from(SIGNALS), index=st.integers(0, 3))
+    def wait_for_signal(self, lease: Lease, name: str, index: int) -> None:
+        """The holder settles a wait for signal ``name``: consumed if one was sent, else the run
+        waits, its lease released. A completed wait is replayed by the job, never settled again."""
+        run_id, generation = lease
+        holds = self.model.holds(lease)
+        if holds and name in self.model.runs[run_id].steps:
+            reached("wait for signal", "replayed")
+            return
+        before = self.snapshot()
+
+        settled = leases.settle(
+            run_id, generation, WaitRequest("signal", name, index, signal=name), attempt=1
+        )
+
+        if not holds:
+            assert settled is None
+            reached("wait for signal", f"refused ({self.model.probe(lease)})")
+            self.assert_unchanged(before)
+            self.assert_refusal(lease)
+            return
+        model = self.model.runs[run_id]
+        if name in model.signals:
+            assert isinstance(settled, WaitResult) and settled.status == "done"
+            reached("wait for signal", "consumed")
+            model.signals.remove(name)  # the oldest of that name
+            model.steps[name] = index
+            model.current_step_index = index + 1
+            model.waiting_for = None
+            return
+        assert isinstance(settled, leases.Waiting)
+        reached("wait for signal", "waiting")
+        model.status, model.lease_valid, model.owner = WAITING, False, ""
+        model.waiting_for = name
+        model.wait_records.setdefault(name, index)
+
+    @rule(run_id=runs, name=st.sampled_from(SIGNALS))
+    def send_signal(self, run_id: UUID, name: str) -> None:
+        model = self.model.runs.get(run_id)
+        before = self.snapshot()
+        if model is None:
+            reached("send signal", "deleted")
+            self.assert_not_found(lambda: waits.send_signal(run_id, name), run_id)
+            return
+        if model.status in TERMINAL:
+            reached("send signal", "RunNotWaiting")
+            self.assert_refused(
+                lambda: waits.send_signal(run_id, name), RunNotWaiting, run_id, before
+            )
+            return
+
+        result = waits.send_signal(run_id, name, {"n": len(model.signals)})
+
+        woke = model.status == WAITING and model.waiting_for == name
+        assert (result.created, result.woke) == (True, woke)
+        reached("send signal", "woke" if woke else "stored")
+        model.signals.append(name)
+        if woke:
+            model.status, model.later = PENDING, False
+
+    @precondition(has_holding_leases)
+    @rule(data=st.data(), name=st.sampled_from(SIGNALS), index=st.integers(0, 3))
+    def a_signal_before_its_wait(self, data: st.DataObject, name: str, index: int) -> None:
+        """A signal sent to a running run, then its wait: consumed at once, without waiting."""
+        lease = data.draw(st.sampled_from(_holding_leases(self)))
+        self.send_signal(lease[0], name)
+        self.wait_for_signal(lease, name, index)
+
+    @precondition(lambda self: self.model.in_status(WAITING))
+    @rule(data=st.data(), action=st.sampled_from(["signal", "cancel"]))
+    def act_on_a_waiting_run(self, data: st.DataObject, action: str) -> None:
+        """Resume (refused), then signal or cancel, a run drawn among the waiting ones (the bundle
+        draws any run, so a derandomized run could go without meeting one that waits)."""
+        run_id = data.draw(st.sampled_from(self.model.in_status(WAITING)))
+        self.resume(run_id)
+        if action == "signal":
+            self.send_signal(run_id, str(self.model.runs[run_id].waiting_for))
+        else:
+            self.cancel(run_id)
+
     # -- operator actions ----------------------------------------------------------------------
 
     @rule(run_id=runs)
@@ -788,7 +895,7 @@ class RunMachine(RuleBasedStateMachine):
             self.assert_unchanged(before)
             return
         assert (result.cancelled, result.from_status) == (True, model.status)
-        model.status, model.lease_valid = CANCELLED, False
+        model.status, model.lease_valid, model.waiting_for = CANCELLED, False, None
 
     @rule(run_id=runs)
     def resume(self, run_id: UUID) -> None:
@@ -914,8 +1021,10 @@ class RunMachine(RuleBasedStateMachine):
         assert no_duplicates(
             (row["job_name"], row["concurrency_key"])
             for row in rows.values()
-            if row["status"] == PENDING and row["concurrency_key"] is not None
-        ), "one pending run per (job, key)"
+            if row["status"] == PENDING
+            and row["concurrency_key"] is not None
+            and row["waiting_for"] is None
+        ), "one pending run per (job, key), woken runs aside"
         assert no_duplicates(
             (run_id, name)
             for run_id, run_steps in steps.items()
@@ -943,6 +1052,8 @@ class RunMachine(RuleBasedStateMachine):
                 "priority": row["priority"],
                 "output": row["output"],
                 "error": row["error"],
+                "waiting_for": (row["waiting_for"] or {}).get("signal"),
+                "wake_at": row["wake_at"],
             } == {
                 "status": model.status,
                 "lease_generation": model.generation,
@@ -955,11 +1066,19 @@ class RunMachine(RuleBasedStateMachine):
                 "priority": model.priority,
                 "output": model.output,
                 "error": model.error,
+                "waiting_for": model.waiting_for,
+                "wake_at": None,
             }, run_id
             assert sorted(steps.get(run_id, [])) == sorted(
                 [(name, index, "completed") for name, index in model.steps.items()]
                 + [(name, index, "cancelled") for name, index in model.cancelled_steps]
+                + [(name, index, "waiting") for name, index in model.wait_records.items()]
             ), run_id
+            assert sorted(
+                Signal.objects.filter(run=run_id, consumed_at__isnull=True).values_list(
+                    "name", flat=True
+                )
+            ) == sorted(model.signals), run_id
             if model.status == LEASED:
                 assert row["lease_owner"] == model.owner
                 assert (run_id in valid) is model.lease_valid

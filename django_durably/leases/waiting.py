@@ -263,11 +263,22 @@ def wake_parents(parent_ids: Iterable[UUID | None]) -> list[UUID]:
 def _wake_parent(alias: str, parent_id: UUID) -> bool:
     with transaction.atomic(using=alias):
         runs = Run.objects.using(alias)
-        waiting = runs.filter(pk=parent_id, status=RunStatus.WAITING)
-        if not waiting.update(updated_at=DatabaseNow()):  # the lock, taken first
+        # The lock, taken first, whatever the parent's status: a parent still leased may be
+        # settling its wait right now (it read its children before this child's end committed);
+        # this waits for it, then reads what it wrote. Guarding on ``waiting`` here would miss it:
+        # PostgreSQL evaluates the guard on the row as it was, and skips it without waiting.
+        if (
+            not runs.filter(pk=parent_id)
+            .exclude(status__in=_FINISHED)
+            .update(updated_at=DatabaseNow())
+        ):
             return False
-        waiting_for, queue = runs.filter(pk=parent_id).values_list("waiting_for", "queue").get()
-        if not isinstance(waiting_for, dict) or waiting_for.get("kind") != "runs":
+        status, waiting_for, queue = (
+            runs.filter(pk=parent_id).values_list("status", "waiting_for", "queue").get()
+        )
+        if status != RunStatus.WAITING or not isinstance(waiting_for, dict):
+            return False
+        if waiting_for.get("kind") != "runs":
             return False
         children = [UUID(str(i)) for i in waiting_for.get("runs") or ()]
         statuses = dict(runs.filter(pk__in=children).values_list("pk", "status"))
@@ -276,7 +287,7 @@ def _wake_parent(alias: str, parent_id: UUID) -> bool:
         )
         if not over:
             return False
-        waiting.update(**_woken_fields())
+        runs.filter(pk=parent_id, status=RunStatus.WAITING).update(**_woken_fields())
         notify_ready(alias, [queue])
     return True
 

@@ -41,7 +41,7 @@ from django_durably.testing import InMemoryStepStore
 from django_durably.waits import wake_due_runs
 from django_durably.worker import Worker
 from tests import jobs, wait_jobs
-from tests.concurrency import at_once, start_worker, wait_until
+from tests.concurrency import at_once, start, start_worker, wait_event, wait_until
 from tests.leasing import handle_of
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
@@ -370,3 +370,39 @@ def test_a_parent_whose_wake_up_met_a_database_error_is_kept_to_be_woken_again(d
     assert stored(parent).status == "pending"
     process_until_idle()
     assert stored(parent).output["outputs"] == [10]
+
+
+@job(name="tests.waits.gated_fan_in")
+def gated_fan_in(step: StepContext, input: dict[str, Any]) -> Any:
+    """Triggers a child, waits at a gate, then waits for the child."""
+    ids = step.trigger("kid", wait_jobs.child, [{"n": 1}])
+    step.run("gate", jobs.wait_for_gate, input["gate"])
+    return step.wait_for_runs("join", ids)
+
+
+RACE_TRIALS = 16
+
+
+@pytest.mark.slow
+def test_race__a_child_ending_while_its_parent_settles_its_wait_never_leaves_it_waiting(gates):
+    """The child's end (and its wake-up of the parent) lands anywhere in the parent's settling of
+    its wait: the parent either sees the end, or is woken by it; it never waits for good."""
+    window = 0.03  # about one settle and one child's run, spread over the trials
+    for n in range(RACE_TRIALS):
+        gate, entered = gates(f"fan-in-{n}")
+        parent = gated_fan_in.trigger({"gate": f"fan-in-{n}"})
+        holder = start(process_next)  # the parent: triggers its child, then holds at the gate
+        wait_event(entered, what="the parent at its gate")
+
+        def open_later(delay: float = window * n / RACE_TRIALS, gate: Any = gate) -> None:
+            time.sleep(delay)  # an offset into the race window, not a wait for a condition
+            gate.set()
+
+        _opened, child_outcome = at_once(open_later, process_next)
+        assert child_outcome is not None and child_outcome.status == "completed"
+        parent_outcome = holder.outcome(30)
+        assert parent_outcome.status in ("completed", "waiting"), n
+
+        process_until_idle()
+        assert stored(parent).status == "completed", (n, parent_outcome.status)
+        assert stored(parent).output == [10]

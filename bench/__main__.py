@@ -7,8 +7,11 @@ Benchmarks (``--only``, comma-separated, default all, in this order):
   steps    runs of 1,000 trivial steps in-process, each after 3 s of pgbench (1 client): median
            steps/s and ratio over 5 rounds, transactions and statements per step
   drain    N no-op runs drained by W durably_worker processes, and the bare SQL queue ceiling
-  wakeup   trigger -> job entered with an idle worker: LISTEN, poll-only, and the SQL queue floor
-  backlog  claim time, claim plan and drain rate with few vs many finished runs in the table
+  wakeup   trigger -> job entered with an idle worker: LISTEN, poll-only, and the SQL queue floor;
+           send_signal -> the waiting run's wait returned; a child's end -> its parent's wait
+           returned (LISTEN)
+  backlog  claim time, claim plan and drain rate with few vs many finished runs in the table, then
+           with many waiting runs too; the wake-up of due timers (plans, time) with and without them
 
 Results go to bench/results/<timestamp>.json and bench/results/latest.json.
 """
@@ -45,6 +48,7 @@ DEFAULTS: dict[str, tuple[Any, Any]] = {
     "pending": (100_000, 20_000),
     "backlog_drain": (5_000, 1_000),
     "claims": (200, 50),
+    "waiting": (1_000_000, 20_000),
 }
 
 
@@ -70,13 +74,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add("--pgbench-seconds", type=int, help="pgbench: seconds per client count (default 10)")
     add("--enqueue-single", type=int, help="enqueue: trigger() calls (default 2,000)")
     add("--enqueue-many", type=int, help="enqueue: runs per trigger_many batch size (20,000)")
-    add("--samples", type=int, help="wakeup: samples with LISTEN (default 200)")
+    add(
+        "--samples",
+        type=int,
+        help="wakeup: samples with LISTEN, of a trigger, a signal and a child's end (default 200)",
+    )
     add("--poll-samples", type=int, help="wakeup: samples poll-only (default 20)")
     add("--backlog", type=int, help="backlog: finished runs, large table (default 1,000,000)")
     add("--backlog-small", type=int, help="backlog: finished runs, small table (default 1,000)")
     add("--pending", type=int, help="backlog: pending runs in both tables (default 100,000)")
     add("--backlog-drain", type=int, help="backlog: runs drained by 4 workers (default 5,000)")
-    add("--claims", type=int, help="backlog: timed single claims (default 200)")
+    add(
+        "--claims",
+        type=int,
+        help="backlog: timed single claims, and timed wake-ups of each kind (default 200)",
+    )
+    add(
+        "--waiting",
+        type=int,
+        help="backlog: waiting runs in a third table, the large one seeded again with them, 0: "
+        "no third table (default 1,000,000)",
+    )
     add("--output-dir", type=Path, default=Path(__file__).resolve().parent / "results")
     args = parser.parse_args(argv)
     for name, (full, quick) in DEFAULTS.items():
@@ -281,7 +299,15 @@ class Suite:
         floor = wakeup.floor(self.args.samples)
         listen = wakeup.durably(self.args.samples, listen=True, poll_interval=1.0)
         poll = wakeup.durably(self.args.poll_samples, listen=False, poll_interval=1.0)
-        self.details["wakeup"] = {"sql_queue_floor": floor, "listen": listen, "poll": poll}
+        signal = wakeup.signal(self.args.samples)
+        children = wakeup.children(self.args.samples)
+        self.details["wakeup"] = {
+            "sql_queue_floor": floor,
+            "listen": listen,
+            "poll": poll,
+            "signal": signal,
+            "children": children,
+        }
         for key in ("p50_ms", "p95_ms", "p99_ms"):
             p = key.split("_")[0]
             samples = floor["samples"]
@@ -304,11 +330,35 @@ class Suite:
             poll["p50_ms"],
             "ms",
         )
+        for name, result, what in (
+            ("wake-up signal", signal, "send_signal -> wait returned"),
+            ("wake-up child end", children, "child's end -> parent's wait returned"),
+        ):
+            continued = result["continued"]
+            for key in ("p50_ms", "p95_ms", "p99_ms"):
+                p = key.split("_")[0]
+                self.add(
+                    name,
+                    f"{p}, {what}, 1 idle worker, {continued['samples']} samples",
+                    continued[key],
+                    "ms",
+                    ratio(continued[key], listen[key]),
+                    f"trigger {p} (x)",
+                    "< 5 ms" if p == "p50" else "",
+                    continued[key] < 5 if p == "p50" else None,
+                    extra=result,
+                )
+            entered = result["entered"]
+            self.notes.append(
+                f"{name}: to the job re-entered (claimed, before its replay) p50 / p95 / p99 "
+                f"{entered['p50_ms']:.2f} / {entered['p95_ms']:.2f} / {entered['p99_ms']:.2f} ms; "
+                f"to the wait returned {continued['p50_ms']:.2f} / {continued['p95_ms']:.2f} / "
+                f"{continued['p99_ms']:.2f} ms"
+            )
 
     def run_backlog(self) -> None:
         from bench import backlog
         from bench.database import reset_runs
-        from bench.report import ratio
 
         args = self.args
         results: list[dict[str, Any]] = []
@@ -317,52 +367,154 @@ class Suite:
             for finished in (args.backlog_small, args.backlog):
                 print(f"   {finished:,} finished + {args.pending:,} pending ...", flush=True)
                 results.append(
-                    backlog.measure(finished, args.pending, args.claims, args.backlog_drain)
+                    backlog.measure(
+                        finished,
+                        args.pending,
+                        args.claims,
+                        args.backlog_drain,
+                        wake=finished == args.backlog and args.waiting > 0,
+                    )
+                )
+            if args.waiting:
+                print(
+                    f"   {args.backlog:,} finished + {args.pending:,} pending + {args.waiting:,}"
+                    " waiting ...",
+                    flush=True,
+                )
+                results.append(
+                    backlog.measure(
+                        args.backlog,
+                        args.pending,
+                        args.claims,
+                        args.backlog_drain,
+                        waiting=args.waiting,
+                        wake=True,
+                    )
                 )
         finally:
             reset_runs()
-        small = results[0]
+        small, large = results[0], results[1]
         for result in results:
             label = f"{result['finished']:,} finished + {result['pending']:,} pending"
-            is_large = result is not small
-            claim_ratio = ratio(result["claim"]["median_ms"], small["claim"]["median_ms"])
-            drain_ratio = ratio(
-                result["drain"]["steady_runs_per_s"], small["drain"]["steady_runs_per_s"]
-            )
-            self.add(
-                "backlog claim (median)",
-                label,
-                result["claim"]["median_ms"],
-                "ms",
-                claim_ratio if is_large else None,
-                f"{small['finished']:,} finished" if is_large else "",
-                "<= 1.20 x small" if is_large else "",
-                (claim_ratio or 99) <= 1.2 if is_large else None,
-                extra=result["claim"],
-            )
-            self.add(
-                "backlog drain",
-                f"{label}, {result['drain']['runs']:,} runs, W=4 x C=4, steady",
-                result["drain"]["steady_runs_per_s"],
-                "runs/s",
-                drain_ratio if is_large else None,
-                f"{small['finished']:,} finished" if is_large else "",
-                ">= 0.80 x small" if is_large else "",
-                (drain_ratio or 0) >= 0.8 if is_large else None,
-                extra=result["drain"],
-            )
-            self.add(
-                "backlog claim plan",
-                f"{label}: no Seq Scan on durably_run, custom or generic plan",
-                None,
-                "",
-                target="index-driven",
-                met=result["explain"]["index_driven"],
-            )
+            if result["waiting"]:
+                label += f" + {result['waiting']:,} waiting"
+            if result is small:
+                self._backlog_rows(result, label)
+            elif result is large:
+                self._backlog_rows(result, label, small, f"{small['finished']:,} finished")
+            else:
+                self._backlog_rows(result, label, large, "no waiting runs")
+            if "wake" in result:
+                self._wake_rows(result, label, None if result is large else large)
         plan = results[-1]["explain"]["plans"][0]["plan"] if results[-1]["explain"]["plans"] else ""
         self.notes.append(
-            f"claim plan with {results[-1]['finished']:,} finished runs (first lines; the generic "
-            "plan is in the JSON):\n    " + "\n    ".join(plan.splitlines()[:14])
+            f"claim plan with {results[-1]['finished']:,} finished"
+            + (f" and {results[-1]['waiting']:,} waiting" if results[-1]["waiting"] else "")
+            + " runs (first lines; the generic plan is in the JSON):\n    "
+            + "\n    ".join(plan.splitlines()[:14])
+        )
+        if "wake" in results[-1]:
+            wake = results[-1]["wake"]
+            for case in ("nothing_due", "few_due"):
+                lines = []
+                for explained in wake[case]["plans"]:
+                    lines.append("-- " + " ".join(explained["sql"].split())[:110])
+                    lines += explained["plan"].splitlines()[:8]
+                    lines.append("generic plan:")
+                    lines += explained["generic_plan"].splitlines()[:6]
+                self.notes.append(
+                    f"wake-up of due timers, {case.replace('_', ' ')}, with "
+                    f"{results[-1]['waiting']:,} waiting runs (first lines of each statement's "
+                    "custom and generic plan):\n    " + "\n    ".join(lines)
+                )
+
+    def _backlog_rows(
+        self,
+        result: dict[str, Any],
+        label: str,
+        base: dict[str, Any] | None = None,
+        base_label: str = "",
+    ) -> None:
+        """The claim, drain and claim-plan rows of one backlog table, compared with ``base``."""
+        from bench.report import ratio
+
+        claim_ratio = drain_ratio = None
+        if base is not None:
+            claim_ratio = ratio(result["claim"]["median_ms"], base["claim"]["median_ms"])
+            drain_ratio = ratio(
+                result["drain"]["steady_runs_per_s"], base["drain"]["steady_runs_per_s"]
+            )
+        compared = base is not None
+        self.add(
+            "backlog claim (median)",
+            label,
+            result["claim"]["median_ms"],
+            "ms",
+            claim_ratio,
+            base_label,
+            "<= 1.20 x" if compared else "",
+            (claim_ratio or 99) <= 1.2 if compared else None,
+            extra=result["claim"],
+        )
+        self.add(
+            "backlog drain",
+            f"{label}, {result['drain']['runs']:,} runs, W=4 x C=4, steady",
+            result["drain"]["steady_runs_per_s"],
+            "runs/s",
+            drain_ratio,
+            base_label,
+            ">= 0.80 x" if compared else "",
+            (drain_ratio or 0) >= 0.8 if compared else None,
+            extra=result["drain"],
+        )
+        self.add(
+            "backlog claim plan",
+            f"{label}: no Seq Scan on durably_run, custom or generic plan",
+            None,
+            "",
+            target="index-driven",
+            met=result["explain"]["index_driven"],
+        )
+
+    def _wake_rows(self, result: dict[str, Any], label: str, base: dict[str, Any] | None) -> None:
+        """The wake-up of due timers in one backlog table, compared with ``base``'s."""
+        from bench.backlog import DUE
+        from bench.report import ratio
+
+        wake = result["wake"]
+        compared = base is not None and "wake" in base
+        for case, what in (("nothing_due", "nothing due"), ("few_due", f"{DUE} due")):
+            timed = wake[case]
+            figure = timed["median_ms"]
+            share = ratio(figure, base["wake"][case]["median_ms"]) if base and compared else None
+            self.add(
+                "backlog wake-due (median)",
+                f"{label}, {what}",
+                figure,
+                "ms",
+                share,
+                "no waiting runs" if compared else "",
+                "<= 1.20 x" if compared else "",
+                (share or 99) <= 1.2 if compared else None,
+                extra={k: v for k, v in timed.items() if k not in ("plans", "statements")},
+            )
+        waiting = bool(result["waiting"])
+        indexes = ", ".join(wake["custom_indexes"]) or "no index"
+        self.add(
+            "backlog wake-due plan",
+            f"{label}: custom plans, no Seq Scan on durably_run (indexes: {indexes})",
+            None,
+            "",
+            target="index-driven" + (", durably_run_waking_idx" if waiting else ""),
+            met=wake["custom_index_driven"] and (wake["reads_waking_idx"] or not waiting),
+        )
+        self.add(
+            "backlog wake-due plan",
+            f"{label}: generic plans, no Seq Scan on durably_run",
+            None,
+            "",
+            target="index-driven",
+            met=wake["generic_index_driven"],
         )
 
 

@@ -43,11 +43,11 @@ def ensure_database() -> None:
 
 
 def reset_runs() -> None:
-    """Empty the durably tables (runs, steps, attempts, logs, audit records)."""
+    """Empty the durably tables (runs, steps, attempts, signals, logs, audit records)."""
     with connection.cursor() as cursor:
         cursor.execute(
             "TRUNCATE durably_auditrecord, durably_runlog, durably_step, durably_runattempt, "
-            "durably_run"
+            "durably_signal, durably_run"
         )
 
 

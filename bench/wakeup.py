@@ -1,5 +1,7 @@
 """Wake-up latency: trigger committed -> job function entered (its first step starts), with one idle
-worker.
+worker; and the same for the two wake-ups of durable waits that a notification carries:
+``send_signal`` returned -> the waiting run's wait returned (:func:`signal`), and a child run's end
+-> its parent's wait returned (:func:`children`).
 
 The worker is a real ``durably_worker`` subprocess (concurrency 1). Each run's job returns the
 wall-clock time it was entered; the latency is that minus the time the trigger's commit returned
@@ -9,12 +11,25 @@ run arrives; when polling, the pause is random within the poll interval, so runs
 points of the worker's poll cycle. The measuring process waits a little before it starts polling for the outcome, so its
 own queries stay out of the measured window.
 
+A signal's sample: a run of ``bench.awaits_signal`` is triggered and, once it is ``waiting`` (its
+attempt over, the worker idle again), a short pause, then ``send_signal(run, "go")``; the latency is
+the time the job's wait returned minus the time ``send_signal`` returned (it commits the signal and
+the wake-up, whose notification reaches the worker). The job also stamps when it was entered again
+(the run claimed, before its replay), reported beside it.
+
+A child's sample: a run of ``bench.fan_in`` triggers one child run (``bench.ended_at``, which
+returns the time its function returned) and waits for it; the latency is the time the parent's wait
+returned minus the child's stamp, so it covers writing the child's end, waking the parent, its
+notification, the claim, the replay and the wait's own write. The measuring process only polls for
+the parent's end (every 10 ms): it has nothing to send.
+
 The floor is the same measurement for the bare SQL queue: a psycopg process waiting on LISTEN that
 claims the job (``SKIP LOCKED``) and stamps the time, after an INSERT + NOTIFY transaction commits.
 """
 
 from __future__ import annotations
 
+import json
 import random
 import statistics
 import sys
@@ -24,6 +39,7 @@ from typing import Any
 from bench import jobs, sqlqueue
 from bench.database import autocommit_psycopg, reset_runs, scalar, server_url
 from bench.procs import BenchError, Processes, worker_command
+from django_durably import send_signal
 
 PAUSE = 0.02  # before each trigger: the worker goes back to waiting
 SETTLE = 0.02  # after each trigger, before polling for the outcome
@@ -80,6 +96,71 @@ def durably(samples: int, *, listen: bool, poll_interval: float) -> dict[str, An
             latencies.append((_entered_at(run.pk, 30, procs) - committed) * 1000)
     reset_runs()
     return {"listen": listen, "poll_interval_s": poll_interval, **summary(latencies)}
+
+
+def _reached(
+    run_id: Any, status: str, timeout: float, procs: Processes, *, every: float = 0.005
+) -> Any:
+    """Wait for the run to reach ``status``; return its output (decoded JSON)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        row = scalar(
+            "SELECT json_build_array(status, output)::text FROM durably_run WHERE id = %s",
+            [run_id],
+        )
+        current, output = json.loads(row) if row is not None else (None, None)
+        if current == status:
+            return output
+        if current in ("completed", "failed", "cancelled", None):
+            raise BenchError(f"wake-up run {run_id} is {current}, not {status}")
+        procs.check_alive_or_succeeded()
+        if time.monotonic() > deadline:
+            raise BenchError(f"wake-up run {run_id} not {status} within {timeout}s")
+        time.sleep(every)
+
+
+def _wait_summary(continued: list[float], entered: list[float]) -> dict[str, Any]:
+    return {"continued": summary(continued), "entered": summary(entered)}
+
+
+def signal(samples: int, *, poll_interval: float = 1.0) -> dict[str, Any]:
+    """``send_signal`` returned -> the waiting run's wait returned; one idle worker (LISTEN)."""
+    reset_runs()
+    continued, entered = [], []
+    with Processes() as procs:
+        procs.start(worker_command(concurrency=1, poll_interval=poll_interval))
+        for sample in range(samples + 3):  # 3 to warm up: start-up, imports, connections
+            run = jobs.awaits_signal.trigger()
+            _reached(run.pk, "waiting", 60, procs)
+            time.sleep(PAUSE)
+            sent = send_signal(run.pk, "go")
+            returned = time.time()
+            if not sent.woke:
+                raise BenchError(f"send_signal did not wake run {run.pk} ({sent.run_status})")
+            time.sleep(SETTLE)
+            output = _reached(run.pk, "completed", 30, procs)
+            if sample >= 3:
+                continued.append((output["continued"] - returned) * 1000)
+                entered.append((output["entered"] - returned) * 1000)
+    reset_runs()
+    return {"poll_interval_s": poll_interval, **_wait_summary(continued, entered)}
+
+
+def children(samples: int, *, poll_interval: float = 1.0) -> dict[str, Any]:
+    """A child run's end -> its parent's wait returned, with one idle worker (LISTEN)."""
+    reset_runs()
+    continued, entered = [], []
+    with Processes() as procs:
+        procs.start(worker_command(concurrency=1, poll_interval=poll_interval))
+        for sample in range(samples + 3):  # 3 to warm up
+            time.sleep(PAUSE)
+            run = jobs.fan_in.trigger()
+            output = _reached(run.pk, "completed", 60, procs, every=0.01)
+            if sample >= 3:
+                continued.append((output["continued"] - output["child_ended"]) * 1000)
+                entered.append((output["entered"] - output["child_ended"]) * 1000)
+    reset_runs()
+    return {"poll_interval_s": poll_interval, **_wait_summary(continued, entered)}
 
 
 def floor(samples: int) -> dict[str, Any]:

@@ -116,8 +116,8 @@ def lock_oldest_finished(runs: RunQuerySet, limit: int) -> list[UUID]:
 def _claim_until_a_key(
     alias: str, worker_id: str, queues: list[str] | None, limit: int, seconds: float
 ) -> tuple[list[Run], bool]:
-    """The claimed runs, and whether a run with a concurrency key waits among the candidates (or
-    nothing was claimed): then the keyed path must look."""
+    """The claimed runs, and whether a run with a concurrency key waits among the candidates: then
+    the keyed path must look."""
     sql = CLAIM_UNTIL_A_KEY_SQL.format(
         limit=int(limit),
         queue_filter="AND queue = ANY(%s)" if queues else "",
@@ -131,9 +131,10 @@ def _claim_until_a_key(
     with cursor_for(alias) as cursor:
         cursor.execute(sql, params)
         rows = cursor.fetchall()
-    if not rows:
-        return [], True
-    return [_run_from_row(alias, row[:-1]) for row in rows], bool(rows[0][-1])
+    keyed_waiting = bool(rows[0][-1])
+    if rows[0][0] is None:  # nothing claimed: the one row of NULLs beside the flag
+        return [], keyed_waiting
+    return [_run_from_row(alias, row[:-1]) for row in rows], keyed_waiting
 
 
 # -- PostgreSQL: runs with a concurrency key, one key lock at a time -----------------------------

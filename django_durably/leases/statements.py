@@ -270,8 +270,9 @@ WHERE (
 # The common case, in one statement and one round trip: lease the ready runs that come before the
 # first run with a concurrency key, in claim order. Runs with a key need an advisory lock and a
 # fresh re-check in a transaction of their own (``claims._claim_serialising_keys``), so when one
-# is among the candidates (``keyed_waiting``), or nothing was claimed, the claim goes on with that
-# path. The LIMIT is a literal (see DESIGN.md section 4). The candidates are those of
+# is among the candidates (``keyed_waiting``) the claim goes on with that path. The flag comes back
+# even when nothing was claimed (one row of NULLs beside it), so an empty claim with no keyed
+# candidate is one round trip, not two transactions. The LIMIT is a literal (see DESIGN.md section 4). The candidates are those of
 # ``RunQuerySet.ready()`` without a busy key, in its order (``claims._candidates``); a test
 # compares the two on the same data.
 CLAIM_UNTIL_A_KEY_SQL = """
@@ -315,7 +316,9 @@ WITH pending AS (
     WHERE run.id = picked.id
     RETURNING {columns}, picked.lost_owner, picked.lost_attempt, picked.lost_started, picked.lost_at
 ){record_lost}
-SELECT {names}, (SELECT position IS NOT NULL FROM first_keyed) AS keyed_waiting FROM claimed
+SELECT {names}, waiting.keyed_waiting
+FROM (SELECT (SELECT position IS NOT NULL FROM first_keyed) AS keyed_waiting) AS waiting
+LEFT JOIN claimed ON true
 """
 
 # Leasing the runs the keyed claim chose and locked, returning what the claim wrote.
@@ -347,6 +350,15 @@ KEY_LOCK_SQL = "SELECT pg_try_advisory_xact_lock(%s)"
 
 # -- waking waiting runs -----------------------------------------------------------------------------
 
+# The look for due timers (``RunQuerySet.due_to_wake()``), prepared with the status a literal so that
+# its generic plan, too, reads the partial index ``durably_run_waking_idx``; the LIMIT a literal.
+DUE_TO_WAKE_SQL = """
+SELECT id FROM durably_run
+WHERE status = 'waiting' AND wake_at <= statement_timestamp()
+ORDER BY wake_at
+LIMIT {limit}
+"""
+
 # The due runs ``waiting.wake_due`` found (``RunQuerySet.due_to_wake()``, index-driven) made pending
 # (``waiting._woken_fields``), each still guarded by its status and timer, and the workers of their
 # queues woken by the same statement (as ``INSERT_RUNS_SQL`` does). Parameters: the run ids, the
@@ -367,4 +379,36 @@ WHERE (
         SELECT pg_notify(%s, queue) FROM (SELECT DISTINCT queue FROM woken) AS queues
     ) AS notified
 ) >= 0
+"""
+
+# A child's end, on PostgreSQL (``waiting._wake_parent``): first the parent locked whatever its
+# status, and read as it is once the lock is granted (``FOR UPDATE`` waits for a parent settling its
+# wait, then returns what it wrote); parameter: the parent.
+LOCK_PARENT_SQL = """
+SELECT status, waiting_for, queue FROM durably_run
+WHERE id = %s AND status NOT IN ('completed', 'failed', 'cancelled')
+FOR UPDATE
+"""
+
+# Then, with a fresh snapshot (every child's end committed before this child's is seen), the parent
+# made pending if one of the children it waits for failed or was cancelled, or none is unfinished,
+# and its queue's workers woken. Parameters: the parent, the children (twice), the channel.
+WAKE_PARENT_SQL = """
+WITH woken AS (
+    UPDATE durably_run run SET
+        status = 'pending',
+        run_after = statement_timestamp(),
+        wake_at = NULL,
+        updated_at = statement_timestamp()
+    WHERE run.id = %s AND run.status = 'waiting' AND (
+        EXISTS (
+            SELECT 1 FROM durably_run child
+            WHERE child.id = ANY(%s) AND child.status IN ('failed', 'cancelled'))
+        OR NOT EXISTS (
+            SELECT 1 FROM durably_run child
+            WHERE child.id = ANY(%s) AND child.status NOT IN ('completed', 'failed', 'cancelled'))
+    )
+    RETURNING run.queue
+)
+SELECT pg_notify(%s, queue) FROM woken
 """

@@ -19,6 +19,7 @@ see everything committed before the lock was granted:
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -31,7 +32,13 @@ from django.db.models import F
 from django_durably.awaiting import WaitRequest, WaitResult, checkpoint_of, parse_until
 from django_durably.database import db_alias, retry_if_locked
 from django_durably.exceptions import InvalidWait, RunNotFound, RunNotWaiting
-from django_durably.leases.statements import WAKE_DUE_SQL, cursor_for
+from django_durably.leases.statements import (
+    DUE_TO_WAKE_SQL,
+    LOCK_PARENT_SQL,
+    WAKE_DUE_SQL,
+    WAKE_PARENT_SQL,
+    cursor_for,
+)
 from django_durably.leases.writes import record_attempt, step_row
 from django_durably.models import (
     SIGNALLABLE_STATUSES,
@@ -231,13 +238,18 @@ def wake_due(limit: int = 100) -> list[UUID]:
     then woken by one guarded statement (PostgreSQL: with the notification)."""
     alias = db_alias()
     runs = Run.objects.using(alias)
-    due = list(runs.due_to_wake().order_by("wake_at").values_list("pk", flat=True)[: max(1, limit)])
-    if not due:
-        return []
+    limit = max(1, int(limit))
     if connections[alias].vendor == "postgresql":
         with cursor_for(alias) as cursor:
+            cursor.execute(DUE_TO_WAKE_SQL.format(limit=limit))
+            due = [run_id for (run_id,) in cursor.fetchall()]
+            if not due:
+                return []
             cursor.execute(WAKE_DUE_SQL, [due, CHANNEL])
             return [run_id for (run_id,) in cursor.fetchall()]
+    due = list(runs.due_to_wake().order_by("wake_at").values_list("pk", flat=True)[:limit])
+    if not due:
+        return []
 
     def wake() -> list[UUID]:
         with transaction.atomic(using=alias):
@@ -261,6 +273,8 @@ def wake_parents(parent_ids: Iterable[UUID | None]) -> list[UUID]:
 
 
 def _wake_parent(alias: str, parent_id: UUID) -> bool:
+    if connections[alias].vendor == "postgresql":
+        return _wake_parent_postgres(alias, parent_id)
     with transaction.atomic(using=alias):
         runs = Run.objects.using(alias)
         # The lock, taken first, whatever the parent's status: a parent still leased may be
@@ -290,6 +304,22 @@ def _wake_parent(alias: str, parent_id: UUID) -> bool:
         runs.filter(pk=parent_id, status=RunStatus.WAITING).update(**_woken_fields())
         notify_ready(alias, [queue])
     return True
+
+
+def _wake_parent_postgres(alias: str, parent_id: UUID) -> bool:
+    """:func:`_wake_parent` in two prepared statements (the lock and read, then the guarded wake
+    with its notification) rather than the ORM's five."""
+    with transaction.atomic(using=alias), cursor_for(alias) as cursor:
+        cursor.execute(LOCK_PARENT_SQL, [parent_id])
+        row = cursor.fetchone()
+        if row is None or row[0] != RunStatus.WAITING:
+            return False
+        waiting_for = json.loads(row[1]) if isinstance(row[1], str) else row[1]
+        if not isinstance(waiting_for, dict) or waiting_for.get("kind") != "runs":
+            return False
+        children = [UUID(str(i)) for i in waiting_for.get("runs") or ()]
+        cursor.execute(WAKE_PARENT_SQL, [parent_id, children, children, CHANNEL])
+        return cursor.fetchone() is not None
 
 
 # -- signals ---------------------------------------------------------------------------------------

@@ -95,6 +95,22 @@ def test_a_run_on_its_first_attempt__claim_and_finish_only(db_alias):
         assert len(sql) == 10, sql
 
 
+def test_an_empty_claim__one_statement_unless_a_keyed_run_is_first(db_alias):
+    """An idle worker's claim finds nothing in one round trip on PostgreSQL; only a ready run with
+    a concurrency key first in line sends it on to the keyed path (a transaction of its own)."""
+    if not is_postgres(db_alias):
+        pytest.skip("SQLite claims one candidate at a time")
+    claim = lambda: leases.claim(worker_id="w", limit=4)  # noqa: E731
+
+    nothing = statements(db_alias, claim)
+
+    assert len(nothing) == 1, nothing
+    jobs.singleton.trigger(None)  # a keyed run, first in line
+    keyed = statements(db_alias, claim)
+    assert keyword(keyed[1]) == "BEGIN", keyed  # then the keyed path
+    assert Run.objects.get().status == "leased"
+
+
 @pytest.mark.parametrize("steps", [1, 5])
 def test_each_step_in_process__a_cancel_check_and_one_write_transaction(db_alias, steps):
     jobs.n_steps.trigger({"steps": 0})

@@ -355,7 +355,8 @@ def test_a_parent_whose_wake_up_met_a_database_error_is_kept_to_be_woken_again(d
     end = AttemptEnd(child, handle_of(child), "completed", time.monotonic(), output=10)
 
     def refuse_the_wake(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
-        if sql.startswith('UPDATE "durably_run" SET "updated_at"'):  # the parent's lock
+        # The parent's lock: FOR UPDATE on PostgreSQL, a guarded UPDATE on SQLite.
+        if "FOR UPDATE" in sql or sql.startswith('UPDATE "durably_run" SET "updated_at"'):
             raise OperationalError("the database went away (injected)")
         return execute(sql, params, many, context)
 

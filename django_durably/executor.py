@@ -207,20 +207,33 @@ def _refuse_poison(run: Run, policy: Retry) -> None:
         )
 
 
-def record(
-    ends: Sequence[AttemptEnd], *, worker_id: str = "", unwoken: set[UUID] | None = None
-) -> list[RunOutcome]:
+def record(ends: Sequence[AttemptEnd], *, worker_id: str = "") -> list[RunOutcome]:
     """Write the ends of completed, failed and retried attempts in one fenced statement (each with
     its attempt's history row), send their signals after commit, and return each run's outcome, in
-    order; then wake the parents waiting for the runs that ended (those that could not be woken
-    are added to ``unwoken``). A refused write reports ``cancelled``, ``timed_out`` (the worker ended it first) or
+    order. The parents waiting for runs that ended are woken in the same transaction. A refused
+    write reports ``cancelled``, ``timed_out`` (the worker ended it first) or
     ``lost``; a database error reports ``lost`` (the lease will expire and the run be retried).
     Both a database error and a lost lease send ``worker_error``."""
     writes = [_finish_row(end) for end in ends if end.status in _WRITTEN]
     failure: BaseException | None = None
     won: dict[UUID, datetime | None]
+    parents = {
+        end.run.pk: end.run.parent_id
+        for end in ends
+        if end.status in _WRITTEN and end.run.parent_id is not None
+    }
+
+    def wake_parents(alias: str, won: dict[UUID, datetime | None]) -> None:
+        # In the ends' own transaction: one commit for both, and no savepoint (a database error
+        # here fails the ends with it: they are then lost, and retried, as any end that could not
+        # be written). Each wake-up locks its parent before it reads, so the last of several
+        # children to end, in whatever order, sees every end.
+        ended = [parent for run_id, parent in parents.items() if won.get(run_id, 0) is None]
+        if ended:
+            wake_parents_of(ended)
+
     try:
-        won = leases.finish(writes)
+        won = leases.finish(writes, also=wake_parents if parents else None)
     except DatabaseError as exc:
         logger.exception(
             "Could not record the end of %d run(s); their leases will expire.", len(writes)
@@ -260,29 +273,7 @@ def record(
                 wake_at=end.wake_at,
             )
         )
-    ended_children = [
-        end.run.parent_id
-        for end in ends
-        if end.run.parent_id is not None and end.run.pk in won and won[end.run.pk] is None
-    ]
-    if ended_children and not wake_parents_after_end(ended_children, worker_id=worker_id):
-        if unwoken is not None:
-            unwoken.update(p for p in ended_children if p is not None)
     return outcomes
-
-
-def wake_parents_after_end(parent_ids: Sequence[UUID | None], *, worker_id: str) -> bool:
-    """Wake the parents waiting for runs that just ended, and say whether that could be done. A
-    database error is logged and sent as ``worker_error`` (context ``wake``); a worker tries again
-    on its next turn (``record(..., unwoken=...)``), ``process_one`` does not: the parent then
-    wakes at its wait's timeout, if it has one."""
-    try:
-        wake_parents_of(parent_ids)
-    except DatabaseError as exc:
-        logger.exception("Could not wake the parents of runs that ended: %s", parent_ids)
-        send_worker_error(exc, context="wake", worker_id=worker_id)
-        return False
-    return True
 
 
 # The ends that are written: the others were written by someone else (a cancel, the worker ending

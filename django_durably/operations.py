@@ -255,12 +255,14 @@ def cancel_run(run_id: UUID | str, *, actor: Any = None, source: str = "python")
             if owner:  # a handed-back lease has no owner: its attempt was recorded then
                 record_attempt(alias, run_id, AttemptOutcome.CANCELLED)
             notify_cancelled(alias, run_id, generation)
+        # A parent waiting for this run learns of its end in the same transaction (the wake-up
+        # locks the parent, then reads this run's new status).
         parent_id = (
             Run.objects.using(alias).filter(pk=run_id).values_list("parent_id", flat=True)[0]
         )
-    # Committed: a parent waiting for this run learns of its end; its own children are cancelled.
-    if parent_id is not None:
-        wake_parents([parent_id])
+        if parent_id is not None:
+            wake_parents([parent_id])
+    # Committed: its own unfinished children are cancelled, each on its own.
     _cancel_children(run_id, actor=actor, source=source)
     return CancelResult(run_id=run_id, cancelled=True, from_status=from_status)
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
+from uuid import UUID
 
 from django.db import DatabaseError
 from django.utils import timezone
@@ -67,7 +69,7 @@ def end_on_time(handle: LeaseHandle, expired: Expired) -> TimedOutEnd | None:
     error = describe_exception(error_obj)
     error["traceback"] = ""
     row = _ending(handle, limits, step, error_obj, error)
-    also = None
+    failed = None
     if step is not None:
         failed = leases.step_row(
             handle.run_id,
@@ -81,11 +83,17 @@ def end_on_time(handle: LeaseHandle, expired: Expired) -> TimedOutEnd | None:
             completed_at=timezone.now(),
         )
 
-        def also(alias: str) -> None:
+    def also(alias: str, won: dict[UUID, Any]) -> None:
+        """In the end's transaction: the timed-out step's failed row, and, when the run failed, the
+        wake-up of a parent waiting for it."""
+        if failed is not None:
             failed.save(using=alias, force_insert=True)
+        if won.get(handle.run_id, 0) is None and limits.parent_id is not None:
+            leases.wake_parents([limits.parent_id])
 
     try:
-        won = leases.finish([row], also=also)
+        needed = failed is not None or limits.parent_id is not None
+        won = leases.finish([row], also=also if needed else None)
     except DatabaseError:
         return None  # the lease will expire; the attempt is then reclaimed as lost
     if handle.run_id not in won:
@@ -93,11 +101,6 @@ def end_on_time(handle: LeaseHandle, expired: Expired) -> TimedOutEnd | None:
     handle.state = "timed_out"
     ended = TimedOutEnd(error=row.value, retry_at=won[handle.run_id])  # type: ignore[arg-type]
     _send_signals(handle, limits, step, ended)
-    if ended.retry_at is None and limits.parent_id is not None:
-        try:
-            leases.wake_parents([limits.parent_id])  # the run failed: its parent may be waiting
-        except DatabaseError:
-            pass  # the parent wakes at its wait's timeout, if it has one
     return ended
 
 

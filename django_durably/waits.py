@@ -138,5 +138,5 @@ def wake_due_runs(limit: int = 100) -> int:
 def wake_parents_of(parent_ids: Iterable[UUID | None]) -> None:
     """After runs ended: wake their parents that were waiting for them (see ``leases.wake_parents``)."""
     woken = leases.wake_parents(parent_ids)
-    if woken:
-        signals.run_woken.send(sender=Run, run_ids=woken, reason="children")
+    if woken:  # after commit: the wake-up may be in the transaction of the ends that caused it
+        send_after_commit(signals.run_woken, using=db_alias(), run_ids=woken, reason="children")

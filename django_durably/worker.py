@@ -48,7 +48,6 @@ from django_durably.executor import (
     log_outcome,
     record,
     run_job,
-    wake_parents_after_end,
 )
 from django_durably.keeper import LeaseKeeper
 from django_durably.leases import LeaseHandle
@@ -163,8 +162,6 @@ class Worker:
         # When to look next for waiting runs whose timer is due (monotonic): every poll interval,
         # and sooner at the wake time of a run this worker saw go waiting.
         self._next_wake_check = 0.0
-        # Parents of runs that ended whose wake-up met a database error: tried again each turn.
-        self._unwoken: set[UUID] = set()
 
     # -- control -------------------------------------------------------------------------------
 
@@ -267,6 +264,10 @@ class Worker:
             if self.max_runs is not None:
                 free = min(free, self.max_runs - self.stats.claimed)
             claimed: list[Run] = []
+            if free > 0 and self._children_ended():
+                # A child's end wakes its parent when it is written: write it before claiming, so
+                # this claim can take the parent at once.
+                self._record_ended()
             if free > 0:
                 try:
                     claimed = self._claim(free)
@@ -324,13 +325,14 @@ class Worker:
             extra={"action": "woke_up", "worker_id": self.worker_id, "reason": reason},
         )
 
+    def _children_ended(self) -> bool:
+        """Whether an end waiting to be written is a child run's (its parent may be waiting)."""
+        with self._running_lock:
+            return any(end.run.parent_id is not None for end in self._ended)
+
     def _wake_due_runs(self) -> None:
         """Make pending the waiting runs whose timer is due, at most once per poll interval (and at
         the wake times this worker knows of); a database error waits for the next interval."""
-        if self._unwoken:
-            parents, self._unwoken = list(self._unwoken), set()
-            if not wake_parents_after_end(parents, worker_id=self.worker_id):
-                self._unwoken.update(parents)
         now = time.monotonic()
         if now < self._next_wake_check:
             return
@@ -558,7 +560,7 @@ class Worker:
         debug = logger.isEnabledFor(logging.DEBUG)
         started = time.monotonic() if debug else 0.0
         with self.keeper.writing:  # never beside the renewal, which updates the same rows
-            outcomes = record(ended, worker_id=self.worker_id, unwoken=self._unwoken)
+            outcomes = record(ended, worker_id=self.worker_id)
         if debug:
             logger.debug(
                 "Recorded the ends of %d run(s) in %.3fs: %s",

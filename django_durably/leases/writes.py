@@ -286,7 +286,7 @@ class FinishRow:
 
 
 def finish(
-    rows: Sequence[FinishRow], *, also: Callable[[str], None] | None = None
+    rows: Sequence[FinishRow], *, also: Callable[[str, dict[UUID, Any]], None] | None = None
 ) -> dict[UUID, Any]:
     """Record each attempt's end if its lease still holds the run, with the history row of an
     attempt that did not complete its run (a completed run is its last attempt's record), all in
@@ -294,7 +294,7 @@ def finish(
     with its ``retry_at`` (``None`` unless it goes back to pending). A run left out was cancelled, or
     its lease was lost (``holding.refusal`` tells which).
 
-    ``also(alias)`` runs in the same transaction after the ends were written, when at least one
+    ``also(alias, won)`` runs in the same transaction after the ends were written, when at least one
     was (an attempt ended on time records its timed-out step this way)."""
     if not rows:
         return {}
@@ -322,7 +322,7 @@ def finish(
                 cursor.execute(sql, params)
                 won.update(cursor.fetchall())
             if won and also is not None:
-                also(alias)
+                also(alias, won)
         return won
     with transaction.atomic(using=alias):
         for row in rows:
@@ -332,7 +332,7 @@ def finish(
             if row.attempt_outcome != AttemptOutcome.COMPLETED:
                 won[row.run_id] = record_attempt(alias, row.run_id, row.attempt_outcome, row.value)
         if won and also is not None:
-            also(alias)
+            also(alias, won)
     return won
 
 

@@ -26,7 +26,7 @@ from django_durably import (
     send_signal,
 )
 from django_durably.exceptions import RunWaiting, SignalTimeout
-from django_durably.executor import AttemptEnd, record, wake_parents_after_end
+from django_durably.executor import AttemptEnd, record
 from django_durably.models import (
     AttemptOutcome,
     AuditRecord,
@@ -348,7 +348,10 @@ def test_race__a_child_ending_while_its_parent_is_cancelled(trial):
     assert stored(parent).status == "cancelled"
 
 
-def test_a_parent_whose_wake_up_met_a_database_error_is_kept_to_be_woken_again(db_alias):
+def test_a_child_end_and_its_parent_wake_up_are_one_transaction(db_alias):
+    """A database error while waking the parent fails the child's end with it: nothing half-done
+    (a child completed, its waiting parent never told). The end is lost and, as any end that could
+    not be written, the child runs again once its lease is given back."""
     parent = wait_jobs.fans_out.trigger({"count": 1})
     assert process_next() is not None  # the parent: triggers its child, then waits
     (child,) = leases.claim(worker_id="w", limit=1)
@@ -360,17 +363,17 @@ def test_a_parent_whose_wake_up_met_a_database_error_is_kept_to_be_woken_again(d
             raise OperationalError("the database went away (injected)")
         return execute(sql, params, many, context)
 
-    unwoken: set[Any] = set()
     with connections[db_alias].execute_wrapper(refuse_the_wake):
-        (outcome,) = record([end], worker_id="w", unwoken=unwoken)
+        (outcome,) = record([end], worker_id="w")
 
-    assert outcome.status == "completed"
-    assert unwoken == {parent.pk}
+    assert outcome.status == "lost"
+    assert stored(child).status == "leased"  # its end was not written either
     assert stored(parent).status == "waiting"
-    assert wake_parents_after_end(list(unwoken), worker_id="w")  # the worker's next turn
-    assert stored(parent).status == "pending"
+    assert leases.release(child.pk, child.lease_generation)
     process_until_idle()
-    assert stored(parent).output["outputs"] == [10]
+    assert stored(child).status == "completed"
+    assert stored(parent).status == "completed"
+    assert stored(parent).output["outputs"] == [0]  # the child's own output, n * 10 for n = 0
 
 
 @job(name="tests.waits.gated_fan_in")

@@ -32,6 +32,6 @@ def test_durably_worker__exits_at_start_up_on_an_unmigrated_database(db_alias: s
     assert worker.log().splitlines() == [
         f"CommandError: Database {db_alias!r} is not migrated for django-durably: migrations "
         "durably.0001_initial, durably.0002_database_now_on_sqlite, "
-        "durably.0003_retries_and_attempts are not applied. "
+        "durably.0003_retries_and_attempts, durably.0004_waits are not applied. "
         f"Run `{migrate}`."
     ]

@@ -350,6 +350,26 @@ KEY_LOCK_SQL = "SELECT pg_try_advisory_xact_lock(%s)"
 
 # -- waking waiting runs -----------------------------------------------------------------------------
 
+
+def woken_fields() -> dict[str, Any]:
+    """A waiting run made pending again, due now, for the ORM (SQLite, and operations); its
+    ``waiting_for`` stays until the wait returns. :data:`WOKEN_SET_SQL` restates it."""
+    return {
+        "status": RunStatus.PENDING,
+        "run_after": DatabaseNow(),
+        "wake_at": None,
+        "updated_at": DatabaseNow(),
+    }
+
+
+# The same, for the hand-written wake-ups below.
+WOKEN_SET_SQL = """
+        status = 'pending',
+        run_after = statement_timestamp(),
+        wake_at = NULL,
+        updated_at = statement_timestamp()
+"""
+
 # The look for due timers (``RunQuerySet.due_to_wake()``), prepared with the status a literal so that
 # its generic plan, too, reads the partial index ``durably_run_waking_idx``; the LIMIT a literal.
 DUE_TO_WAKE_SQL = """
@@ -360,17 +380,13 @@ LIMIT {limit}
 """
 
 # The due runs ``waiting.wake_due`` found (``RunQuerySet.due_to_wake()``, index-driven) made pending
-# (``waiting._woken_fields``), each still guarded by its status and timer, and the workers of their
+# (:func:`woken_fields`), each still guarded by its status and timer, and the workers of their
 # queues woken by the same statement (as ``INSERT_RUNS_SQL`` does). Parameters: the run ids, the
 # channel.
-WAKE_DUE_SQL = """
-WITH woken AS (
-    UPDATE durably_run run SET
-        status = 'pending',
-        run_after = statement_timestamp(),
-        wake_at = NULL,
-        updated_at = statement_timestamp()
-    WHERE run.id = ANY(%s) AND run.status = 'waiting' AND run.wake_at <= statement_timestamp()
+WAKE_DUE_SQL = (
+    "\nWITH woken AS (\n    UPDATE durably_run run SET"  # noqa: S608 - constants only
+    + WOKEN_SET_SQL
+    + """    WHERE run.id = ANY(%s) AND run.status = 'waiting' AND run.wake_at <= statement_timestamp()
     RETURNING run.id, run.queue
 )
 SELECT id FROM woken
@@ -380,6 +396,7 @@ WHERE (
     ) AS notified
 ) >= 0
 """
+)
 
 # A child's end, on PostgreSQL (``waiting._wake_parent``): first the parent locked whatever its
 # status, and read as it is once the lock is granted (``FOR UPDATE`` waits for a parent settling its
@@ -393,14 +410,10 @@ FOR UPDATE
 # Then, with a fresh snapshot (every child's end committed before this child's is seen), the parent
 # made pending if one of the children it waits for failed or was cancelled, or none is unfinished,
 # and its queue's workers woken. Parameters: the parent, the children (twice), the channel.
-WAKE_PARENT_SQL = """
-WITH woken AS (
-    UPDATE durably_run run SET
-        status = 'pending',
-        run_after = statement_timestamp(),
-        wake_at = NULL,
-        updated_at = statement_timestamp()
-    WHERE run.id = %s AND run.status = 'waiting' AND (
+WAKE_PARENT_SQL = (
+    "\nWITH woken AS (\n    UPDATE durably_run run SET"  # noqa: S608 - constants only
+    + WOKEN_SET_SQL
+    + """    WHERE run.id = %s AND run.status = 'waiting' AND (
         EXISTS (
             SELECT 1 FROM durably_run child
             WHERE child.id = ANY(%s) AND child.status IN ('failed', 'cancelled'))
@@ -412,3 +425,4 @@ WITH woken AS (
 )
 SELECT pg_notify(%s, queue) FROM woken
 """
+)

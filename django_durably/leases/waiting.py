@@ -38,6 +38,7 @@ from django_durably.leases.statements import (
     WAKE_DUE_SQL,
     WAKE_PARENT_SQL,
     cursor_for,
+    woken_fields,
 )
 from django_durably.leases.writes import record_attempt, step_row
 from django_durably.models import (
@@ -221,16 +222,6 @@ def _checkpoint(
 # -- waking ----------------------------------------------------------------------------------------
 
 
-def _woken_fields() -> dict[str, Any]:
-    """A waiting run made pending again, due now; ``waiting_for`` stays until the wait returns."""
-    return {
-        "status": RunStatus.PENDING,
-        "run_after": DatabaseNow(),
-        "wake_at": None,
-        "updated_at": DatabaseNow(),
-    }
-
-
 def wake_due(limit: int = 100) -> list[UUID]:
     """Make pending the waiting runs whose timer is due (at most ``limit``, earliest first), and
     wake the workers of their queues; return their ids. The look is one index-driven read
@@ -255,7 +246,7 @@ def wake_due(limit: int = 100) -> list[UUID]:
         with transaction.atomic(using=alias):
             still_due = list(runs.due_to_wake().filter(pk__in=due).values_list("pk", flat=True))
             if still_due:
-                runs.due_to_wake().filter(pk__in=still_due).update(**_woken_fields())
+                runs.due_to_wake().filter(pk__in=still_due).update(**woken_fields())
             return still_due
 
     return retry_if_locked(alias, wake)
@@ -301,7 +292,7 @@ def _wake_parent(alias: str, parent_id: UUID) -> bool:
         )
         if not over:
             return False
-        runs.filter(pk=parent_id, status=RunStatus.WAITING).update(**_woken_fields())
+        runs.filter(pk=parent_id, status=RunStatus.WAITING).update(**woken_fields())
         notify_ready(alias, [queue])
     return True
 
@@ -382,7 +373,7 @@ def deliver_signal(
         and isinstance(waiting_for, dict)
         and waiting_for.get("kind") == "signal"
         and waiting_for.get("signal") == name
-        and bool(runs.filter(pk=run_id, status=RunStatus.WAITING).update(**_woken_fields()))
+        and bool(runs.filter(pk=run_id, status=RunStatus.WAITING).update(**woken_fields()))
     )
     if woke:
         notify_ready(alias, [queue])

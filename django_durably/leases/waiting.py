@@ -105,7 +105,7 @@ def settle(
         result = _outcome(alias, run_id, request, until, now)
         if result is not None:
             if result.status != "failed":
-                _checkpoint(alias, run_id, request, result, attempt=attempt, now=now)
+                _checkpoint(alias, run_id, generation, request, result, attempt=attempt, now=now)
             return result
         waiting_for = request.describe(until)
         if record is None:
@@ -119,7 +119,8 @@ def settle(
                 started_at=now,
             ).save(using=alias, force_insert=True)
         record_attempt(alias, run_id, AttemptOutcome.WAITING)
-        runs.filter(pk=run_id).update(
+        # Guarded as every holder's write (the lock taken above makes it win).
+        runs.held_by(run_id, generation).update(
             status=RunStatus.WAITING,
             wake_at=until,
             waiting_for=waiting_for,
@@ -195,6 +196,7 @@ def _children_outcome(
 def _checkpoint(
     alias: str,
     run_id: UUID,
+    generation: int,
     request: WaitRequest,
     result: WaitResult,
     *,
@@ -211,7 +213,7 @@ def _checkpoint(
         output=checkpoint_of(result),
         started_at=now,
     ).save(using=alias, force_insert=True)
-    Run.objects.using(alias).filter(pk=run_id).update(
+    Run.objects.using(alias).held_by(run_id, generation).update(
         current_step_index=request.index + 1,
         completed_step_count=F("completed_step_count") + 1,
         waiting_for=None,
